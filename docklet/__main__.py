@@ -1,0 +1,3 @@
+from docklet.cli import main
+
+main()

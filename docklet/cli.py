@@ -1,0 +1,317 @@
+"""The `docklet` command: a thin client of the control plane's REST API.
+
+It never touches the database or the repository; every command is one or a
+few HTTP calls. Errors are one line on stderr and an exit code from ExitCode.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any
+
+import click
+
+from docklet import __version__, defaults, spec
+from docklet.client import Client
+from docklet.errors import APIError, CPUnreachable, DockletError
+
+
+class ExitCode(IntEnum):
+    """What `docklet` exits with; scripts may rely on these."""
+
+    OK = 0
+    ERROR = 1  # the request worked but the outcome did not (a deploy failed)
+    USAGE = 2  # bad command-line arguments (click's own code)
+    UNREACHABLE = 3  # no answer from the control plane
+    CLIENT_ERROR = 4  # the control plane refused the request (HTTP 4xx)
+    SERVER_ERROR = 5  # the control plane failed (HTTP 5xx)
+    TIMEOUT = 6  # waited, and the app did not reach the state asked for
+
+
+class Failed(click.ClickException):
+    """An outcome to report as one line and an exit code."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"✖ {self.message}", err=True)
+
+
+def _exit_code(exc: DockletError) -> ExitCode:
+    """The one place errors become exit codes."""
+    if isinstance(exc, CPUnreachable):
+        return ExitCode.UNREACHABLE
+    if isinstance(exc, APIError) and 400 <= exc.status < 500:
+        return ExitCode.CLIENT_ERROR
+    return ExitCode.SERVER_ERROR
+
+
+class Context:
+    def __init__(self, cp: str) -> None:
+        user = f"{getpass.getuser()}@{socket.gethostname()}"
+        self.client = Client(cp, user=user.replace(" ", "_"))
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            return self.client.request(method, path, body)
+        except DockletError as exc:
+            prefix = "" if isinstance(exc, CPUnreachable) else f"{exc.status}: "
+            raise Failed(f"{prefix}{exc.message}", _exit_code(exc)) from None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--cp",
+    envvar="DOCKLET_CP",
+    default=defaults.CP_URL,
+    show_default=True,
+    help="Control plane URL (or set DOCKLET_CP).",
+)
+@click.pass_context
+def cli(ctx: click.Context, cp: str) -> None:
+    """Docklet: deploy containers to your Docker hosts from Git.
+
+    Example: docklet run nginx && docklet ps
+    """
+    ctx.obj = Context(cp)
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def version(ctx: Context, as_json: bool) -> None:
+    """Show the CLI's and the control plane's versions.
+
+    Example: docklet version
+    """
+    try:
+        cp = ctx.client.get("/api/version")
+    except DockletError as exc:
+        cp = {"error": exc.message}
+    if as_json:
+        click.echo(json.dumps({"cli": __version__, "control_plane": cp}))
+        return
+    click.echo(f"docklet CLI     {__version__}")
+    if "error" in cp:
+        click.echo(f"control plane   unavailable ({cp['error']})")
+        raise SystemExit(ExitCode.UNREACHABLE)
+    click.echo(f"control plane   {cp['version']} (API {cp['api']}) at {ctx.client.base_url}")
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--name", help="App name. Default: the image's name (nginx for nginx:1.25).")
+@click.option("--replicas", type=click.IntRange(0, 1000), default=1, show_default=True)
+@click.option(
+    "-p",
+    "--publish",
+    "ports",
+    multiple=True,
+    metavar="HOST:CONTAINER",
+    help="Publish a port, as docker run -p.",
+)
+@click.option(
+    "-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable."
+)
+@click.option("--detach", "-d", is_flag=True, help="Return once the task is scheduled.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=defaults.RUN_WAIT,
+    show_default=True,
+    help="Seconds to wait for the app to run.",
+)
+@pass_ctx
+def run(
+    ctx: Context,
+    image: str,
+    name: str | None,
+    replicas: int,
+    ports: tuple[str, ...],
+    env: tuple[str, ...],
+    detach: bool,
+    timeout: float,
+) -> None:
+    """Deploy IMAGE as a new app (committed to the desired-state repo).
+
+    Example: docklet run nginx -p 8080:80 --replicas 2
+    """
+    body: dict[str, Any] = {"image": image, "replicas": replicas}
+    if name:
+        body["name"] = name
+    if ports:
+        body["ports"] = list(ports)
+    if env:
+        body["env"] = _parse_env(env)
+    app = ctx.call("POST", "/api/apps", body)
+    click.echo(f"✔ Creating deployment {app['name']}")
+    if app["tasks"]:
+        click.echo("✔ Task scheduled")
+    elif app.get("last_error"):
+        click.echo(f"! Not scheduled yet: {app['last_error']}", err=True)
+    if detach:
+        return
+    _wait_running(ctx, app["name"], timeout)
+
+
+def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-e")
+        env[key] = value
+    return env
+
+
+def _wait_running(ctx: Context, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        app = ctx.call("GET", f"/api/apps/{name}")
+        if app["actual"] == "running":
+            where = ", ".join(app["nodes"])
+            click.echo(f"✔ Running on {where} ({app['running']}/{app['replicas']})")
+            return
+        if app["errors"]:
+            error = app["errors"][0]
+            raise Failed(f"Deploy failed on {error['node_id']}: {error['error']}")
+        if time.monotonic() > deadline:
+            reason = app.get("last_error") or f"app is {app['actual']}"
+            raise Failed(f"{name} is not running after {timeout:g}s: {reason}", ExitCode.TIMEOUT)
+        time.sleep(0.25)
+
+
+COLUMNS = ("NAME", "REVISION", "DESIRED", "ACTUAL", "NODE", "STATUS")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def ps(ctx: Context, as_json: bool) -> None:
+    """List apps: desired state next to what actually runs.
+
+    Example: docklet ps --json
+    """
+    apps = ctx.call("GET", "/api/state/apps")
+    if as_json:
+        click.echo(json.dumps(apps, indent=2))
+        return
+    rows = [
+        (
+            a["name"],
+            a["revision"] or "-",
+            a["desired"],
+            a["actual"],
+            ",".join(a["nodes"]) or "-",
+            a["status"],
+        )
+        for a in apps
+    ]
+    _table(COLUMNS, rows)
+    for a in apps:
+        for error in a["errors"]:
+            click.echo(f"{a['name']}: slot {error['slot']} on {error['node_id']}: {error['error']}")
+        for problem in (a["last_error"], a["sync_error"]):
+            if problem:
+                click.echo(f"{a['name']}: {problem}")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def nodes(ctx: Context, as_json: bool) -> None:
+    """List nodes and when each was last heard from.
+
+    Example: docklet nodes
+    """
+    rows = ctx.call("GET", "/api/state/nodes")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _table(
+        ("NODE", "STATUS", "LAST SEEN", "CONTAINERS", "DOCKER"),
+        [
+            (
+                n["node_id"],
+                n["status"],
+                f"{n['last_seen_ago']:.0f}s ago",
+                str(n["containers"]),
+                "ok" if n["docker_ok"] else f"down: {n['docker_error']}",
+            )
+            for n in rows
+        ],
+    )
+
+
+def _app_command(action: str, method: str, suffix: str, done: str) -> Callable[..., Any]:
+    def command(ctx: Context, name: str, as_json: bool) -> None:
+        app = ctx.call(method, f"/api/apps/{name}{suffix}")
+        if as_json:
+            click.echo(json.dumps(app, indent=2))
+        else:
+            click.echo(
+                f"✔ {done} {name}" if app.get("commit") else f"✔ {name} already {done.lower()}"
+            )
+
+    command.__name__ = action
+    return command
+
+
+for _action, _method, _suffix, _done, _doc in (
+    (
+        "stop",
+        "POST",
+        "/stop",
+        "Stopping",
+        "Stop an app's containers (they are kept).\n\nExample: docklet stop nginx",
+    ),
+    (
+        "start",
+        "POST",
+        "/start",
+        "Starting",
+        "Start a stopped app again.\n\nExample: docklet start nginx",
+    ),
+    (
+        "rm",
+        "DELETE",
+        "",
+        "Removing",
+        "Remove an app: its file, then its containers.\n\nExample: docklet rm nginx",
+    ),
+):
+    _func = _app_command(_action, _method, _suffix, _done)
+    _func.__doc__ = _doc
+    cli.command(name=_action)(click.argument("name")(json_option(pass_ctx(_func))))
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(v)) for v in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        click.echo("   ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+_ = spec  # `docklet run` names apps as the API does (spec.default_name)

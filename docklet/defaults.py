@@ -1,0 +1,31 @@
+"""Every default that matters, named once.
+
+Times are seconds. Each can be overridden where the process that uses it is
+configured (the CP's and the agent's options, or the environment).
+"""
+
+CP_URL = "http://localhost:8080"
+CP_HOST = "0.0.0.0"
+CP_PORT = 8080
+CP_THREADS = 64  # long-polling agents each hold a server thread while they wait
+CONTAINER_DATA_DIR = "/data"
+
+GIT_BRANCH = "main"
+APPS_DIR = "apps"
+
+HEARTBEAT_INTERVAL = 5.0  # nodes go unknown after 3 missed heartbeats, offline after 6
+
+TASK_LEASE = 120.0  # an agent renews its lease while a long pull is running
+TASK_MAX_ATTEMPTS = 3  # leases that expire this many times fail the task
+LONG_POLL_WAIT = 20.0
+LONG_POLL_MAX = 30.0
+
+HEAL_DELAY = 30.0  # a dead container is restarted after this, or at once when its agent restarts
+RECONCILE_INTERVAL = 2.0
+
+STOP_TIMEOUT = 10  # docker stop's grace period before SIGKILL
+DOCKER_RETRY_MAX = 30.0  # agent backoff cap while the Docker engine is unreachable
+CP_RETRY_MAX = 15.0  # agent backoff cap while the control plane is unreachable
+
+RUN_WAIT = 120.0  # how long `docklet run` waits for the app to run
+HTTP_TIMEOUT = 10.0

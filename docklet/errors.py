@@ -1,0 +1,100 @@
+"""Every Docklet exception, in one place.
+
+API errors carry the HTTP status and a stable code; the API's one error hook
+turns them into the one JSON error body, and the CLI maps them to exit codes.
+"""
+
+
+class DockletError(Exception):
+    """Base of every error Docklet raises on purpose."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(DockletError):
+    """The request is malformed: bad JSON, a missing or mistyped field."""
+
+    status = 400
+    code = "bad_request"
+
+
+class InvalidSpec(BadRequest):
+    """An app spec does not validate."""
+
+    code = "invalid_spec"
+
+
+class Unauthorized(DockletError):
+    """An agent call without a valid node token."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(DockletError):
+    """The app, node or task does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DockletError):
+    """The request clashes with current state: a duplicate name, a stale lease."""
+
+    status = 409
+    code = "conflict"
+
+
+class StaleLease(Conflict):
+    """A task report whose lease token is not the task's current lease."""
+
+    code = "stale_lease"
+
+
+class RepoError(DockletError):
+    """The desired-state Git repository could not be read or written."""
+
+    code = "repo_error"
+
+
+class RefMoved(RepoError):
+    """The branch moved while a commit was being made; retry on the new head."""
+
+    status = 409
+    code = "ref_moved"
+
+
+class DockerUnavailable(DockletError):
+    """The Docker engine did not answer."""
+
+    status = 503
+    code = "docker_unavailable"
+
+
+class CPUnreachable(DockletError):
+    """The control plane did not answer at all."""
+
+    status = 0
+    code = "cp_unreachable"
+
+
+class TooLarge(BadRequest):
+    """A request body over the size the API accepts."""
+
+    status = 413
+    code = "too_large"
+
+
+class APIError(DockletError):
+    """The control plane answered with an error; carries its status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

@@ -1,0 +1,167 @@
+"""The desired-state repository: a bare Git repository in the CP's data dir.
+
+Imperative API calls become commits here. Moving the branch is a
+compare-and-swap under Git's own `<ref>.lock` protocol, the one `git push`
+(receive-pack) honours too, so two writers never lose each other's commit:
+the loser re-reads the new head and tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from docklet import defaults
+from docklet.errors import RefMoved, RepoError
+
+log = logging.getLogger(__name__)
+
+COMMITTER = ("Docklet", "docklet@localhost")
+STALE_LOCK_AGE = 60.0  # a ref lock this old was left by a writer that died
+COMMIT_RETRIES = 20
+
+# Objects must be on disk before a ref points at them: a crash must not leave
+# the branch naming a commit whose objects were never flushed.
+pygit2.option(pygit2.enums.Option.ENABLE_FSYNC_GITDIR, True)
+
+Changes = dict[str, bytes | None]  # path → new content, or None to delete
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    author: str
+    message: str
+    files: dict[str, bytes]  # every file under apps/ at this commit
+
+
+class GitRepo:
+    def __init__(self, path: Path, branch: str = defaults.GIT_BRANCH) -> None:
+        self.path = path
+        self.ref = f"refs/heads/{branch}"
+        self._lock = threading.Lock()
+        if (path / "HEAD").exists():
+            self.repo = pygit2.Repository(str(path))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self.repo = pygit2.init_repository(str(path), bare=True, initial_head=branch)
+            log.info("repo %s: created (branch %s)", path, branch)
+        # Let `git push` to a checked-out-less repo update this branch.
+        self.repo.config["receive.denyCurrentBranch"] = "updateInstead"
+
+    def head(self) -> str | None:
+        ref = self.repo.references.get(self.ref)
+        return str(ref.target) if ref is not None else None
+
+    def read(self, sha: str) -> Commit:
+        commit = self.repo.get(sha)
+        if not isinstance(commit, pygit2.Commit):
+            raise RepoError(f"{sha} is not a commit in {self.path}")
+        return Commit(
+            sha=sha,
+            author=f"{commit.author.name} <{commit.author.email}>",
+            message=commit.message.strip(),
+            files=self._files(commit),
+        )
+
+    def _files(self, commit: pygit2.Commit) -> dict[str, bytes]:
+        try:
+            tree = commit.tree / defaults.APPS_DIR
+        except KeyError:
+            return {}
+        if not isinstance(tree, pygit2.Tree):
+            return {}
+        return {
+            f"{defaults.APPS_DIR}/{entry.name}": entry.data
+            for entry in tree
+            if isinstance(entry, pygit2.Blob)
+        }
+
+    def commit(
+        self, edit: Callable[[dict[str, bytes]], Changes], message: str, author: str
+    ) -> str | None:
+        """Apply `edit` to the files at the head and commit the result.
+
+        `edit` sees the current files and returns the changes; it may raise to
+        refuse (a duplicate app, say). When the branch moves underneath, it
+        runs again on the new head. Returns the new commit, or None when the
+        edit changed nothing.
+        """
+        with self._lock:
+            for attempt in range(COMMIT_RETRIES):
+                parent = self.head()
+                current = self.read(parent).files if parent else {}
+                changes = edit(current)
+                if all(current.get(p) == c for p, c in changes.items()):
+                    return None
+                sha = self._write_commit(parent, changes, message, author)
+                try:
+                    self._swap_ref(parent, sha)
+                except RefMoved:
+                    log.info("repo %s: branch moved during commit; retrying", self.path)
+                    # Back off with jitter so racing writers stop colliding.
+                    time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+                    continue
+                return sha
+        raise RefMoved("the branch kept moving; try again")
+
+    def _write_commit(self, parent: str | None, changes: Changes, message: str, author: str) -> str:
+        index = pygit2.Index()
+        if parent:
+            index.read_tree(self.repo.get(parent).tree)
+        for path, content in changes.items():
+            if content is None:
+                if path in index:
+                    index.remove(path)
+            else:
+                blob = self.repo.create_blob(content)
+                index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
+        tree = index.write_tree(self.repo)
+        name, _, email = author.partition(" <")
+        who = pygit2.Signature(name or "unknown", email.rstrip(">") or "unknown@localhost")
+        parents = [pygit2.Oid(hex=parent)] if parent else []
+        oid = self.repo.create_commit(
+            None, who, pygit2.Signature(*COMMITTER), message, tree, parents
+        )
+        return str(oid)
+
+    def _swap_ref(self, expected: str | None, new: str) -> None:
+        """Point the branch at `new` only if it still points at `expected`."""
+        ref_file = self.path / self.ref
+        lock = ref_file.with_name(ref_file.name + ".lock")
+        ref_file.parent.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_lock(lock)
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise RefMoved("another writer holds the branch") from None
+        try:
+            if self.head() != expected:
+                raise RefMoved("the branch moved")
+            os.write(fd, f"{new}\n".encode())
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(lock, ref_file)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            lock.unlink(missing_ok=True)
+
+    @staticmethod
+    def _clear_stale_lock(lock: Path) -> None:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > STALE_LOCK_AGE:
+            log.warning("repo: removing stale lock %s (%.0fs old)", lock, age)
+            lock.unlink(missing_ok=True)

@@ -1,0 +1,171 @@
+"""Nodes: agent registration, tokens, heartbeats and liveness.
+
+A node's identity is its Docker engine id: an agent that restarts, or is
+re-created on the same host, registers again and gets the same `node_id`
+(and a fresh token). Tokens are stored only as SHA-256 hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from typing import Any
+
+from docklet.config import CPConfig
+from docklet.errors import BadRequest, NotFound, Unauthorized
+from docklet.status import NodeStatus, TaskStatus
+from docklet.store import Store, dumps, record_event
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def register(
+    db: sqlite3.Connection, engine_id: str, name: str, info: dict[str, Any]
+) -> tuple[str, str]:
+    """(node_id, token) for the agent on this engine; the same node_id on every restart."""
+    if not engine_id or not name:
+        raise BadRequest("registration needs 'engine_id' and 'name'")
+    now = time.time()
+    token = secrets.token_urlsafe(32)
+    row = db.execute("SELECT node_id FROM nodes WHERE engine_id = ?", (engine_id,)).fetchone()
+    if row is not None:
+        node_id = row["node_id"]
+        db.execute(
+            "UPDATE nodes SET token_hash = ?, status = ?, last_seen = ?, registered_at = ?,"
+            " hostname = ?, info = ?, report_seq = 0 WHERE node_id = ?",
+            (hash_token(token), NodeStatus.ONLINE, now, now, name, dumps(info), node_id),
+        )
+        # The agent that held these leases is gone: hand the work out again.
+        db.execute(
+            "UPDATE tasks SET status = ?, lease_token = NULL, lease_expires = NULL"
+            " WHERE node_id = ? AND status = ?",
+            (TaskStatus.PENDING, node_id, TaskStatus.RUNNING),
+        )
+        record_event(db, "node_registered", f"node {node_id}: agent restarted", node_id=node_id)
+        return node_id, token
+    node_id = _free_node_id(db, name)
+    db.execute(
+        "INSERT INTO nodes (node_id, engine_id, hostname, token_hash, status, last_seen,"
+        " registered_at, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (node_id, engine_id, name, hash_token(token), NodeStatus.ONLINE, now, now, dumps(info)),
+    )
+    record_event(db, "node_registered", f"node {node_id}: joined", node_id=node_id)
+    return node_id, token
+
+
+def _free_node_id(db: sqlite3.Connection, name: str) -> str:
+    """The name itself, or name-2, name-3… when another engine already uses it."""
+    candidate, n = name, 1
+    while db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (candidate,)).fetchone():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def authenticate(store: Store, node_id: str, token: str | None) -> None:
+    """Raise unless `token` is the node's current token."""
+    row = store.one("SELECT token_hash FROM nodes WHERE node_id = ?", (node_id,))
+    if row is None:
+        raise NotFound(f"node {node_id!r} is not registered; restart its agent to register")
+    if not token or not hmac.compare_digest(row["token_hash"], hash_token(token)):
+        raise Unauthorized(f"node {node_id!r}: missing or wrong token; restart its agent")
+
+
+def heartbeat(db: sqlite3.Connection, node_id: str, body: dict[str, Any]) -> None:
+    """Mark the node seen and, when the snapshot is trustworthy, replace its containers."""
+    now = time.time()
+    node = db.execute(
+        "SELECT status, report_seq FROM nodes WHERE node_id = ?", (node_id,)
+    ).fetchone()
+    docker_ok = bool(body.get("docker_ok", True))
+    db.execute(
+        "UPDATE nodes SET last_seen = ?, status = ?, docker_ok = ?, docker_error = ?"
+        " WHERE node_id = ?",
+        (now, NodeStatus.ONLINE, docker_ok, body.get("docker_error"), node_id),
+    )
+    if node["status"] != NodeStatus.ONLINE:
+        record_event(db, "node_online", f"node {node_id}: online again", node_id=node_id)
+    containers = body.get("containers")
+    # A failed Docker list is not "no containers", and a list taken before the
+    # agent's latest task report may predate the container that report added.
+    if not docker_ok or containers is None or body.get("report_seq", 0) < node["report_seq"]:
+        return
+    if not isinstance(containers, list):
+        raise BadRequest("'containers' must be a list")
+    seen = []
+    for container in containers:
+        observe(db, node_id, container, now)
+        seen.append(container["id"])
+    marks = ",".join("?" * len(seen))
+    db.execute(
+        f"DELETE FROM containers WHERE node_id = ? AND container_id NOT IN ({marks})",
+        (node_id, *seen),
+    )
+
+
+def observe(db: sqlite3.Connection, node_id: str, c: dict[str, Any], now: float) -> None:
+    """Upsert one container as an agent saw it; remember since when it is down."""
+    try:
+        labels = c.get("labels") or {}
+        row = (
+            node_id,
+            c["id"],
+            c["name"],
+            labels["docklet.app"],
+            _int(labels.get("docklet.revision")),
+            _int(labels.get("docklet.slot")),
+            labels.get("docklet.spec-hash"),
+            c.get("image", ""),
+            c["state"],
+            c.get("health"),
+            c.get("exit_code"),
+            int(c.get("restarts") or 0),
+            now,
+            None if c["state"] == "running" else now,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"malformed container in report: {exc}") from None
+    db.execute(
+        "INSERT INTO containers (node_id, container_id, name, app, revision, slot,"
+        " container_hash, image, state, health, exit_code, restarts, observed_at, down_since)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (node_id, container_id) DO UPDATE SET state = excluded.state,"
+        " health = excluded.health, exit_code = excluded.exit_code,"
+        " restarts = excluded.restarts, observed_at = excluded.observed_at,"
+        " down_since = CASE WHEN excluded.down_since IS NULL THEN NULL"
+        " ELSE COALESCE(containers.down_since, excluded.down_since) END",
+        row,
+    )
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def status_for(age: float, config: CPConfig) -> NodeStatus:
+    """A node's liveness from the seconds since its last heartbeat."""
+    if age < config.unknown_after:
+        return NodeStatus.ONLINE
+    if age < config.offline_after:
+        return NodeStatus.UNKNOWN
+    return NodeStatus.OFFLINE
+
+
+def update_liveness(db: sqlite3.Connection, config: CPConfig, now: float) -> None:
+    """Move nodes that stopped sending heartbeats to unknown, then offline."""
+    for row in db.execute("SELECT node_id, status, last_seen FROM nodes").fetchall():
+        status = status_for(now - row["last_seen"], config)
+        if status != row["status"]:
+            db.execute("UPDATE nodes SET status = ? WHERE node_id = ?", (status, row["node_id"]))
+            record_event(
+                db,
+                f"node_{status}",
+                f"node {row['node_id']}: {status}"
+                f" (last heartbeat {now - row['last_seen']:.0f}s ago)",
+                node_id=row["node_id"],
+            )

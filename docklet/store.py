@@ -1,0 +1,222 @@
+"""SQLite: the only place the control plane keeps state.
+
+One writer at a time (a lock around one connection, every write an explicit
+`BEGIN IMMEDIATE` transaction); readers get a connection per thread and, with
+WAL, never wait for the writer. Schema changes are numbered migrations
+recorded in `schema_migrations`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE apps (
+        name TEXT PRIMARY KEY,
+        desired TEXT NOT NULL,
+        current_revision INTEGER,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE revisions (
+        app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        container_hash TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        author TEXT NOT NULL,
+        message TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (app, number)
+    );
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY,
+        engine_id TEXT NOT NULL UNIQUE,
+        hostname TEXT NOT NULL,
+        token_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        last_seen REAL NOT NULL,
+        registered_at REAL NOT NULL,
+        docker_ok INTEGER NOT NULL DEFAULT 1,
+        docker_error TEXT,
+        report_seq INTEGER NOT NULL DEFAULT 0,
+        info TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE placements (
+        app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        slot INTEGER NOT NULL,
+        node_id TEXT NOT NULL REFERENCES nodes(node_id),
+        PRIMARY KEY (app, slot)
+    );
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL REFERENCES nodes(node_id),
+        app TEXT NOT NULL,
+        revision INTEGER,
+        kind TEXT NOT NULL,
+        slot INTEGER,
+        container TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL,
+        lease_token TEXT,
+        lease_expires REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        container_id TEXT,
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX tasks_by_node ON tasks(node_id, status);
+    CREATE INDEX tasks_by_app ON tasks(app, slot, id);
+    CREATE TABLE containers (
+        node_id TEXT NOT NULL REFERENCES nodes(node_id) ON DELETE CASCADE,
+        container_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        app TEXT NOT NULL,
+        revision INTEGER,
+        slot INTEGER,
+        container_hash TEXT,
+        image TEXT NOT NULL,
+        state TEXT NOT NULL,
+        health TEXT,
+        exit_code INTEGER,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        observed_at REAL NOT NULL,
+        down_since REAL,
+        PRIMARY KEY (node_id, container_id)
+    );
+    CREATE INDEX containers_by_app ON containers(app, slot);
+    CREATE TABLE sync_errors (
+        path TEXT PRIMARY KEY,
+        commit_sha TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        app TEXT,
+        node_id TEXT,
+        task_id INTEGER,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_by_app ON events(app, id);
+    """,
+]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class Store:
+    """The CP's database: `write()` for transactions, `query()`/`one()` for reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(path)
+        self._writer.execute("PRAGMA journal_mode = WAL")
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.write() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            done = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            current = done.fetchone()[0]
+            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+                log.info("database %s: migrated to schema version %d", self.path, version)
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; commits on success, rolls back on any error."""
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path)
+        return conn
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._reader().execute(sql, params)]
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        row = self._reader().execute(sql, params).fetchone()
+        return dict(row) if row else None
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def get_meta(db: sqlite3.Connection, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def record_event(
+    db: sqlite3.Connection,
+    kind: str,
+    message: str,
+    *,
+    app: str | None = None,
+    node_id: str | None = None,
+    task_id: int | None = None,
+) -> None:
+    """Append to the event log and say it in the CP's log too."""
+    db.execute(
+        "INSERT INTO events (at, kind, app, node_id, task_id, message) VALUES (?, ?, ?, ?, ?, ?)",
+        (time.time(), kind, app, node_id, task_id, message),
+    )
+    log.info("%s: %s", kind, message)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

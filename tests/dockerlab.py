@@ -1,0 +1,148 @@
+"""Offline Docker helpers for Docklet's integration tests.
+
+Plain functions (no pytest fixtures) that build a tiny HTTP-serving image from
+nothing but Debian's static busybox, push it to the local test registry started
+by ``.ci/start-registry.sh`` and clean up afterwards.  Nothing here needs
+Docker Hub or any other network access.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+log = logging.getLogger(__name__)
+
+REGISTRY = "127.0.0.1:5000"
+BUSYBOX = Path("/bin/busybox")
+
+# STOPSIGNAL SIGKILL: busybox httpd runs as PID 1 and installs no SIGTERM
+# handler, so a plain `docker stop` would wait out its whole grace period.
+_DOCKERFILE = """\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY index.html /www/index.html
+EXPOSE 80
+STOPSIGNAL SIGKILL
+CMD ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]
+"""
+
+
+class DockerLabError(RuntimeError):
+    """A test-infrastructure step (build, push, ...) failed."""
+
+
+def docker_client() -> docker.DockerClient:
+    """Client for the local engine (DOCKER_HOST or /var/run/docker.sock)."""
+    return docker.from_env(version="auto")
+
+
+def _is_static_elf(data: bytes) -> bool:
+    """True when ``data`` is a 64-bit little-endian ELF without PT_INTERP."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return False
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        (p_type,) = struct.unpack_from("<I", data, phoff + i * phentsize)
+        if p_type == 3:  # PT_INTERP: needs a dynamic loader, useless in scratch
+            return False
+    return True
+
+
+def _add_file(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = 0  # fixed: identical contexts hit the build cache
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _build_context(tag: str) -> io.BytesIO:
+    try:
+        busybox = BUSYBOX.read_bytes()
+    except OSError as exc:
+        raise DockerLabError(f"{BUSYBOX} missing: apt-get install busybox-static") from exc
+    if not _is_static_elf(busybox):
+        raise DockerLabError(f"{BUSYBOX} is not a static binary: apt-get install busybox-static")
+    index = f"<!doctype html>\n<title>{tag}</title>\n<p>docklet test image {tag}</p>\n"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _add_file(tar, "Dockerfile", _DOCKERFILE.encode())
+        _add_file(tar, "busybox", busybox, mode=0o755)
+        _add_file(tar, "index.html", index.encode())
+    buf.seek(0)
+    return buf
+
+
+def build_web_image(client: docker.DockerClient, tag: str, labels: dict[str, str]) -> str:
+    """Build a FROM-scratch busybox image serving ``/www`` on port 80; return its id.
+
+    ``/www/index.html`` contains ``tag``, so different tags give different images.
+    Busybox applets (sh, wget, ...) are available under ``/bin``.
+    """
+    started = time.monotonic()
+    try:
+        image, _logs = client.images.build(
+            fileobj=_build_context(tag),
+            custom_context=True,
+            tag=tag,
+            labels=dict(labels),
+            pull=False,
+            rm=True,
+            forcerm=True,
+        )
+    except docker.errors.BuildError as exc:
+        lines = "".join(str(chunk.get("stream", chunk)) for chunk in exc.build_log)
+        raise DockerLabError(f"building {tag} failed: {exc.msg}\n{lines}") from exc
+    log.info("built %s (%s) in %.1fs", tag, image.short_id, time.monotonic() - started)
+    return str(image.id)
+
+
+def push_to_registry(client: docker.DockerClient, local_tag: str, repo_name: str, tag: str) -> str:
+    """Tag ``local_tag`` as ``REGISTRY/repo_name:tag``, push it; return that reference."""
+    repository = f"{REGISTRY}/{repo_name}"
+    ref = f"{repository}:{tag}"
+    started = time.monotonic()
+    if not client.images.get(local_tag).tag(repository, tag=tag):
+        raise DockerLabError(f"could not tag {local_tag} as {ref}")
+    digest = None
+    chunk: dict[str, Any]
+    for chunk in client.images.push(repository, tag=tag, stream=True, decode=True):
+        if "error" in chunk or "errorDetail" in chunk:
+            detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error")
+            raise DockerLabError(f"pushing {ref} failed: {detail}")
+        digest = chunk.get("aux", {}).get("Digest", digest)
+    if digest is None:
+        raise DockerLabError(f"pushing {ref} reported no digest")
+    log.info("pushed %s (%s) in %.1fs", ref, digest, time.monotonic() - started)
+    return ref
+
+
+def remove_image(client: docker.DockerClient, ref: str) -> None:
+    """Remove an image reference (or id) if present; never raises for a missing one."""
+    try:
+        client.images.remove(ref, force=True)
+    except docker.errors.NotFound:
+        return
+    log.debug("removed image %s", ref)
+
+
+def registry_available() -> bool:
+    """True when the local test registry answers ``GET /v2/`` with 200."""
+    try:
+        with urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
