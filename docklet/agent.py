@@ -57,6 +57,7 @@ class Agent:
         self.cluster_id = ""
         self.report_seq = 0
         self.stop = threading.Event()
+        self.busy = False  # executing a task: a shutdown waits for it to finish
         self._registered = threading.Lock()
 
     # -- registration --------------------------------------------------------
@@ -142,7 +143,11 @@ class Agent:
         for task in reply["tasks"]:
             if self.stop.is_set():
                 break  # shutting down: the CP hands these out again when we re-register
-            self.run_task(task)
+            self.busy = True
+            try:
+                self.run_task(task)
+            finally:
+                self.busy = False
             ran += 1
         return ran
 
@@ -287,8 +292,14 @@ def main(cp_url: str, name: str | None, heartbeat_interval: float | None, log_le
     """
     logs.setup(log_level)
     agent = Agent(cp_url, name=name, heartbeat_interval=heartbeat_interval)
+
+    def shutdown(*_: object) -> None:
+        agent.stop.set()
+        if not agent.busy:  # waiting in a long poll: leave now rather than when it ends
+            raise SystemExit(0)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.stop.set())
+        signal.signal(sig, shutdown)
     log.info("agent %s starting; control plane %s", __version__, cp_url)
     agent.run()
     log.info("agent stopped")
