@@ -97,7 +97,7 @@ def _dump(data: dict[str, Any]) -> bytes:
 
 
 def make_app(cp: ControlPlane) -> Bottle:
-    app = Bottle(autojson=False)
+    app = Bottle()
     app.install(json_errors)
 
     def authenticated(node_id: str) -> str:
@@ -116,20 +116,18 @@ def make_app(cp: ControlPlane) -> Bottle:
         name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None], message: str
     ) -> str:
         """Commit a change to one app's file; the change returns the new spec, or None to delete."""
-        result: dict[str, Any] = {}
-
         def edit(files: dict[str, bytes]) -> Changes:
             path, data = _existing(files, name)
             new = change(dict(data))
             if new is None:
                 return {path: None}
-            result["spec"] = spec.validate(new, source=path)
+            spec.validate(new, source=path)
             return {path: _dump(new)}
 
         sha, _ = cp.commit(edit, message, _author())
-        return _json(
-            {"app": name, "commit": sha, **(app_view(name) if sha or "spec" in result else {})}
-        )
+        # A removed app with nothing left to clean up is already forgotten.
+        views = app_views(cp.store, cp.config, name)
+        return _json({"app": name, "commit": sha, **(views[0] if views else {})})
 
     # -- public state ------------------------------------------------------
 

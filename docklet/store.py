@@ -185,7 +185,8 @@ class Store:
         return dict(row) if row else None
 
     def close(self) -> None:
-        self._writer.close()
+        with self._write_lock:  # never under a transaction running on another thread
+            self._writer.close()
 
 
 def get_meta(db: sqlite3.Connection, key: str) -> str | None:

@@ -6,6 +6,7 @@ remove it afterwards, and never touch anything else on the engine.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -120,14 +121,22 @@ def served_cp(cp: ControlPlane) -> Iterator[str]:
 
     server = create_server(make_app(cp), host="127.0.0.1", port=0, threads=16)
     stop = threading.Event()
+
+    def run_server() -> None:
+        with contextlib.suppress(OSError):  # closing the socket under select() ends the loop
+            server.run()
+
     threads = [
-        threading.Thread(target=server.run, daemon=True),
+        threading.Thread(target=run_server, daemon=True),
         threading.Thread(target=cp.run_controller, args=(stop,), daemon=True),
     ]
     for t in threads:
         t.start()
     yield f"http://127.0.0.1:{server.effective_port}"
     stop.set()
+    cp.wake()
+    threads[1].join(timeout=10)
+    server.task_dispatcher.shutdown()
     server.close()
 
 
@@ -139,7 +148,7 @@ def docker_client() -> Any:
     try:
         client = dockerlab.docker_client()
         client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
+    except Exception as exc:  # any failure means: no engine here
         if os.environ.get("CI"):
             pytest.fail(f"CI needs a Docker engine: {exc}")
         pytest.skip(f"no Docker engine: {exc}")
@@ -221,7 +230,7 @@ class Cluster:
         assert self.cp.alive, f"the CP exited:\n{self.cp.log.read_text()[-3000:]}"
         try:
             return self.client.get("/api/health") == {"status": "ok"}
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             return False
 
     def start_agent(self) -> None:

@@ -100,7 +100,8 @@ def test_pull_always_pulls_from_the_registry(
 ) -> None:
     import dockerlab
 
-    ref = dockerlab.push_to_registry(docker_client, web_image, "docklet-test/web", cluster.cluster_id)
+    tag = cluster.cluster_id
+    ref = dockerlab.push_to_registry(docker_client, web_image, "docklet-test/web", tag)
     dockerlab.remove_image(docker_client, ref)  # only the registry has it now
     try:
         created = cluster.client.post("/api/apps", {"name": "pulled", "image": ref,

@@ -1,0 +1,117 @@
+"""The CLI against a real CP over HTTP on loopback: output, exit codes, help."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from docklet.cli import ExitCode, cli
+from docklet.controlplane import ControlPlane
+from docklet.nodes import register
+
+
+def invoke(url: str, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--cp", url, *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def add_node(cp: ControlPlane, name: str = "node-1") -> None:
+    with cp.store.write() as db:
+        register(db, f"engine-{name}", name, {})
+
+
+def test_version_shows_cli_and_control_plane(served_cp: str) -> None:
+    code, out, _ = invoke(served_cp, "version")
+    assert code == ExitCode.OK
+    assert "docklet CLI" in out and "control plane" in out and "API v1" in out
+
+
+def test_run_detach_prints_the_seed_lines_and_commits(served_cp: str, cp: ControlPlane) -> None:
+    add_node(cp)
+    code, out, err = invoke(served_cp, "run", "nginx", "--detach", "-p", "8080:80", "-e", "A=b")
+    assert code == ExitCode.OK, err
+    assert out == "✔ Creating deployment nginx\n✔ Task scheduled\n"
+    files = cp.repo.read(cp.repo.head()).files
+    text = files["apps/nginx.yaml"].decode()
+    assert "image: nginx:latest" in text and "8080:80" in text and "A: b" in text
+
+
+def test_ps_shows_desired_and_actual(served_cp: str, cp: ControlPlane) -> None:
+    add_node(cp)
+    invoke(served_cp, "run", "nginx", "--detach")
+    code, out, _ = invoke(served_cp, "ps")
+    assert code == ExitCode.OK
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["NAME", "REVISION", "DESIRED", "ACTUAL", "NODE", "STATUS"]
+    assert row.split()[:5] == ["nginx", "v1", "running", "pending", "node-1"]
+    code, out, _ = invoke(served_cp, "ps", "--json")
+    assert json.loads(out)[0]["desired"] == "running"
+
+
+def test_run_without_nodes_says_why_and_times_out(served_cp: str) -> None:
+    code, _out, err = invoke(served_cp, "run", "nginx", "--timeout", "1")
+    assert code == ExitCode.TIMEOUT
+    assert "no online node" in err
+
+
+def test_duplicate_name_is_a_client_error(served_cp: str) -> None:
+    invoke(served_cp, "run", "nginx", "--detach")
+    code, _, err = invoke(served_cp, "run", "nginx:1.25", "--detach")
+    assert code == ExitCode.CLIENT_ERROR
+    assert err.startswith("✖ 409: app 'nginx' already exists")
+
+
+def test_invalid_image_is_a_client_error(served_cp: str) -> None:
+    code, _, err = invoke(served_cp, "run", "Not An Image", "--detach", "--name", "x")
+    assert code == ExitCode.CLIENT_ERROR
+    assert "image" in err and "Traceback" not in err
+
+
+def test_unknown_app_is_a_client_error(served_cp: str) -> None:
+    for command in ("stop", "rm", "start"):
+        code, _, err = invoke(served_cp, command, "ghost")
+        assert code == ExitCode.CLIENT_ERROR
+        assert "app 'ghost' does not exist" in err
+
+
+def test_unreachable_control_plane_is_one_line_and_its_own_code() -> None:
+    code, _out, err = invoke("http://127.0.0.1:9", "ps")
+    assert code == ExitCode.UNREACHABLE
+    assert err.count("\n") == 1 and "cannot reach the control plane" in err
+
+
+def test_server_error_has_its_own_code(served_cp: str, cp: ControlPlane) -> None:
+    # A damaged database is the control plane's failure, not the user's.
+    with sqlite3.connect(cp.config.db_path) as db:
+        db.execute("DROP TABLE sync_errors")
+    code, _, err = invoke(served_cp, "ps")
+    assert code == ExitCode.SERVER_ERROR
+    assert "500" in err and "Traceback" not in err
+
+
+def test_bad_env_flag_is_a_usage_error(served_cp: str) -> None:
+    code, _, err = invoke(served_cp, "run", "nginx", "-e", "NOEQUALS")
+    assert code == ExitCode.USAGE
+    assert "KEY=VALUE" in err
+
+
+def test_stop_then_start_rewrites_the_spec(served_cp: str, cp: ControlPlane) -> None:
+    invoke(served_cp, "run", "nginx", "--detach")
+    assert invoke(served_cp, "stop", "nginx")[1] == "✔ Stopping nginx\n"
+    assert b"state: stopped" in cp.repo.read(cp.repo.head()).files["apps/nginx.yaml"]
+    assert invoke(served_cp, "start", "nginx")[1] == "✔ Starting nginx\n"
+    assert invoke(served_cp, "rm", "nginx")[1] == "✔ Removing nginx\n"
+    assert "apps/nginx.yaml" not in cp.repo.read(cp.repo.head()).files
+
+
+def _commands(group: click.Group) -> list[tuple[str, click.Command]]:
+    return sorted(group.commands.items())
+
+
+@pytest.mark.parametrize("name,command", _commands(cli))
+def test_every_command_has_help_with_an_example(name: str, command: click.Command) -> None:
+    assert command.help and "Example: docklet" in command.help, f"`docklet {name}` lacks an example"

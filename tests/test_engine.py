@@ -1,0 +1,123 @@
+"""The agent's Docker side, against the real engine."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from docklet.engine import Engine, TaskFailed
+from docklet.errors import DockerUnavailable
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def cluster_id(docker_client: Any) -> Iterator[str]:
+    cid = f"test-{uuid.uuid4().hex[:8]}"
+    yield cid
+    for c in docker_client.containers.list(all=True, filters={"label": f"docklet.cluster={cid}"}):
+        c.remove(force=True)
+
+
+def deploy_task(image: str, task_id: int = 1, **spec: Any) -> dict[str, Any]:
+    payload = {"image": image, "env": {"GREETING": "hi"}, "ports": [], "volumes": [],
+               "labels": {"team": "web"}, "restart": "unless-stopped", "pull": "never",
+               "stop_grace_period": "1s", "container_hash": "hash-a", **spec}
+    app = f"e{uuid.uuid4().hex[:6]}"
+    return {"id": task_id, "kind": "deploy", "app": app, "slot": 1, "revision": 1,
+            "container": f"docklet.{app}.1", "payload": payload}
+
+
+def test_deploy_is_idempotent(docker_client: Any, web_image: str, cluster_id: str) -> None:
+    engine = Engine(docker_client)
+    task = deploy_task(web_image)
+    first = engine.deploy(task, "node-1", cluster_id)
+    second = engine.deploy(task, "node-1", cluster_id)
+    assert first["id"] == second["id"] and second["state"] == "running"
+    container = docker_client.containers.get(first["id"])
+    assert container.labels["team"] == "web"
+    assert container.labels["docklet.cluster"] == cluster_id
+    assert "GREETING=hi" in container.attrs["Config"]["Env"]
+    assert container.attrs["Config"]["StopTimeout"] == 1
+    assert [c["id"] for c in engine.list_managed(cluster_id)] == [first["id"]]
+    assert engine.list_managed(f"{cluster_id}-other") == []
+
+
+def test_deploy_restarts_a_stopped_container_instead_of_making_another(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    task = deploy_task(web_image)
+    first = engine.deploy(task, "node-1", cluster_id)
+    docker_client.containers.get(first["id"]).kill()
+    again = engine.deploy(task, "node-1", cluster_id)
+    assert again["id"] == first["id"] and again["state"] == "running"
+
+
+def test_a_changed_spec_replaces_the_container(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    task = deploy_task(web_image)
+    old = engine.deploy(task, "node-1", cluster_id)
+    task["payload"] = {**task["payload"], "env": {"GREETING": "bye"}, "container_hash": "hash-b"}
+    new = engine.deploy(task, "node-1", cluster_id)
+    assert new["id"] != old["id"]
+    assert len(engine.list_managed(cluster_id)) == 1
+
+
+def test_stop_and_remove_are_idempotent(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    task = deploy_task(web_image)
+    engine.deploy(task, "node-1", cluster_id)
+    assert engine.stop(task, cluster_id)["state"] == "exited"
+    assert engine.stop(task, cluster_id)["state"] == "exited"
+    engine.remove(task, cluster_id)
+    engine.remove(task, cluster_id)
+    assert engine.list_managed(cluster_id) == []
+    assert engine.stop(task, cluster_id) is None
+
+
+def test_a_container_docklet_does_not_own_is_never_touched(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    task = deploy_task(web_image)
+    foreign = docker_client.containers.create(web_image, name=task["container"])
+    try:
+        with pytest.raises(TaskFailed, match="does not manage"):
+            engine.deploy(task, "node-1", cluster_id)
+        with pytest.raises(TaskFailed, match="does not manage"):
+            engine.remove(task, cluster_id)
+        foreign.reload()  # still there
+    finally:
+        foreign.remove(force=True)
+
+
+def test_missing_image_with_pull_never_fails_clearly(docker_client: Any, cluster_id: str) -> None:
+    engine = Engine(docker_client)
+    task = deploy_task(f"docklet-test/absent:{uuid.uuid4().hex[:6]}")
+    with pytest.raises(TaskFailed, match="not on this node and the pull policy is 'never'"):
+        engine.deploy(task, "node-1", cluster_id)
+
+
+def test_a_failed_start_leaves_no_container(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    task = deploy_task(web_image, command=["/no/such/binary"])
+    with pytest.raises(TaskFailed, match="no such file"):
+        engine.deploy(task, "node-1", cluster_id)
+    assert engine.list_managed(cluster_id) == []
+
+
+def test_an_unreachable_engine_is_unavailable_not_empty() -> None:
+    dead = docker.DockerClient(base_url="unix:///tmp/docklet-no-such.sock", version="1.41")
+    with pytest.raises(DockerUnavailable, match="unreachable"):
+        Engine(dead).list_managed("any")
