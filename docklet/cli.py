@@ -193,7 +193,7 @@ def _wait_running(ctx: Context, name: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             reason = app.get("last_error") or f"app is {app['actual']}"
             raise Failed(f"{name} is not running after {timeout:g}s: {reason}", ExitCode.TIMEOUT)
-        time.sleep(0.25)
+        time.sleep(0.1)
 
 
 COLUMNS = ("NAME", "REVISION", "DESIRED", "ACTUAL", "NODE", "STATUS")

@@ -1,0 +1,103 @@
+"""How long `docklet run` takes to show `running`, next to a plain `docker run -d`.
+
+Starts its own control plane and agent (temporary data dir, loopback port)
+on the local Docker engine, then times, for the same local image:
+
+- `docklet run IMAGE --name bench-N` until it exits (it returns once the CP
+  reports the container running), followed by `docklet rm`;
+- `docker run -d IMAGE` until it exits (Docker returns once the container
+  started), followed by `docker rm -f`.
+
+Usage: python benchmarks/run_latency.py IMAGE [--runs 7]
+Prints the median, min and max of each, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer")
+
+
+def timed(args: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    return (time.perf_counter() - start) * 1000, done.stdout.strip()
+
+
+def summary(name: str, values: list[float]) -> str:
+    return (f"{name:<22} median {statistics.median(values):7.0f} ms"
+            f"   min {min(values):6.0f}   max {max(values):6.0f}   (n={len(values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image")
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(Path(tmp) / "procs.log", "wb")
+        cp = subprocess.Popen([str(BIN / "docklet-cp"), "--data-dir", tmp, "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=log, stderr=log)
+        wait_http(f"{url}/api/health")
+        agent = subprocess.Popen([str(BIN / "docklet-agent")], stdout=log, stderr=log,
+                                 env={**os.environ, "DOCKLET_CP": url,
+                                      "DOCKLET_NODE_NAME": "bench-node"})
+        docklet = [str(BIN / "docklet"), "--cp", url]
+        try:
+            while not json.loads(subprocess.run([*docklet, "nodes", "--json"],
+                                                capture_output=True, text=True).stdout):
+                time.sleep(0.1)
+            ours, theirs = [], []
+            for n in range(args.runs):
+                ms, _ = timed([*docklet, "run", args.image, "--name", f"bench-{n}"])
+                ours.append(ms)
+                subprocess.run([*docklet, "rm", f"bench-{n}"], capture_output=True, check=True)
+                ms, cid = timed(["docker", "run", "-d", args.image])
+                theirs.append(ms)
+                subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=True)
+            # Let the last removal finish before the agent goes.
+            while json.loads(subprocess.run([*docklet, "ps", "--json"], capture_output=True,
+                                            text=True).stdout):
+                time.sleep(0.1)
+        finally:
+            agent.terminate()
+            cp.terminate()
+            agent.wait()
+            cp.wait()
+    print(summary("docklet run → running", ours))
+    print(summary("docker run -d", theirs))
+
+
+if __name__ == "__main__":
+    main()
