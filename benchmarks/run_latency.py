@@ -53,8 +53,10 @@ def timed(args: list[str]) -> tuple[float, str]:
 
 
 def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<22} median {statistics.median(values):7.0f} ms"
-            f"   min {min(values):6.0f}   max {max(values):6.0f}   (n={len(values)})")
+    return (
+        f"{name:<22} median {statistics.median(values):7.0f} ms"
+        f"   min {min(values):6.0f}   max {max(values):6.0f}   (n={len(values)})"
+    )
 
 
 def main() -> None:
@@ -67,16 +69,31 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "procs.log", "wb")
-        cp = subprocess.Popen([str(BIN / "docklet-cp"), "--data-dir", tmp, "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=log, stderr=log)
+        cp = subprocess.Popen(
+            [
+                str(BIN / "docklet-cp"),
+                "--data-dir",
+                tmp,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=log,
+        )
         wait_http(f"{url}/api/health")
-        agent = subprocess.Popen([str(BIN / "docklet-agent")], stdout=log, stderr=log,
-                                 env={**os.environ, "DOCKLET_CP": url,
-                                      "DOCKLET_NODE_NAME": "bench-node"})
+        agent = subprocess.Popen(
+            [str(BIN / "docklet-agent")],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "DOCKLET_CP": url, "DOCKLET_NODE_NAME": "bench-node"},
+        )
         docklet = [str(BIN / "docklet"), "--cp", url]
         try:
-            while not json.loads(subprocess.run([*docklet, "nodes", "--json"],
-                                                capture_output=True, text=True).stdout):
+            while not json.loads(
+                subprocess.run([*docklet, "nodes", "--json"], capture_output=True, text=True).stdout
+            ):
                 time.sleep(0.1)
             ours, theirs = [], []
             for n in range(args.runs):
@@ -87,8 +104,9 @@ def main() -> None:
                 theirs.append(ms)
                 subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=True)
             # Let the last removal finish before the agent goes.
-            while json.loads(subprocess.run([*docklet, "ps", "--json"], capture_output=True,
-                                            text=True).stdout):
+            while json.loads(
+                subprocess.run([*docklet, "ps", "--json"], capture_output=True, text=True).stdout
+            ):
                 time.sleep(0.1)
         finally:
             agent.terminate()

@@ -244,8 +244,9 @@ def make_app(cp: ControlPlane) -> Bottle:
         authenticated(node_id)
         data = body()
         with cp.store.write() as db:
-            nodes.heartbeat(db, node_id, data)
-        cp.wake()
+            changed = nodes.heartbeat(db, node_id, data)
+        if changed:
+            cp.wake()
         return _json({"status": "ok"})
 
     @app.get("/api/agents/<node_id>/tasks")

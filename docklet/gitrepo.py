@@ -93,13 +93,15 @@ class GitRepo:
         `edit` sees the current files and returns the changes; it may raise to
         refuse (a duplicate app, say). When the branch moves underneath, it
         runs again on the new head. Returns the new commit, or None when the
-        edit changed nothing.
+        edit changed nothing. Only files under apps/ are Docklet's to edit.
         """
         with self._lock:
             for attempt in range(COMMIT_RETRIES):
                 parent = self.head()
                 current = self.read(parent).files if parent else {}
                 changes = edit(current)
+                if any(not p.startswith(f"{defaults.APPS_DIR}/") for p in changes):
+                    raise ValueError(f"Docklet only edits files under {defaults.APPS_DIR}/")
                 if all(current.get(p) == c for p, c in changes.items()):
                     return None
                 sha = self._write_commit(parent, changes, message, author)
@@ -148,13 +150,14 @@ class GitRepo:
                 raise RefMoved("the branch moved")
             os.write(fd, f"{new}\n".encode())
             os.fsync(fd)
+        except BaseException:
             os.close(fd)
-            fd = -1
-            os.replace(lock, ref_file)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            lock.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)  # still ours: nobody else can have made it
+            raise
+        os.close(fd)
+        # The rename releases the lock; after it, the lock path may already be
+        # another writer's, so it is never touched again.
+        os.replace(lock, ref_file)
 
     @staticmethod
     def _clear_stale_lock(lock: Path) -> None:

@@ -76,13 +76,18 @@ def authenticate(store: Store, node_id: str, token: str | None) -> None:
         raise Unauthorized(f"node {node_id!r}: missing or wrong token; restart its agent")
 
 
-def heartbeat(db: sqlite3.Connection, node_id: str, body: dict[str, Any]) -> None:
-    """Mark the node seen and, when the snapshot is trustworthy, replace its containers."""
+def heartbeat(db: sqlite3.Connection, node_id: str, body: dict[str, Any]) -> bool:
+    """Mark the node seen and, when the snapshot is trustworthy, replace its containers.
+
+    Returns whether anything the scheduler acts on changed (so most heartbeats,
+    which only say "still here, same containers", wake nothing).
+    """
     now = time.time()
     node = db.execute(
-        "SELECT status, report_seq FROM nodes WHERE node_id = ?", (node_id,)
+        "SELECT status, report_seq, docker_ok FROM nodes WHERE node_id = ?", (node_id,)
     ).fetchone()
     docker_ok = bool(body.get("docker_ok", True))
+    changed = node["status"] != NodeStatus.ONLINE or bool(node["docker_ok"]) != docker_ok
     db.execute(
         "UPDATE nodes SET last_seen = ?, status = ?, docker_ok = ?, docker_error = ?"
         " WHERE node_id = ?",
@@ -94,22 +99,30 @@ def heartbeat(db: sqlite3.Connection, node_id: str, body: dict[str, Any]) -> Non
     # A failed Docker list is not "no containers", and a list taken before the
     # agent's latest task report may predate the container that report added.
     if not docker_ok or containers is None or body.get("report_seq", 0) < node["report_seq"]:
-        return
+        return changed
     if not isinstance(containers, list):
         raise BadRequest("'containers' must be a list")
-    seen = []
-    for container in containers:
-        observe(db, node_id, container, now)
-        seen.append(container["id"])
+    before = _states(db, node_id)
+    seen = [observe(db, node_id, container, now) for container in containers]
     marks = ",".join("?" * len(seen))
     db.execute(
         f"DELETE FROM containers WHERE node_id = ? AND container_id NOT IN ({marks})",
         (node_id, *seen),
     )
+    return changed or _states(db, node_id) != before
 
 
-def observe(db: sqlite3.Connection, node_id: str, c: dict[str, Any], now: float) -> None:
+def _states(db: sqlite3.Connection, node_id: str) -> set[tuple[Any, ...]]:
+    rows = db.execute(
+        "SELECT container_id, state, health FROM containers WHERE node_id = ?", (node_id,)
+    )
+    return {tuple(r) for r in rows}
+
+
+def observe(db: sqlite3.Connection, node_id: str, c: Any, now: float) -> str:
     """Upsert one container as an agent saw it; remember since when it is down."""
+    if not isinstance(c, dict):
+        raise BadRequest("each container in a report must be an object")
     try:
         labels = c.get("labels") or {}
         row = (
@@ -141,6 +154,7 @@ def observe(db: sqlite3.Connection, node_id: str, c: dict[str, Any], now: float)
         " ELSE COALESCE(containers.down_since, excluded.down_since) END",
         row,
     )
+    return str(c["id"])
 
 
 def _int(value: Any) -> int | None:

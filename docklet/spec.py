@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from docklet.errors import InvalidSpec
 from docklet.status import DesiredState
@@ -60,11 +60,27 @@ Duration = Annotated[
 ]
 
 
+def _scalar_text(value: Any) -> Any:
+    """`PORT: 8000` and `DEBUG: true` mean what a shell would pass: "8000", "true"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
 class RestartPolicy(StrEnum):
     NO = "no"
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
     UNLESS_STOPPED = "unless-stopped"
+
+
+class SpecState(StrEnum):
+    """What a spec may ask for; `removed` (DesiredState) is deleting the file."""
+
+    RUNNING = DesiredState.RUNNING.value
+    STOPPED = DesiredState.STOPPED.value
 
 
 class PullPolicy(StrEnum):
@@ -110,11 +126,11 @@ class AppSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="DNS-label style: a-z, 0-9 and '-'.")
     image: str = Field(pattern=IMAGE_PATTERN, max_length=255)
     replicas: int = Field(1, ge=0, le=1000)
-    state: DesiredState = Field(
-        DesiredState.RUNNING, description="running or stopped (removing is deleting the file)."
+    state: SpecState = Field(
+        SpecState.RUNNING, description="running or stopped (to remove an app, delete its file)."
     )
     command: list[str] | str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, Annotated[str, BeforeValidator(_scalar_text)]] = Field(default_factory=dict)
     ports: list[Annotated[str, Field(pattern=PORT_PATTERN)]] = Field(
         default_factory=list, description="'[IP:]HOST:CONTAINER[/udp]' or 'CONTAINER'."
     )
@@ -130,13 +146,6 @@ class AppSpec(Strict):
     healthcheck: Healthcheck | None = None
     placement: Placement = Field(default_factory=Placement)
     rollout: Rollout = Field(default_factory=Rollout)
-
-    @field_validator("state")
-    @classmethod
-    def _not_removed(cls, value: DesiredState) -> DesiredState:
-        if value == DesiredState.REMOVED:
-            raise ValueError("state is 'running' or 'stopped'; to remove an app, delete its file")
-        return value
 
     @field_validator("env")
     @classmethod
@@ -223,7 +232,7 @@ def default_name(image: str) -> str:
     """The app name `docklet run IMAGE` picks: the image name without registry, path or tag."""
     last = image.split("@", 1)[0].rsplit("/", 1)[-1]
     base = last.split(":", 1)[0].lower()
-    return re.sub(r"[^a-z0-9-]+", "-", base).strip("-")[:63] or "app"
+    return re.sub(r"[^a-z0-9-]+", "-", base)[:63].strip("-") or "app"
 
 
 def with_default_tag(image: str) -> str:
@@ -231,6 +240,15 @@ def with_default_tag(image: str) -> str:
     if "@" in image or ":" in image.rsplit("/", 1)[-1]:
         return image
     return f"{image}:latest"
+
+
+FORMATS = {
+    "name": "use a-z, 0-9 and '-', starting and ending with a letter or digit, at most 63",
+    "image": "expected an image reference such as nginx:1.25 or registry.example.com/team/app:v2",
+    "ports": "expected [IP:]HOST:CONTAINER[/udp], e.g. 8080:80",
+    "volumes": "expected VOLUME_OR_HOST_PATH:/path/in/container[:ro]",
+    "state": "to remove an app, delete its file",
+}
 
 
 def describe(error: ValidationError) -> str:
@@ -241,8 +259,11 @@ def describe(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling; see schemas/app.schema.json)"
+        elif item["type"] == "enum" and str(item["loc"][0]) in FORMATS:
+            message = f"{message}; {FORMATS[str(item['loc'][0])]}"
         elif item["type"] == "string_pattern_mismatch":
-            message = f"{item['input']!r} is not valid here"
+            hint = FORMATS.get(str(item["loc"][0]), "see schemas/app.schema.json")
+            message = f"{item['input']!r} is not valid: {hint}"
         lines.append(f"{where}: {message}")
     return "; ".join(lines)
 

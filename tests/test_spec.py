@@ -1,0 +1,328 @@
+"""App spec validation: what a user writing `apps/<name>.yaml` is told, and the hashes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from docklet import spec
+from docklet.errors import InvalidSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "repo" / "apps"
+SOURCE = "apps/web.yaml"
+
+REALISTIC = """\
+name: web
+image: registry.example.com:5000/shop/web:1.4.2
+replicas: 3
+state: stopped
+command: ["nginx", "-g", "daemon off;"]
+env:
+  LOG_LEVEL: info
+ports:
+  - "8080:80"
+  - "127.0.0.1:8443:443/tcp"
+  - "9000"
+volumes:
+  - web-cache:/var/cache/nginx
+  - /srv/web/conf:/etc/nginx/conf.d:ro
+labels:
+  team: frontend
+restart: always
+stop_grace_period: 1m30s
+pull: always
+healthcheck:
+  test: ["CMD", "wget", "-qO-", "http://127.0.0.1/"]
+  interval: 10s
+  timeout: 2s
+  retries: 5
+  start_period: 500ms
+placement:
+  nodes: [edge-1, edge-2]
+rollout:
+  canary: 1
+  max_parallel: 2
+  min_healthy_time: 15s
+  healthy_deadline: 2m
+  progress_deadline: 10m
+  auto_revert: false
+"""
+
+
+def with_lines(*extra: str) -> str:
+    return "\n".join(["name: web", "image: nginx:1.27", *extra]) + "\n"
+
+
+def error_for(text: str) -> str:
+    with pytest.raises(InvalidSpec) as caught:
+        spec.load(text, source=SOURCE)
+    return caught.value.message
+
+
+# -- valid specs -------------------------------------------------------------------
+
+
+def test_realistic_spec_keeps_every_value() -> None:
+    app = spec.load(REALISTIC, source=SOURCE)
+    assert app.name == "web"
+    assert app.replicas == 3
+    assert app.state == "stopped"
+    assert app.ports == ["8080:80", "127.0.0.1:8443:443/tcp", "9000"]
+    assert app.healthcheck is not None and app.healthcheck.retries == 5
+    assert app.placement.nodes == ["edge-1", "edge-2"]
+    assert app.rollout.max_parallel == 2 and app.rollout.auto_revert is False
+    assert app.stop_grace_period == "1m30s"
+
+
+def test_round_trip_through_to_yaml_is_the_same_spec() -> None:
+    app = spec.load(REALISTIC, source=SOURCE)
+    again = spec.load(app.to_yaml(), source=SOURCE)
+    assert again == app
+    assert "canary" not in app.to_yaml()  # a default, left out
+    assert again.revision_hash() == app.revision_hash()
+
+
+def test_minimal_spec_gets_documented_defaults() -> None:
+    app = spec.load(with_lines(), source=SOURCE)
+    assert (app.replicas, app.state, app.restart, app.pull) == (
+        1,
+        "running",
+        "unless-stopped",
+        "missing",
+    )
+    assert app.to_yaml() == "name: web\nimage: nginx:1.27\n"
+
+
+def test_durations_parse_to_seconds() -> None:
+    assert spec.parse_duration("1m30s") == 90.0
+    assert spec.parse_duration("500ms") == 0.5
+    assert spec.parse_duration("1h") == 3600.0
+    assert spec.parse_duration(12) == 12.0
+
+
+# -- invalid specs: each message names the file and the field ----------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "field"),
+    [
+        (["imagee: nginx"], "imagee"),
+        (["rollout:", "  canry: 2"], "rollout.canry"),
+        (["healthcheck:", "  test: [true]", "  interval: 5s", "  retry: 3"], "healthcheck.retry"),
+    ],
+)
+def test_unknown_key_is_named_with_its_path(lines: list[str], field: str) -> None:
+    message = error_for(with_lines(*lines))
+    assert message.startswith(f"{SOURCE}: ")
+    assert f"{field}: unknown key" in message
+    assert "check its spelling" in message
+
+
+def test_wrong_type_names_the_field() -> None:
+    message = error_for(with_lines("replicas: lots"))
+    assert message.startswith(f"{SOURCE}: replicas: ")
+    assert "integer" in message
+
+
+def test_env_numbers_and_booleans_become_strings_as_in_a_shell() -> None:
+    loaded = spec.load(with_lines("env:", "  WORKERS: 4", "  DEBUG: true", "  RATIO: 0.5"))
+    assert loaded.env == {"WORKERS": "4", "DEBUG": "true", "RATIO": "0.5"}
+
+
+def test_env_values_that_are_lists_are_rejected() -> None:
+    assert "env.HOSTS" in error_for(with_lines("env:", "  HOSTS: [a, b]"))
+
+
+@pytest.mark.parametrize("name", ["Web", "my_app", "-web", "web-", "a" * 64])
+def test_bad_name_is_rejected(name: str) -> None:
+    message = error_for(f"name: '{name}'\nimage: nginx\n")
+    assert f"{SOURCE}: name: " in message
+    assert repr(name) in message
+
+
+def test_longest_allowed_name_is_63_characters() -> None:
+    assert spec.load(f"name: {'a' * 63}\nimage: nginx\n").name == "a" * 63
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "nginx:",
+        "Nginx",
+        "library/Nginx:1",
+        "nginx:1 .27",
+        "nginx@sha256:abc",
+        ":latest",
+        "UPPER/Case",
+    ],
+)
+def test_bad_image_reference_is_rejected(image: str) -> None:
+    message = error_for(f"name: web\nimage: '{image}'\n")
+    assert f"{SOURCE}: image: {image!r}" in message
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "nginx",
+        "nginx:1.27-alpine",
+        "library/nginx",
+        "localhost:5000/team/app:v2",
+        "ghcr.io/org/app@sha256:" + "a" * 64,
+        "registry.example.com/a/b/c:tag_1.0",
+    ],
+)
+def test_good_image_reference_is_accepted(image: str) -> None:
+    assert spec.load(f"name: web\nimage: '{image}'\n").image == image
+
+
+@pytest.mark.parametrize("port", ["99999:80", "8080:0", "80:70000/udp"])
+def test_port_out_of_range_says_so(port: str) -> None:
+    message = error_for(with_lines("ports:", f"  - '{port}'"))
+    assert "ports" in message
+    assert port in message
+    assert "1 to 65535" in message
+
+
+def test_malformed_port_is_rejected() -> None:
+    message = error_for(with_lines("ports:", "  - '80:80/sctp'"))
+    assert "ports.0: '80:80/sctp'" in message
+
+
+@pytest.mark.parametrize("duration", ["10 seconds", "10", "1.5.3s", "-5s", "5d"])
+def test_bad_duration_says_how_to_write_one(duration: str) -> None:
+    message = error_for(with_lines(f"stop_grace_period: '{duration}'"))
+    assert f"{SOURCE}: stop_grace_period: " in message
+    assert "is not a duration" in message
+    assert "'10s'" in message
+
+
+def test_negative_number_duration_is_rejected() -> None:
+    message = error_for(with_lines("rollout:", "  min_healthy_time: -1"))
+    assert "rollout.min_healthy_time" in message
+    assert "negative" in message
+
+
+def test_reserved_docklet_label_is_rejected() -> None:
+    message = error_for(with_lines("labels:", "  docklet.app: other"))
+    assert "labels: " in message
+    assert "'docklet.app'" in message
+    assert "reserved" in message
+
+
+def test_state_removed_says_to_delete_the_file() -> None:
+    message = error_for(with_lines("state: removed"))
+    assert f"{SOURCE}: state: " in message
+    assert "delete its file" in message
+
+
+@pytest.mark.parametrize("text", ["- name: web\n  image: nginx\n", "just a string\n", "", "42\n"])
+def test_non_mapping_yaml_is_rejected(text: str) -> None:
+    message = error_for(text)
+    assert message == f"{SOURCE}: an app spec is a mapping of keys to values"
+
+
+def test_yaml_syntax_error_gives_file_and_line() -> None:
+    text = "name: web\nimage: nginx\nenv:\n  A: b\n   C: d\n"
+    message = error_for(text)
+    assert message.startswith(f"{SOURCE}:5: not valid YAML: ")
+
+
+def test_several_problems_are_all_reported() -> None:
+    message = error_for("name: Web\nimage: nginx\nreplicas: -1\ncolour: red\n")
+    assert "name: 'Web'" in message
+    assert "replicas: " in message
+    assert "colour: unknown key" in message
+
+
+def test_invalid_spec_is_a_400_with_stable_code() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        spec.load(with_lines("replicas: lots"), source=SOURCE)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_spec")
+
+
+# -- names and tags from `docklet run IMAGE` ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "name"),
+    [
+        ("nginx", "nginx"),
+        ("nginx:1.27", "nginx"),
+        ("library/redis:7", "redis"),
+        ("localhost:5000/team/app:1.2", "app"),
+        ("registry.example.com:5000/shop/api", "api"),
+        ("ghcr.io/org/my_app@sha256:" + "a" * 64, "my-app"),
+        ("ghcr.io/org/web:2@sha256:" + "b" * 64, "web"),
+    ],
+)
+def test_default_name_is_the_last_path_component(image: str, name: str) -> None:
+    assert spec.default_name(image) == name
+
+
+def test_default_name_of_a_very_long_image_is_a_valid_name() -> None:
+    image = "registry.example.com/" + "a" * 62 + "-b:1"
+    name = spec.default_name(image)
+    assert re.fullmatch(spec.NAME_PATTERN, name), name
+
+
+@pytest.mark.parametrize(
+    ("image", "full"),
+    [
+        ("nginx", "nginx:latest"),
+        ("nginx:1.27", "nginx:1.27"),
+        ("localhost:5000/nginx", "localhost:5000/nginx:latest"),
+        ("localhost:5000/nginx:1", "localhost:5000/nginx:1"),
+        ("ghcr.io/org/team/app", "ghcr.io/org/team/app:latest"),
+        ("nginx@sha256:" + "c" * 64, "nginx@sha256:" + "c" * 64),
+    ],
+)
+def test_with_default_tag_adds_latest_only_when_untagged(image: str, full: str) -> None:
+    assert spec.with_default_tag(image) == full
+
+
+# -- hashes ------------------------------------------------------------------------
+
+
+def test_revision_hash_ignores_state_but_not_image() -> None:
+    running = spec.load(with_lines("state: running"))
+    stopped = spec.load(with_lines("state: stopped"))
+    newer = spec.load("name: web\nimage: nginx:1.28\n")
+    assert running.revision_hash() == stopped.revision_hash()
+    assert running.revision_hash() != newer.revision_hash()
+
+
+def test_revision_hash_ignores_formatting_and_explicit_defaults() -> None:
+    terse = spec.load(with_lines())
+    verbose = spec.load("# the web app\nimage: 'nginx:1.27'\nname: \"web\"\nreplicas: 1\n")
+    assert terse.revision_hash() == verbose.revision_hash()
+
+
+def test_container_hash_ignores_replicas_but_not_env() -> None:
+    one = spec.load(with_lines("replicas: 1"))
+    five = spec.load(with_lines("replicas: 5"))
+    with_env = spec.load(with_lines("replicas: 1", "env: {A: b}"))
+    assert one.container_hash() == five.container_hash()
+    assert one.revision_hash() != five.revision_hash()
+    assert one.container_hash() != with_env.container_hash()
+
+
+# -- the published schema and the examples ----------------------------------------
+
+
+def test_published_schema_is_up_to_date() -> None:
+    path = ROOT / "schemas" / "app.schema.json"
+    assert path.read_text() == spec.schema_text(), (
+        "schemas/app.schema.json is out of date: run `python -m docklet.spec` and commit it"
+    )
+
+
+def test_example_specs_are_valid() -> None:
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert len(files) >= 2, f"expected example specs in {EXAMPLES}"
+    for path in files:
+        app = spec.load(path.read_text(), source=str(path))
+        assert app.name == path.stem, f"{path}: name {app.name!r} must match the file name"
