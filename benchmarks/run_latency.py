@@ -67,8 +67,7 @@ def main() -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        log = open(Path(tmp) / "procs.log", "wb")
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "procs.log", "wb") as log:
         cp = subprocess.Popen(
             [
                 str(BIN / "docklet-cp"),

@@ -116,6 +116,7 @@ def make_app(cp: ControlPlane) -> Bottle:
         name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None], message: str
     ) -> str:
         """Commit a change to one app's file; the change returns the new spec, or None to delete."""
+
         def edit(files: dict[str, bytes]) -> Changes:
             path, data = _existing(files, name)
             new = change(dict(data))

@@ -72,19 +72,34 @@ class WSGIClient:
         self.app = app
 
     def request(
-        self, method: str, path: str, json_body: Any = None, *, raw: bytes | None = None,
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        raw: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        data = raw if raw is not None else (
-            json.dumps(json_body).encode() if json_body is not None else b""
+        data = (
+            raw
+            if raw is not None
+            else (json.dumps(json_body).encode() if json_body is not None else b"")
         )
         path, _, query = path.partition("?")
         environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
-            "SERVER_NAME": "test", "SERVER_PORT": "80", "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(data), "CONTENT_LENGTH": str(len(data)),
-            "CONTENT_TYPE": "application/json", "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "SERVER_NAME": "test",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(data),
+            "CONTENT_LENGTH": str(len(data)),
+            "CONTENT_TYPE": "application/json",
+            "wsgi.errors": sys.stderr,
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
             "wsgi.run_once": False,
         }
         for name, value in (headers or {}).items():
@@ -210,13 +225,26 @@ class Cluster:
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = Client(self.url)
         self.cp = Process(
-            [str(BIN / "docklet-cp"), "--data-dir", str(tmp / "cp"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--heartbeat-interval", "0.5",
-             "--reconcile-interval", "0.5", "--heal-delay", str(heal_delay)],
+            [
+                str(BIN / "docklet-cp"),
+                "--data-dir",
+                str(tmp / "cp"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--heartbeat-interval",
+                "0.5",
+                "--reconcile-interval",
+                "0.5",
+                "--heal-delay",
+                str(heal_delay),
+            ],
             tmp / "cp.log",
         )
         self.agent = Process(
-            [str(BIN / "docklet-agent")], tmp / "agent.log",
+            [str(BIN / "docklet-agent")],
+            tmp / "agent.log",
             env={"DOCKLET_CP": self.url, "DOCKLET_NODE_NAME": "node-1"},
         )
         self.cluster_id = ""
@@ -245,7 +273,9 @@ class Cluster:
     def docklet(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "docklet"), "--cp", self.url, *args],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def app(self, name: str) -> dict[str, Any] | None:

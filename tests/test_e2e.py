@@ -104,8 +104,9 @@ def test_pull_always_pulls_from_the_registry(
     ref = dockerlab.push_to_registry(docker_client, web_image, "docklet-test/web", tag)
     dockerlab.remove_image(docker_client, ref)  # only the registry has it now
     try:
-        created = cluster.client.post("/api/apps", {"name": "pulled", "image": ref,
-                                                    "pull": "always"})
+        created = cluster.client.post(
+            "/api/apps", {"name": "pulled", "image": ref, "pull": "always"}
+        )
         assert created["tasks"]
         wait_for(lambda: cluster.app("pulled")["actual"] == "running", 30, "pulled to run")
         assert docker_client.images.get(ref)  # the agent really pulled it
@@ -116,8 +117,7 @@ def test_pull_always_pulls_from_the_registry(
 
 
 def test_agent_killed_mid_run_does_not_duplicate(cluster: Cluster, web_image: str) -> None:
-    created = cluster.client.post("/api/apps", {"name": "twice", "image": web_image,
-                                                "replicas": 2})
+    created = cluster.client.post("/api/apps", {"name": "twice", "image": web_image, "replicas": 2})
     assert len(created["tasks"]) == 2
     wait_for(lambda: cluster.app("twice")["actual"] == "running", 20, "twice to run")
     cluster.agent.stop(signal.SIGKILL)

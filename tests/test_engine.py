@@ -24,12 +24,28 @@ def cluster_id(docker_client: Any) -> Iterator[str]:
 
 
 def deploy_task(image: str, task_id: int = 1, **spec: Any) -> dict[str, Any]:
-    payload = {"image": image, "env": {"GREETING": "hi"}, "ports": [], "volumes": [],
-               "labels": {"team": "web"}, "restart": "unless-stopped", "pull": "never",
-               "stop_grace_period": "1s", "container_hash": "hash-a", **spec}
+    payload = {
+        "image": image,
+        "env": {"GREETING": "hi"},
+        "ports": [],
+        "volumes": [],
+        "labels": {"team": "web"},
+        "restart": "unless-stopped",
+        "pull": "never",
+        "stop_grace_period": "1s",
+        "container_hash": "hash-a",
+        **spec,
+    }
     app = f"e{uuid.uuid4().hex[:6]}"
-    return {"id": task_id, "kind": "deploy", "app": app, "slot": 1, "revision": 1,
-            "container": f"docklet.{app}.1", "payload": payload}
+    return {
+        "id": task_id,
+        "kind": "deploy",
+        "app": app,
+        "slot": 1,
+        "revision": 1,
+        "container": f"docklet.{app}.1",
+        "payload": payload,
+    }
 
 
 def test_deploy_is_idempotent(docker_client: Any, web_image: str, cluster_id: str) -> None:

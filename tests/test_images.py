@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,7 +27,9 @@ def images(docker_client: Any) -> Iterator[str]:
     base_existed = _exists(docker_client, BASE)
     subprocess.run(
         [str(ROOT / "contrib" / "build-images.sh"), "--offline-base", "--tag", tag],
-        check=True, env={**os.environ, "PYTHON": sys.executable}, timeout=900,
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=900,
     )
     yield tag
     for name in ("control-plane", "agent"):
@@ -52,16 +55,24 @@ def test_control_plane_and_agent_run_as_containers(
     created: list[Any] = []
     cluster_id = ""
     try:
-        created.append(docker_client.containers.run(
-            f"docklet/control-plane:{images}", name=f"docklet-cp-{RUN_ID}", detach=True,
-            ports={"8080/tcp": ("127.0.0.1", port)}, volumes={volume: {"bind": "/data"}},
-        ))
+        created.append(
+            docker_client.containers.run(
+                f"docklet/control-plane:{images}",
+                name=f"docklet-cp-{RUN_ID}",
+                detach=True,
+                ports={"8080/tcp": ("127.0.0.1", port)},
+                volumes={volume: {"bind": "/data"}},
+            )
+        )
         client = Client(url)
         wait_for(lambda: _answers(client), 30, "the CP container to answer")
         cluster_id = client.get("/api/version")["cluster_id"]
         agent = docker_client.containers.run(
-            f"docklet/agent:{images}", name=f"docklet-agent-{RUN_ID}", detach=True,
-            network_mode="host", environment={"DOCKLET_CP": url},
+            f"docklet/agent:{images}",
+            name=f"docklet-agent-{RUN_ID}",
+            detach=True,
+            network_mode="host",
+            environment={"DOCKLET_CP": url},
             volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock"}},
         )
         created.append(agent)
@@ -70,15 +81,21 @@ def test_control_plane_and_agent_run_as_containers(
         assert node["node_id"] == docker_client.info()["Name"]
         wait_for(lambda: client.get("/api/state/nodes")[0]["status"] == "online", 30, "online")
 
-        run = subprocess.run([str(BIN / "docklet"), "--cp", url, "run", web_image, "--name", "web"],
-                             capture_output=True, text=True, timeout=90)
+        run = subprocess.run(
+            [str(BIN / "docklet"), "--cp", url, "run", web_image, "--name", "web"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert run.returncode == 0, run.stderr
         agent.restart()
         nodes = wait_for(lambda: client.get("/api/state/nodes"), 30, "nodes")
         assert [n["node_id"] for n in nodes] == [node["node_id"]]  # the same node again
         wait_for(lambda: client.get("/api/apps/web")["actual"] == "running", 30, "web running")
-        assert len(docker_client.containers.list(
-            filters={"label": f"docklet.cluster={cluster_id}"})) == 1
+        assert (
+            len(docker_client.containers.list(filters={"label": f"docklet.cluster={cluster_id}"}))
+            == 1
+        )
     finally:
         for c in created:
             c.remove(force=True)
@@ -87,10 +104,8 @@ def test_control_plane_and_agent_run_as_containers(
                 all=True, filters={"label": f"docklet.cluster={cluster_id}"}
             ):
                 c.remove(force=True)
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(volume).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def _answers(client: Client) -> bool:
