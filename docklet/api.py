@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -287,5 +288,7 @@ def _int_param(name: str, default: float, low: float, high: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise BadRequest(f"query parameter {name!r} must be a number, not {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadRequest(f"query parameter {name!r} must be a number, not {raw!r}")
     return min(max(value, low), high)

@@ -197,7 +197,9 @@ def _needs_deploy(
     down_since = current[0]["down_since"] if current else last["finished_at"]
     if down_since is None or (not current and node["last_seen"] <= last["finished_at"]):
         return False  # no heartbeat since the deploy finished: nothing known yet
-    return now - down_since >= config.heal_delay or node["registered_at"] > down_since
+    # An app stopped and started again since, like a restarted agent, runs now.
+    restarted = max(node["registered_at"], app["updated_at"])
+    return now - down_since >= config.heal_delay or restarted > down_since
 
 
 def deploy_payload(spec: AppSpec, rev: sqlite3.Row) -> dict[str, Any]:

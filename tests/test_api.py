@@ -1,0 +1,327 @@
+"""The REST API, in process: what a CLI user or an agent gets back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import yaml
+from conftest import WSGIClient
+
+from docklet import API_VERSION, __version__, tasks
+from docklet.client import Client
+from docklet.controlplane import ControlPlane
+from docklet.status import TaskKind
+
+
+def register(api: WSGIClient, name: str = "n1") -> tuple[str, dict[str, str]]:
+    """A node, and the Authorization header its agent sends."""
+    status, body = api.post("/api/agents/register", {"engine_id": f"engine-{name}", "name": name})
+    assert status == 200, body
+    return body["node_id"], {"Authorization": f"Bearer {body['token']}"}
+
+
+def create(api: WSGIClient, **spec: Any) -> dict[str, Any]:
+    status, body = api.post("/api/apps", {"image": "nginx:1.25", "name": "web", **spec})
+    assert status == 201, body
+    return body
+
+
+def repo_file(cp: ControlPlane, path: str) -> dict[str, Any] | None:
+    head = cp.repo.head()
+    files = cp.repo.read(head).files if head else {}
+    return yaml.safe_load(files[path]) if path in files else None
+
+
+def snapshot(cp: ControlPlane) -> tuple[Any, ...]:
+    """What a rejected request must leave untouched."""
+    return (
+        cp.repo.head(),
+        cp.store.query("SELECT * FROM apps ORDER BY name"),
+        cp.store.query("SELECT * FROM revisions ORDER BY app, number"),
+    )
+
+
+def assert_error(status: int, body: Any, expected: int) -> None:
+    assert status == expected, body
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "status"}
+    assert isinstance(body["error"]["code"], str) and body["error"]["code"]
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["status"] == status
+
+
+# -- public state ----------------------------------------------------------------
+
+
+def test_health_and_version(cp: ControlPlane, api: WSGIClient) -> None:
+    assert api.get("/api/health") == (200, {"status": "ok"})
+    assert api.get("/api/version") == (
+        200,
+        {"version": __version__, "api": API_VERSION, "cluster_id": cp.cluster_id},
+    )
+
+
+# -- apps --------------------------------------------------------------------------
+
+
+def test_create_commits_the_file_and_queues_a_task(cp: ControlPlane, api: WSGIClient) -> None:
+    node, _ = register(api)
+    body = create(api, replicas=2)
+    assert (body["app"], body["revision"], body["image"]) == ("web", "v1", "nginx:1.25")
+    assert body["commit"] == cp.repo.head()
+    assert [(t["kind"], t["slot"], t["node_id"]) for t in body["tasks"]] == [
+        ("deploy", 1, node),
+        ("deploy", 2, node),
+    ]
+    assert repo_file(cp, "apps/web.yaml") == {"name": "web", "image": "nginx:1.25", "replicas": 2}
+
+
+def test_bare_image_names_the_app_and_gets_the_latest_tag(
+    cp: ControlPlane, api: WSGIClient
+) -> None:
+    status, body = api.post("/api/apps", {"image": "nginx"})
+    assert status == 201, body
+    assert (body["app"], body["image"]) == ("nginx", "nginx:latest")
+    assert repo_file(cp, "apps/nginx.yaml")["image"] == "nginx:latest"
+
+
+def test_duplicate_name_is_a_conflict(cp: ControlPlane, api: WSGIClient) -> None:
+    create(api)
+    before = snapshot(cp)
+    status, body = api.post("/api/apps", {"image": "redis:7", "name": "web"})
+    assert_error(status, body, 409)
+    assert "already exists" in body["error"]["message"]
+    assert snapshot(cp) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/apps/ghost"),
+        ("POST", "/api/apps/ghost/stop"),
+        ("POST", "/api/apps/ghost/start"),
+        ("POST", "/api/apps/ghost/update"),
+        ("DELETE", "/api/apps/ghost"),
+        ("GET", "/api/apps/ghost/revisions"),
+    ],
+)
+def test_unknown_app_is_not_found(api: WSGIClient, method: str, path: str) -> None:
+    create(api)
+    status, body = api.request(method, path, {"replicas": 2} if path.endswith("update") else None)
+    assert_error(status, body, 404)
+    assert "ghost" in body["error"]["message"]
+
+
+BAD_BODIES = [
+    pytest.param(b'{"image": "nginx",', "JSON", id="malformed-json"),
+    pytest.param(b'["nginx"]', "JSON object", id="json-array"),
+    pytest.param(b'{"image": "nginx", "colour": "red"}', "colour", id="unknown-key"),
+    pytest.param(b'{"image": "nginx", "replicas": "three"}', "replicas", id="wrong-type"),
+    pytest.param(b'{"image": "Not An/Image!"}', "image", id="invalid-image"),
+]
+
+
+@pytest.mark.parametrize(("raw", "named"), BAD_BODIES)
+def test_bad_create_is_400_and_changes_nothing(
+    cp: ControlPlane, api: WSGIClient, raw: bytes, named: str
+) -> None:
+    create(api)
+    before = snapshot(cp)
+    status, body = api.post("/api/apps", raw=raw)
+    assert_error(status, body, 400)
+    assert named in body["error"]["message"]
+    assert snapshot(cp) == before
+
+
+@pytest.mark.parametrize(("raw", "named"), BAD_BODIES)
+def test_bad_update_is_400_and_changes_nothing(
+    cp: ControlPlane, api: WSGIClient, raw: bytes, named: str
+) -> None:
+    create(api)
+    before = snapshot(cp)
+    status, body = api.post("/api/apps/web/update", raw=raw)
+    assert_error(status, body, 400)
+    assert named in body["error"]["message"]
+    assert snapshot(cp) == before
+
+
+def test_stop_writes_the_stopped_state_into_the_file(cp: ControlPlane, api: WSGIClient) -> None:
+    create(api)
+    status, body = api.post("/api/apps/web/stop")
+    assert status == 200, body
+    assert body["desired"] == "stopped"
+    assert repo_file(cp, "apps/web.yaml")["state"] == "stopped"
+
+
+def test_delete_removes_the_file(cp: ControlPlane, api: WSGIClient) -> None:
+    create(api)
+    status, body = api.delete("/api/apps/web")
+    assert status == 200, body
+    assert body["commit"] == cp.repo.head()
+    assert repo_file(cp, "apps/web.yaml") is None
+
+
+def test_delete_of_a_deployed_app_removes_the_file(cp: ControlPlane, api: WSGIClient) -> None:
+    register(api)
+    create(api)
+    status, body = api.delete("/api/apps/web")
+    assert status == 200, body
+    assert body["desired"] == "removed"
+    assert repo_file(cp, "apps/web.yaml") is None
+
+
+def test_revisions_list_newest_first_after_an_update(api: WSGIClient) -> None:
+    create(api)
+    status, body = api.post("/api/apps/web/update", {"image": "nginx:1.27"})
+    assert status == 200, body
+    assert body["revision"] == "v2"
+    status, revisions = api.get("/api/apps/web/revisions")
+    assert status == 200
+    assert [(r["revision"], r["spec"]["image"]) for r in revisions] == [
+        ("v2", "nginx:1.27"),
+        ("v1", "nginx:1.25"),
+    ]
+
+
+# -- agents ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "token-without-bearer"])
+def test_agent_endpoints_need_the_nodes_token(api: WSGIClient, auth: str | None) -> None:
+    node, _ = register(api)
+    headers = {"Authorization": auth} if auth else {}
+    for method, path in [
+        ("POST", f"/api/agents/{node}/heartbeat"),
+        ("GET", f"/api/agents/{node}/tasks"),
+        ("POST", f"/api/agents/{node}/tasks/1"),
+    ]:
+        status, body = api.request(method, path, {}, headers=headers)
+        assert_error(status, body, 401)
+
+
+def test_unknown_node_is_not_found(api: WSGIClient) -> None:
+    _, auth = register(api)
+    status, body = api.get("/api/agents/ghost/tasks", headers=auth)
+    assert_error(status, body, 404)
+    assert "ghost" in body["error"]["message"]
+
+
+def test_non_numeric_wait_is_a_bad_request(api: WSGIClient) -> None:
+    node, auth = register(api)
+    status, body = api.get(f"/api/agents/{node}/tasks?wait=abc", headers=auth)
+    assert_error(status, body, 400)
+    assert "wait" in body["error"]["message"]
+
+
+def test_nan_wait_is_a_bad_request_not_an_endless_poll(cp: ControlPlane, api: WSGIClient) -> None:
+    node, auth = register(api)
+    answer: list[tuple[int, Any]] = []
+    poll = threading.Thread(
+        target=lambda: answer.append(api.get(f"/api/agents/{node}/tasks?wait=nan", headers=auth)),
+        daemon=True,
+    )
+    poll.start()
+    poll.join(timeout=5)
+    still_polling = poll.is_alive()
+    if still_polling:  # give it a task, so that the thread ends
+        with cp.store.write() as db:
+            tasks.create(db, node_id=node, app="x", kind=TaskKind.STOP, container="docklet.x.1")
+        cp.reconcile()
+        poll.join(timeout=10)
+    assert not still_polling, "GET tasks?wait=nan was still polling after 5s"
+    assert_error(*answer[0], 400)
+
+
+def test_unknown_route_and_wrong_method_answer_in_the_error_shape(api: WSGIClient) -> None:
+    status, body = api.get("/api/nope")
+    assert_error(status, body, 404)
+    assert "/api/nope" in body["error"]["message"]
+    status, body = api.delete("/api/health")
+    assert_error(status, body, 405)
+    assert "DELETE" in body["error"]["message"]
+
+
+def test_every_failure_has_the_one_error_shape(cp: ControlPlane, api: WSGIClient) -> None:
+    create(api)
+    node, auth = register(api)
+    agent = f"/api/agents/{node}"
+    cases: list[tuple[str, str, Any, dict[str, str]]] = [
+        ("GET", "/api/nope", None, {}),
+        ("PUT", "/api/apps", {}, {}),
+        ("DELETE", "/api/health", None, {}),
+        ("POST", "/api/apps", b"{", {}),
+        ("POST", "/api/apps", b"42", {}),
+        ("POST", "/api/apps", b"\xff\xfe", {}),
+        ("POST", "/api/apps", {}, {}),
+        ("POST", "/api/apps", {"image": 7}, {}),
+        ("POST", "/api/apps", {"image": "nginx", "name": "Bad Name"}, {}),
+        ("POST", "/api/apps", {"image": "nginx", "replicas": -1}, {}),
+        ("POST", "/api/apps", {"image": "nginx", "ports": ["99999"]}, {}),
+        ("POST", "/api/apps", {"image": "nginx", "env": ["A=1"]}, {}),
+        ("POST", "/api/apps", {"image": "nginx", "state": "removed"}, {}),
+        ("POST", "/api/apps", {"image": "nginx", "labels": {"docklet.app": "x"}}, {}),
+        ("POST", "/api/apps", {"image": "nginx:1.25", "name": "web"}, {}),
+        ("POST", "/api/apps", b"{" + b" " * (5 * 1024 * 1024) + b"}", {}),
+        ("GET", "/api/apps/ghost", None, {}),
+        ("POST", "/api/apps/web/update", {"name": "other"}, {}),
+        ("POST", "/api/apps/web/update", {"replicas": None}, {}),
+        ("POST", "/api/apps/web/update", {"image": 5}, {}),
+        ("GET", "/api/events?limit=many", None, {}),
+        ("GET", "/api/events?limit=nan", None, {}),
+        ("POST", "/api/agents/register", {"engine_id": 1, "name": "n"}, {}),
+        ("POST", "/api/agents/register", {"engine_id": "e", "name": "bad name!"}, {}),
+        ("POST", f"{agent}/heartbeat", {}, {}),
+        ("POST", f"{agent}/heartbeat", {"containers": "none"}, auth),
+        ("POST", f"{agent}/heartbeat", {"containers": [{"id": "x"}]}, auth),
+        ("POST", f"{agent}/heartbeat", {"containers": ["x"]}, auth),
+        ("GET", "/api/agents/ghost/tasks", None, auth),
+        ("GET", f"{agent}/tasks?wait=soon", None, auth),
+        ("POST", f"{agent}/tasks/999", {"status": "done"}, auth),
+        ("POST", f"{agent}/tasks/1", {"status": "exploded"}, auth),
+        ("POST", f"{agent}/tasks/1", {"status": "done", "lease_token": "x"}, auth),
+        ("POST", f"{agent}/tasks/abc", {}, auth),
+    ]
+    failures = []
+    for method, path, payload, headers in cases:
+        raw = payload if isinstance(payload, bytes) else None
+        json_body = None if raw is not None else payload
+        status, body = api.request(method, path, json_body, raw=raw, headers=headers)
+        error = body.get("error") if isinstance(body, dict) else None
+        if (
+            not 400 <= status < 500
+            or set(body or {}) != {"error"}
+            or set(error or {}) != {"code", "message", "status"}
+            or not isinstance(error["code"], str)
+            or not isinstance(error["message"], str)
+            or error["status"] != status
+        ):
+            failures.append((method, path[:60], status, body))
+    assert failures == []
+
+
+# -- long poll over real HTTP ------------------------------------------------------------
+
+
+def test_long_poll_returns_a_new_task_promptly(served_cp: str) -> None:
+    registration = Client(served_cp).post(
+        "/api/agents/register", {"engine_id": "engine-n1", "name": "n1"}
+    )
+    agent = Client(served_cp, token=registration["token"])
+    answer: dict[str, Any] = {}
+
+    def poll() -> None:
+        started = time.monotonic()
+        answer["tasks"] = agent.get("/api/agents/n1/tasks?wait=5", timeout=15)["tasks"]
+        answer["seconds"] = time.monotonic() - started
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.3)  # the poll is waiting before the app exists
+    Client(served_cp).post("/api/apps", {"image": "nginx:1.25", "name": "web"})
+    poller.join(timeout=15)
+
+    assert [(t["kind"], t["app"], t["slot"]) for t in answer["tasks"]] == [("deploy", "web", 1)]
+    assert answer["seconds"] < 4
