@@ -204,22 +204,7 @@ def _needs_deploy(
 
 def deploy_payload(spec: AppSpec, rev: sqlite3.Row) -> dict[str, Any]:
     """What an agent needs to create the container: the container part of the spec."""
-    container = spec.model_dump(
-        mode="json",
-        include={
-            "image",
-            "command",
-            "env",
-            "ports",
-            "volumes",
-            "labels",
-            "restart",
-            "pull",
-            "stop_grace_period",
-            "healthcheck",
-        },
-    )
-    return {**container, "container_hash": rev["container_hash"]}
+    return {**spec.container_spec(), "container_hash": rev["container_hash"]}
 
 
 def _for_each(

@@ -97,6 +97,22 @@ class PullPolicy(StrEnum):
     NEVER = "never"  # the image must already be on the node
 
 
+# The fields that shape a container: change one and the container is replaced.
+CONTAINER_FIELDS = frozenset(
+    {
+        "image",
+        "command",
+        "env",
+        "ports",
+        "volumes",
+        "labels",
+        "restart",
+        "stop_grace_period",
+        "healthcheck",
+    }
+)
+
+
 class Strict(BaseModel):
     """A part of the spec in which unknown keys are errors, never ignored."""
 
@@ -184,22 +200,11 @@ class AppSpec(Strict):
 
     def container_hash(self) -> str:
         """Hash of what shapes a container; equal hashes mean a container can be kept."""
-        return _digest(
-            self.model_dump(
-                mode="json",
-                include={
-                    "image",
-                    "command",
-                    "env",
-                    "ports",
-                    "volumes",
-                    "labels",
-                    "restart",
-                    "stop_grace_period",
-                    "healthcheck",
-                },
-            )
-        )
+        return _digest(self.model_dump(mode="json", include=CONTAINER_FIELDS))
+
+    def container_spec(self) -> dict[str, Any]:
+        """What an agent needs to make the container: its fields and the pull policy."""
+        return self.model_dump(mode="json", include=CONTAINER_FIELDS | {"pull"})
 
     def to_yaml(self) -> str:
         """The spec as a user would write it: defaults left out."""

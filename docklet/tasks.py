@@ -185,34 +185,23 @@ def expire_leases(db: sqlite3.Connection, now: float) -> None:
     ).fetchall()
     for row in rows:
         if row["attempts"] >= defaults.TASK_MAX_ATTEMPTS:
+            status = TaskStatus.FAILED
             error = f"no report from node {row['node_id']} after {row['attempts']} leases"
-            db.execute(
-                "UPDATE tasks SET status = ?, error = ?, lease_token = NULL, updated_at = ?,"
-                " finished_at = ? WHERE id = ?",
-                (TaskStatus.FAILED, error, now, now, row["id"]),
-            )
-            record_event(
-                db,
-                "task_failed",
-                f"task {row['id']}: {error}",
-                app=row["app"],
-                node_id=row["node_id"],
-                task_id=row["id"],
-            )
         else:
-            db.execute(
-                "UPDATE tasks SET status = ?, lease_token = NULL, lease_expires = NULL,"
-                " updated_at = ? WHERE id = ?",
-                (TaskStatus.PENDING, now, row["id"]),
-            )
-            record_event(
-                db,
-                "task_requeued",
-                f"task {row['id']}: lease expired; queued again",
-                app=row["app"],
-                node_id=row["node_id"],
-                task_id=row["id"],
-            )
+            status, error = TaskStatus.PENDING, None
+        db.execute(
+            "UPDATE tasks SET status = ?, error = ?, lease_token = NULL, lease_expires = NULL,"
+            " updated_at = ?, finished_at = ? WHERE id = ?",
+            (status, error, now, now if error else None, row["id"]),
+        )
+        record_event(
+            db,
+            f"task_{'failed' if error else 'requeued'}",
+            f"task {row['id']}: {error or 'lease expired; queued again'}",
+            app=row["app"],
+            node_id=row["node_id"],
+            task_id=row["id"],
+        )
 
 
 def cancel_pending(db: sqlite3.Connection, app: str, kind: TaskKind, reason: str) -> None:
