@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from docklet import __version__, defaults, spec
+from docklet import __version__, defaults
 from docklet.client import Client
 from docklet.errors import APIError, CPUnreachable, DockletError
 
@@ -314,4 +314,3 @@ def main() -> None:
         sys.exit(130)
 
 
-_ = spec  # `docklet run` names apps as the API does (spec.default_name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 
 import click
 import pytest
@@ -115,3 +117,13 @@ def _commands(group: click.Group) -> list[tuple[str, click.Command]]:
 @pytest.mark.parametrize("name,command", _commands(cli))
 def test_every_command_has_help_with_an_example(name: str, command: click.Command) -> None:
     assert command.help and "Example: docklet" in command.help, f"`docklet {name}` lacks an example"
+
+
+def test_the_cli_has_no_way_into_the_database_or_the_repository() -> None:
+    code = (
+        "import sys, docklet.cli; "
+        "print(sorted(m for m in ('sqlite3', 'pygit2', 'docklet.store', 'docklet.gitrepo', "
+        "'docklet.controlplane') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
