@@ -77,14 +77,24 @@ class Agent:
                         "info": {**info, "agent_version": __version__},
                     },
                 )
+                self.node_id, self.cluster_id = reply["node_id"], reply["cluster_id"]
+                self.cp.token = reply["token"]
+                interval = float(reply["heartbeat_interval"])
             except DockletError as exc:
                 log.warning("register: %s; retrying in %.1fs", exc.message, backoff.current)
                 backoff.wait(self.stop)
                 continue
-            self.node_id, self.cluster_id = reply["node_id"], reply["cluster_id"]
-            self.cp.token = reply["token"]
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning(
+                    "register: unexpected answer from %s (%r); retrying in %.1fs",
+                    self.cp.base_url,
+                    exc,
+                    backoff.current,
+                )
+                backoff.wait(self.stop)
+                continue
             self.report_seq = 0
-            self.heartbeat_interval = self.interval_override or reply["heartbeat_interval"]
+            self.heartbeat_interval = self.interval_override or interval
             log.info(
                 "registered as node %s with %s (Docker %s)",
                 self.node_id,
@@ -94,13 +104,26 @@ class Agent:
             return
 
     def _reregister_if_refused(self, exc: APIError) -> bool:
-        """A 401/404 means the CP no longer knows this token: register again."""
-        if exc.status not in (401, 404) or exc.code not in ("unauthorized", "not_found"):
-            return False
-        with self._registered:
-            log.warning("node %s: %s; registering again", self.node_id, exc.message)
-            self.register()
-        return True
+        """React to the CP refusing this agent's token; True when handled.
+
+        404: the CP no longer knows the node (its data was reset): register
+        again. 401: another agent registered for this Docker engine since, so
+        this one is the stale one: it stops rather than fight over the node.
+        """
+        if exc.status == 404 and exc.code == "not_found":
+            with self._registered:
+                log.warning("node %s: %s; registering again", self.node_id, exc.message)
+                self.register()
+            return True
+        if exc.status == 401:
+            log.error(
+                "node %s: %s; another agent now serves this Docker engine, so this one stops",
+                self.node_id,
+                exc.message,
+            )
+            self.stop.set()
+            return True
+        return False
 
     # -- heartbeats ----------------------------------------------------------
 
@@ -157,6 +180,7 @@ class Agent:
         while not self.stop.is_set() and (max_iterations is None or done < max_iterations):
             done += 1
             try:
+                self.engine.ping()  # no lease while Docker is down: the work would only wait
                 self.poll_once()
                 backoff.reset()
             except APIError as exc:

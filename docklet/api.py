@@ -21,12 +21,18 @@ from docklet import API_VERSION, __version__, defaults, nodes, spec, tasks
 from docklet.controlplane import ControlPlane
 from docklet.errors import BadRequest, Conflict, DockletError, InvalidSpec, NotFound, TooLarge
 from docklet.gitrepo import Changes
+from docklet.protocol import Registration, parse
 from docklet.state import app_views, events_view, nodes_view, revisions_view
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
-_USER = re.compile(r"^[\w.@+-]{1,64}$")
+_USER = re.compile(r"^[\w.@+-]{1,64}$", re.ASCII)
+
+
+def _remove(_spec: dict[str, Any]) -> None:
+    """The edit that removes an app's file (recognised, so the file is never parsed)."""
+    return None
 
 
 def _json(value: Any) -> str:
@@ -65,16 +71,32 @@ def body() -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_no_constants)
+        # Lone surrogates ("\ud800") decode but can be stored or committed nowhere.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
 
 
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def header(name: str) -> str:
+    """A request header; one that is not ASCII is a 400, not a decoding crash."""
+    try:
+        value = request.get_header(name, "")
+        value.encode("ascii")
+    except UnicodeError:
+        raise BadRequest(f"header {name} must be ASCII") from None
+    return value
+
+
 def _author() -> str:
-    user = request.get_header("X-Docklet-User", "")
+    user = header("X-Docklet-User")
     return f"{user} <{user}>" if _USER.match(user) else "docklet-api <docklet@localhost>"
 
 
@@ -89,7 +111,12 @@ def _existing(files: dict[str, bytes], name: str) -> tuple[str, dict[str, Any]]:
     path = _app_path(files, name)
     if path is None:
         raise NotFound(f"app {name!r} does not exist (docklet ps lists apps)")
-    data = yaml.safe_load(files[path])
+    try:
+        data = yaml.safe_load(files[path])
+    except yaml.YAMLError:
+        raise InvalidSpec(
+            f"{path} is not valid YAML; fix it with a commit, or remove the app (docklet rm)"
+        ) from None
     return path, data if isinstance(data, dict) else {}
 
 
@@ -102,8 +129,8 @@ def make_app(cp: ControlPlane) -> Bottle:
     app.install(json_errors)
 
     def authenticated(node_id: str) -> str:
-        header = request.get_header("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        auth = header("Authorization")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
         nodes.authenticate(cp.store, node_id, token)
         return token
 
@@ -119,6 +146,9 @@ def make_app(cp: ControlPlane) -> Bottle:
         """Commit a change to one app's file; the change returns the new spec, or None to delete."""
 
         def edit(files: dict[str, bytes]) -> Changes:
+            path = _app_path(files, name)
+            if path and change is _remove:  # never parse what is being removed
+                return {path: None}
             path, data = _existing(files, name)
             new = change(dict(data))
             if new is None:
@@ -211,7 +241,7 @@ def make_app(cp: ControlPlane) -> Bottle:
 
     @app.delete("/api/apps/<name>")
     def delete_app(name: str) -> str:
-        return edit_app(name, lambda d: None, f"Remove app {name}")
+        return edit_app(name, _remove, f"Remove app {name}")
 
     @app.get("/api/apps/<name>/revisions")
     def revisions(name: str) -> str:
@@ -222,15 +252,9 @@ def make_app(cp: ControlPlane) -> Bottle:
 
     @app.post("/api/agents/register")
     def register() -> str:
-        data = body()
-        engine_id, name = data.get("engine_id"), data.get("name")
-        if not isinstance(engine_id, str) or not isinstance(name, str) or not _USER.match(name):
-            raise BadRequest(
-                "registration needs string 'engine_id' and 'name' (letters, digits, .-_)"
-            )
-        info = data.get("info") if isinstance(data.get("info"), dict) else {}
+        reg = parse(Registration, body())
         with cp.store.write() as db:
-            node_id, token = nodes.register(db, engine_id, name, info)
+            node_id, token = nodes.register(db, reg.engine_id, reg.name, reg.info)
         cp.wake()
         return _json(
             {

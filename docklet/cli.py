@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -57,7 +59,8 @@ def _exit_code(exc: DockletError) -> ExitCode:
 class Context:
     def __init__(self, cp: str) -> None:
         user = f"{getpass.getuser()}@{socket.gethostname()}"
-        self.client = Client(cp, user=user.replace(" ", "_"))
+        # Sent as an HTTP header, which is ASCII: "josé" is recorded as "jos_".
+        self.client = Client(cp, user=re.sub(r"[^\w.@+-]", "_", user, flags=re.ASCII)[:64])
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -131,7 +134,7 @@ def version(ctx: Context, as_json: bool) -> None:
 @click.option("--detach", "-d", is_flag=True, help="Return once the task is scheduled.")
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(0, 86400),
     default=defaults.RUN_WAIT,
     show_default=True,
     help="Seconds to wait for the app to run.",
@@ -182,7 +185,10 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 def _wait_running(ctx: Context, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        app = ctx.call("GET", f"/api/apps/{name}")
+        app = ctx.call("GET", f"/api/apps/{quote(name, safe='')}")
+        if app["replicas"] == 0:
+            click.echo(f"✔ {name} has 0 replicas: nothing to run")
+            return
         if app["actual"] == "running":
             where = ", ".join(app["nodes"])
             click.echo(f"✔ Running on {where} ({app['running']}/{app['replicas']})")
@@ -260,7 +266,7 @@ def nodes(ctx: Context, as_json: bool) -> None:
 
 def _app_command(action: str, method: str, suffix: str, done: str) -> Callable[..., Any]:
     def command(ctx: Context, name: str, as_json: bool) -> None:
-        app = ctx.call(method, f"/api/apps/{name}{suffix}")
+        app = ctx.call(method, f"/api/apps/{quote(name, safe='')}{suffix}")
         if as_json:
             click.echo(json.dumps(app, indent=2))
         else:
@@ -308,9 +314,20 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def main() -> None:
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
+        cli(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         sys.exit(130)
-
-
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # The CP answered 200 with something this CLI cannot read.
+        click.echo(
+            f"✖ unexpected answer from the control plane ({exc!r}):"
+            " is --cp a Docklet control plane of a compatible version?",
+            err=True,
+        )
+        sys.exit(ExitCode.SERVER_ERROR)

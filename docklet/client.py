@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -39,7 +40,10 @@ class Client:
     ) -> Any:
         """The decoded JSON answer; APIError for an error answer, CPUnreachable for none."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        try:
+            req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        except ValueError as exc:
+            raise CPUnreachable(f"{self.base_url!r} is not a control plane URL: {exc}") from None
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", "application/json")
@@ -57,8 +61,13 @@ class Client:
             raise CPUnreachable(
                 f"cannot reach the control plane at {self.base_url}: {reason}"
             ) from None
-        except json.JSONDecodeError:
-            raise APIError(502, "bad_response", f"{self.base_url} did not answer JSON") from None
+        except (http.client.HTTPException, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise APIError(
+                502,
+                "bad_response",
+                f"{self.base_url} gave an answer that is not Docklet's JSON"
+                f" ({type(exc).__name__}): is it a Docklet control plane?",
+            ) from None
 
 
 def _api_error(exc: urllib.error.HTTPError) -> APIError:

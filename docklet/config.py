@@ -42,6 +42,22 @@ class CPConfig:
     )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"--{name.replace('_', '-')} must be {rule}"
+            for name, ok, rule in (
+                ("port", 0 <= self.port <= 65535, "a port number (0 picks a free one)"),
+                ("threads", 4 <= self.threads <= 1024, "between 4 and 1024"),
+                ("heartbeat_interval", 0.1 <= self.heartbeat_interval <= 3600, "0.1s to 1h"),
+                ("heal_delay", 0 <= self.heal_delay <= 86400, "0 to 1 day"),
+                ("task_lease", 5 <= self.task_lease <= 86400, "5s to 1 day"),
+                ("reconcile_interval", 0.05 <= self.reconcile_interval <= 3600, "0.05s to 1h"),
+            )
+            if not ok  # NaN fails every comparison, so it lands here too
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
     @property
     def unknown_after(self) -> float:
         return 3 * self.heartbeat_interval

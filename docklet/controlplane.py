@@ -36,6 +36,9 @@ class ControlPlane:
         self._wake = threading.Event()
         self._work = threading.Condition()
         self._reconcile_lock = threading.Lock()
+        # One sync at a time: a sync that read an older head must never write
+        # after one that read a newer head (it would undo the newer commit).
+        self._sync_lock = threading.Lock()
 
     # -- desired state ---------------------------------------------------
 
@@ -44,9 +47,13 @@ class ControlPlane:
     ) -> tuple[str | None, SyncResult | None]:
         """Commit an edit to the repository, then sync and schedule it at once."""
         sha = self.repo.commit(edit, message, author)
-        result = sync(self.store, self.repo)
+        result = self.sync()
         self.reconcile()
         return sha, result
+
+    def sync(self) -> SyncResult | None:
+        with self._sync_lock:
+            return sync(self.store, self.repo)
 
     def reconcile(self) -> int:
         with self._reconcile_lock:
@@ -81,7 +88,7 @@ class ControlPlane:
         done = 0
         while not stop.is_set() and (max_iterations is None or done < max_iterations):
             try:
-                sync(self.store, self.repo)
+                self.sync()
                 self.reconcile()
             except Exception:
                 log.exception(
@@ -166,7 +173,10 @@ def main(**options: Any) -> None:
 
     Example: docklet-cp --data-dir ./data --port 8080
     """
-    config = CPConfig(**options)
+    try:
+        config = CPConfig(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     logs.setup(config.log_level)
     try:
         serve(config)

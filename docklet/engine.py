@@ -71,6 +71,10 @@ class Engine:
         return self._client
 
     @_docker_errors
+    def ping(self) -> None:
+        self.client.ping()
+
+    @_docker_errors
     def info(self) -> dict[str, Any]:
         info = self.client.info()
         return {

@@ -16,6 +16,7 @@ from typing import Any
 
 from docklet.config import CPConfig
 from docklet.errors import BadRequest, NotFound, Unauthorized
+from docklet.protocol import Heartbeat, ObservedContainer, parse
 from docklet.status import NodeStatus, TaskStatus
 from docklet.store import Store, dumps, record_event
 
@@ -76,34 +77,31 @@ def authenticate(store: Store, node_id: str, token: str | None) -> None:
         raise Unauthorized(f"node {node_id!r}: missing or wrong token; restart its agent")
 
 
-def heartbeat(db: sqlite3.Connection, node_id: str, body: dict[str, Any]) -> bool:
+def heartbeat(db: sqlite3.Connection, node_id: str, body: Any) -> bool:
     """Mark the node seen and, when the snapshot is trustworthy, replace its containers.
 
     Returns whether anything the scheduler acts on changed (so most heartbeats,
     which only say "still here, same containers", wake nothing).
     """
+    beat = parse(Heartbeat, body)
     now = time.time()
     node = db.execute(
         "SELECT status, report_seq, docker_ok FROM nodes WHERE node_id = ?", (node_id,)
     ).fetchone()
-    docker_ok = bool(body.get("docker_ok", True))
-    changed = node["status"] != NodeStatus.ONLINE or bool(node["docker_ok"]) != docker_ok
+    changed = node["status"] != NodeStatus.ONLINE or bool(node["docker_ok"]) != beat.docker_ok
     db.execute(
         "UPDATE nodes SET last_seen = ?, status = ?, docker_ok = ?, docker_error = ?"
         " WHERE node_id = ?",
-        (now, NodeStatus.ONLINE, docker_ok, body.get("docker_error"), node_id),
+        (now, NodeStatus.ONLINE, beat.docker_ok, beat.docker_error, node_id),
     )
     if node["status"] != NodeStatus.ONLINE:
         record_event(db, "node_online", f"node {node_id}: online again", node_id=node_id)
-    containers = body.get("containers")
     # A failed Docker list is not "no containers", and a list taken before the
     # agent's latest task report may predate the container that report added.
-    if not docker_ok or containers is None or body.get("report_seq", 0) < node["report_seq"]:
+    if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
         return changed
-    if not isinstance(containers, list):
-        raise BadRequest("'containers' must be a list")
     before = _states(db, node_id)
-    seen = [observe(db, node_id, container, now) for container in containers]
+    seen = [c.id for c in beat.containers if observe(db, node_id, c, now)]
     marks = ",".join("?" * len(seen))
     db.execute(
         f"DELETE FROM containers WHERE node_id = ? AND container_id NOT IN ({marks})",
@@ -119,30 +117,13 @@ def _states(db: sqlite3.Connection, node_id: str) -> set[tuple[Any, ...]]:
     return {tuple(r) for r in rows}
 
 
-def observe(db: sqlite3.Connection, node_id: str, c: Any, now: float) -> str:
-    """Upsert one container as an agent saw it; remember since when it is down."""
-    if not isinstance(c, dict):
-        raise BadRequest("each container in a report must be an object")
-    try:
-        labels = c.get("labels") or {}
-        row = (
-            node_id,
-            c["id"],
-            c["name"],
-            labels["docklet.app"],
-            _int(labels.get("docklet.revision")),
-            _int(labels.get("docklet.slot")),
-            labels.get("docklet.spec-hash"),
-            c.get("image", ""),
-            c["state"],
-            c.get("health"),
-            c.get("exit_code"),
-            int(c.get("restarts") or 0),
-            now,
-            None if c["state"] == "running" else now,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadRequest(f"malformed container in report: {exc}") from None
+def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: float) -> bool:
+    """Upsert one container as an agent saw it; remember since when it is down.
+
+    A container without an app label cannot be attributed and is left out.
+    """
+    if not c.app:
+        return False
     db.execute(
         "INSERT INTO containers (node_id, container_id, name, app, revision, slot,"
         " container_hash, image, state, health, exit_code, restarts, observed_at, down_since)"
@@ -152,13 +133,24 @@ def observe(db: sqlite3.Connection, node_id: str, c: Any, now: float) -> str:
         " restarts = excluded.restarts, observed_at = excluded.observed_at,"
         " down_since = CASE WHEN excluded.down_since IS NULL THEN NULL"
         " ELSE COALESCE(containers.down_since, excluded.down_since) END",
-        row,
+        (
+            node_id,
+            c.id,
+            c.name,
+            c.app,
+            c.label_number("docklet.revision"),
+            c.label_number("docklet.slot"),
+            c.labels.get("docklet.spec-hash"),
+            c.image,
+            c.state,
+            c.health,
+            c.exit_code,
+            c.restarts,
+            now,
+            None if c.state == "running" else now,
+        ),
     )
-    return str(c["id"])
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if value not in (None, "") else None
+    return True
 
 
 def status_for(age: float, config: CPConfig) -> NodeStatus:

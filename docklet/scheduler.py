@@ -51,16 +51,26 @@ def _reconcile_app(
 ) -> int:
     name = app["name"]
     containers = db.execute("SELECT * FROM containers WHERE app = ?", (name,)).fetchall()
-    open_ = tasks.open_tasks(db, name)
     if app["desired"] == DesiredState.RUNNING and app["current_revision"] is not None:
-        return _run(db, app, nodes, containers, open_, config, now)
-    tasks.cancel_pending(db, name, TaskKind.DEPLOY, f"app is {app['desired']}")
+        tasks.cancel_pending(db, name, "app is running again", kind=TaskKind.STOP)
+        return _run(db, app, nodes, containers, tasks.open_tasks(db, name), config, now)
+    open_ = tasks.open_tasks(db, name)
+    tasks.cancel_pending(db, name, f"app is {app['desired']}", kind=TaskKind.DEPLOY)
     if app["desired"] == DesiredState.STOPPED:
         return _for_each(db, name, containers, open_, TaskKind.STOP, only_running=True)
     queued = _for_each(db, name, containers, open_, TaskKind.REMOVE, only_running=False)
-    if not containers and not open_:
+    # What only an offline node still holds need not keep the app: once the
+    # node returns, its leftovers are orphans and are removed then.
+    if not any(_reachable(nodes, c["node_id"]) for c in containers) and not any(
+        _reachable(nodes, node_id) for node_id, _ in open_
+    ):
         _forget(db, name)
     return queued
+
+
+def _reachable(nodes: dict[str, sqlite3.Row], node_id: str) -> bool:
+    node = nodes.get(node_id)
+    return node is not None and node["status"] != NodeStatus.OFFLINE
 
 
 def _run(
@@ -160,6 +170,10 @@ def _place(
         (app, slot, node_id),
     )
     previous = placements.get(slot)
+    if previous and previous != node_id:  # work queued for the old node is moot now
+        tasks.cancel_pending(
+            db, app, f"slot {slot} moved to {node_id}", slot=slot, node_id=previous
+        )
     placements[slot] = node_id
     moved = f" (moved from {previous})" if previous else ""
     record_event(
@@ -182,15 +196,17 @@ def _needs_deploy(
     if any(c["state"] == "running" for c in current):
         return False
     last = db.execute(
-        "SELECT status, finished_at FROM tasks WHERE app = ? AND slot = ? AND node_id = ?"
-        " AND kind = ? AND revision = ? ORDER BY id DESC LIMIT 1",
-        (rev["app"], slot, node["node_id"], TaskKind.DEPLOY, rev["number"]),
+        "SELECT kind, status, revision, lost, finished_at FROM tasks"
+        " WHERE app = ? AND slot = ? AND node_id = ? AND status != ? ORDER BY id DESC LIMIT 1",
+        (rev["app"], slot, node["node_id"], TaskStatus.CANCELLED),
     ).fetchone()
-    if last is None or last["status"] == TaskStatus.CANCELLED:
-        return True
+    if last is None or last["kind"] != TaskKind.DEPLOY or last["revision"] != rev["number"]:
+        return True  # never deployed here, or Docklet itself stopped it: start it now
     if last["status"] == TaskStatus.FAILED:
-        # Shown to the user, not retried in a loop: a new revision, or
-        # stopping and starting the app, tries again.
+        if last["lost"]:  # nobody said no (the agent went quiet): try again after a while
+            return bool(node["docker_ok"]) and now - last["finished_at"] >= config.heal_delay
+        # Docker said no: shown to the user, not retried in a loop. A new
+        # revision, or stopping and starting the app, tries again.
         return app["updated_at"] > last["finished_at"]
     # Deployed once and now down: restart it after a grace period (so a crash
     # is visible, as with a restart delay), or at once if its agent restarted.

@@ -43,17 +43,19 @@ DURATION_PATTERN = r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$"
 RESERVED_LABEL_PREFIX = "docklet."
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION = 7 * 24 * 3600.0
 
 
 def parse_duration(value: float | str) -> float:
     """Seconds from a number or a string like '1m30s'."""
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"{value} is negative; durations are 0 or more")
+        if not 0 <= value <= MAX_DURATION:  # also refuses NaN and infinity
+            raise ValueError(f"{value} is not a duration from 0 to {MAX_DURATION:g} seconds")
         return float(value)
     if not re.fullmatch(DURATION_PATTERN, value):
         raise ValueError(f"{value!r} is not a duration (try '10s', '1m30s', '500ms')")
-    return sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value))
+    seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value))
+    return parse_duration(seconds)
 
 
 def _check_duration(value: float | str) -> float | str:

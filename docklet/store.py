@@ -78,6 +78,7 @@ MIGRATIONS: list[str] = [
         lease_token TEXT,
         lease_expires REAL,
         attempts INTEGER NOT NULL DEFAULT 0,
+        lost INTEGER NOT NULL DEFAULT 0,
         container_id TEXT,
         error TEXT,
         created_at REAL NOT NULL,

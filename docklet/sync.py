@@ -56,9 +56,15 @@ def parse_commit(commit: Commit) -> tuple[dict[str, AppSpec], dict[str, str]]:
     return valid, errors
 
 
-def sync(store: Store, repo: GitRepo) -> SyncResult | None:
-    """Bring the database up to the repository's head; None when already there."""
-    head = repo.head()
+def sync(store: Store, repo: GitRepo, head: str | None = None) -> SyncResult | None:
+    """Bring the database up to the repository's head; None when already there.
+
+    `head` is the commit to sync (default: the branch's head now); it is only
+    written if it is still the head by then, so a sync that read an older
+    head can never undo a newer one. (A branch moved back on purpose, by a
+    force-push, is the head, and is synced like any other.)
+    """
+    head = head or repo.head()
     if head is None:
         return None
     with store.write() as db:
@@ -70,8 +76,8 @@ def sync(store: Store, repo: GitRepo) -> SyncResult | None:
     # Apps whose file exists but does not validate keep what they had.
     kept = {path.rsplit("/", 1)[-1].rsplit(".", 1)[0] for path in errors}
     with store.write() as db:
-        if get_meta(db, "synced_commit") == head:
-            return None  # another thread synced it while we were reading
+        if get_meta(db, "synced_commit") == head or repo.head() != head:
+            return None  # synced meanwhile, or superseded: the newer head is synced instead
         db.execute("DELETE FROM sync_errors")
         for path, message in errors.items():
             db.execute("INSERT INTO sync_errors VALUES (?, ?, ?)", (path, head, message))

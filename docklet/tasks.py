@@ -15,12 +15,11 @@ import time
 from typing import Any
 
 from docklet import defaults
-from docklet.errors import BadRequest, NotFound, StaleLease, Unauthorized
+from docklet.errors import NotFound, StaleLease, Unauthorized
 from docklet.nodes import observe
+from docklet.protocol import TaskReport, parse
 from docklet.status import OPEN_TASK_STATUSES, TaskKind, TaskStatus
 from docklet.store import dumps, record_event
-
-REPORTABLE = {TaskStatus.RUNNING, TaskStatus.DONE, TaskStatus.FAILED}
 
 
 def container_name(app: str, slot: int) -> str:
@@ -118,63 +117,55 @@ def lease(
 
 
 def report(
-    db: sqlite3.Connection, node_id: str, task_id: int, body: dict[str, Any], lease_seconds: float
+    db: sqlite3.Connection, node_id: str, task_id: int, body: Any, lease_seconds: float
 ) -> dict[str, Any]:
     """Apply an agent's report on a task it holds the current lease for."""
-    status = body.get("status")
-    if status not in REPORTABLE:
-        raise BadRequest(f"'status' must be one of {sorted(REPORTABLE)}, not {status!r}")
-    row = db.execute(
-        "SELECT * FROM tasks WHERE id = ? AND node_id = ?", (task_id, node_id)
-    ).fetchone()
+    outcome = parse(TaskReport, body)
+    row = None
+    if 0 < task_id < 2**63:
+        row = db.execute(
+            "SELECT * FROM tasks WHERE id = ? AND node_id = ?", (task_id, node_id)
+        ).fetchone()
     if row is None:
         raise NotFound(f"task {task_id} is not a task of node {node_id}")
     if row["status"] != TaskStatus.RUNNING or not secrets.compare_digest(
-        row["lease_token"] or "", str(body.get("lease_token") or "")
+        row["lease_token"] or "", outcome.lease_token
     ):
         raise StaleLease(
             f"task {task_id}: this lease is no longer current (task is {row['status']})"
         )
     now = time.time()
-    seq = body.get("seq")
-    if isinstance(seq, int):
+    if outcome.seq is not None:
         db.execute(
-            "UPDATE nodes SET report_seq = MAX(report_seq, ?) WHERE node_id = ?", (seq, node_id)
+            "UPDATE nodes SET report_seq = MAX(report_seq, ?) WHERE node_id = ?",
+            (outcome.seq, node_id),
         )
-    if status == TaskStatus.RUNNING:  # still working: extend the lease
+    if outcome.status == TaskStatus.RUNNING:  # still working: extend the lease
         db.execute(
             "UPDATE tasks SET lease_expires = ?, updated_at = ? WHERE id = ?",
             (now + lease_seconds, now, task_id),
         )
-        return {"status": status, "lease_expires": now + lease_seconds}
-    error = body.get("error")
+        return {"status": outcome.status, "lease_expires": now + lease_seconds}
+    error = outcome.error
     db.execute(
         "UPDATE tasks SET status = ?, container_id = ?, error = ?, lease_token = NULL,"
         " lease_expires = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
-        (status, body.get("container_id"), str(error)[:4000] if error else None, now, now, task_id),
+        (outcome.status, outcome.container_id, error, now, now, task_id),
     )
-    _observe_outcome(db, node_id, row, body.get("container"), now)
+    # Record what the task left behind at once, rather than at the next heartbeat.
+    db.execute("DELETE FROM containers WHERE node_id = ? AND name = ?", (node_id, row["container"]))
+    if outcome.container is not None:
+        observe(db, node_id, outcome.container, now)
     detail = f": {error}" if error else ""
     record_event(
         db,
-        f"task_{status}",
-        f"task {task_id}: {row['kind']} {row['container']} {status}{detail}",
+        f"task_{outcome.status}",
+        f"task {task_id}: {row['kind']} {row['container']} {outcome.status}{detail}",
         app=row["app"],
         node_id=node_id,
         task_id=task_id,
     )
-    return {"status": status}
-
-
-def _observe_outcome(
-    db: sqlite3.Connection, node_id: str, task: sqlite3.Row, container: Any, now: float
-) -> None:
-    """Record what the task left behind at once, rather than at the next heartbeat."""
-    db.execute(
-        "DELETE FROM containers WHERE node_id = ? AND name = ?", (node_id, task["container"])
-    )
-    if isinstance(container, dict):
-        observe(db, node_id, container, now)
+    return {"status": outcome.status}
 
 
 def expire_leases(db: sqlite3.Connection, now: float) -> None:
@@ -189,9 +180,10 @@ def expire_leases(db: sqlite3.Connection, now: float) -> None:
             error = f"no report from node {row['node_id']} after {row['attempts']} leases"
         else:
             status, error = TaskStatus.PENDING, None
+        # `lost`: nobody said no, so the scheduler may try again later.
         db.execute(
-            "UPDATE tasks SET status = ?, error = ?, lease_token = NULL, lease_expires = NULL,"
-            " updated_at = ?, finished_at = ? WHERE id = ?",
+            "UPDATE tasks SET status = ?, error = ?, lost = 1, lease_token = NULL,"
+            " lease_expires = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
             (status, error, now, now if error else None, row["id"]),
         )
         record_event(
@@ -204,13 +196,26 @@ def expire_leases(db: sqlite3.Connection, now: float) -> None:
         )
 
 
-def cancel_pending(db: sqlite3.Connection, app: str, kind: TaskKind, reason: str) -> None:
+def cancel_pending(
+    db: sqlite3.Connection,
+    app: str,
+    reason: str,
+    *,
+    kind: TaskKind | None = None,
+    slot: int | None = None,
+    node_id: str | None = None,
+) -> None:
     """Drop queued work that no longer matches what the app should be."""
     now = time.time()
+    where, params = ["app = ?", "status = ?"], [app, TaskStatus.PENDING]
+    for column, value in (("kind", kind), ("slot", slot), ("node_id", node_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
     db.execute(
         "UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
-        " WHERE app = ? AND kind = ? AND status = ?",
-        (TaskStatus.CANCELLED, reason, now, now, app, kind, TaskStatus.PENDING),
+        f" WHERE {' AND '.join(where)}",
+        (TaskStatus.CANCELLED, reason, now, now, *params),
     )
 
 

@@ -99,3 +99,26 @@ def test_an_unreachable_control_plane_is_retried_not_fatal(
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert "cannot reach the control plane" in caplog.text
+
+
+@pytest.mark.docker
+def test_an_agent_replaced_on_its_engine_stands_down(
+    agent: Agent, served_cp: str, docker_client: Any
+) -> None:
+    newer = Agent(served_cp, name="node-a", engine=Engine(docker_client), poll_wait=1)
+    newer.register()  # same Docker engine: same node, and the old token is void
+    agent.heartbeat_loop(max_iterations=1)
+    assert agent.stop.is_set()  # no tug of war over the node
+    newer.heartbeat_once()
+    assert Client(served_cp).get("/api/state/nodes")[0]["status"] == "online"
+
+
+@pytest.mark.docker
+def test_an_agent_forgotten_by_the_cp_registers_again(
+    agent: Agent, served_cp: str, cp: Any
+) -> None:
+    with cp.store.write() as db:  # the CP lost its data, say
+        db.execute("DELETE FROM nodes")
+    agent.heartbeat_loop(max_iterations=1)
+    assert not agent.stop.is_set()
+    assert [n["node_id"] for n in Client(served_cp).get("/api/state/nodes")] == ["node-a"]

@@ -244,6 +244,14 @@ def test_unknown_route_and_wrong_method_answer_in_the_error_shape(api: WSGIClien
     assert "DELETE" in body["error"]["message"]
 
 
+CONTAINER = {
+    "id": "c1",
+    "name": "docklet.web.1",
+    "state": "running",
+    "labels": {"docklet.app": "web"},
+}
+
+
 def test_every_failure_has_the_one_error_shape(cp: ControlPlane, api: WSGIClient) -> None:
     create(api)
     node, auth = register(api)
@@ -283,6 +291,25 @@ def test_every_failure_has_the_one_error_shape(cp: ControlPlane, api: WSGIClient
         ("POST", f"{agent}/tasks/1", {"status": "exploded"}, auth),
         ("POST", f"{agent}/tasks/1", {"status": "done", "lease_token": "x"}, auth),
         ("POST", f"{agent}/tasks/abc", {}, auth),
+        # Found by fuzzing: each of these once was a 500.
+        ("POST", "/api/apps", b"[" * 100_000, {}),
+        ("POST", "/api/apps", b'{"image": ' + b"1" * 5000 + b"}", {}),
+        ("POST", "/api/apps", b'{"image": "nginx", "replicas": NaN}', {}),
+        ("POST", "/api/apps", b'{"image": "nginx", "command": "\\ud800"}', {}),
+        ("POST", "/api/apps/web/update", b'{"command": "\\ud800"}', {}),
+        ("POST", "/api/apps", {"image": "nginx", "name": "x1"}, {"X-Docklet-User": "jos\xe9"}),
+        ("POST", "/api/apps", {"image": "nginx", "stop_grace_period": 1e300}, {}),
+        ("POST", "/api/agents/register", b'{"engine_id": "\\ud800", "name": "n"}', {}),
+        ("POST", f"{agent}/heartbeat", {}, {"Authorization": "Bearer \xe9"}),
+        ("POST", f"{agent}/heartbeat", {"docker_error": {"a": 1}}, auth),
+        ("POST", f"{agent}/heartbeat", {"containers": [], "report_seq": "x"}, auth),
+        ("POST", f"{agent}/heartbeat", {"containers": [{**CONTAINER, "id": None}]}, auth),
+        ("POST", f"{agent}/heartbeat", {"containers": [{**CONTAINER, "restarts": 2**70}]}, auth),
+        ("POST", f"{agent}/heartbeat", {"containers": [{**CONTAINER, "labels": [1]}]}, auth),
+        ("POST", f"{agent}/tasks/1", {"status": ["done"]}, auth),
+        ("POST", f"{agent}/tasks/{2**70}", {"status": "done"}, auth),
+        ("POST", f"{agent}/tasks/1", {"status": "done", "seq": 2**70}, auth),
+        ("POST", f"{agent}/tasks/1", {"status": "done", "container_id": {"a": 1}}, auth),
     ]
     failures = []
     for method, path, payload, headers in cases:
@@ -325,3 +352,16 @@ def test_long_poll_returns_a_new_task_promptly(served_cp: str) -> None:
 
     assert [(t["kind"], t["app"], t["slot"]) for t in answer["tasks"]] == [("deploy", "web", 1)]
     assert answer["seconds"] < 4
+
+
+def test_an_app_whose_file_is_broken_yaml_can_still_be_removed(
+    cp: ControlPlane, api: WSGIClient
+) -> None:
+    create(api)
+    cp.commit(lambda f: {"apps/web.yaml": b"name: [web\n"}, "Break web", "x <x@x>")
+    status, body = api.post("/api/apps/web/stop")
+    assert_error(status, body, 400)
+    assert "not valid YAML" in body["error"]["message"]
+    status, body = api.delete("/api/apps/web")
+    assert status == 200, body
+    assert repo_file(cp, "apps/web.yaml") is None

@@ -127,3 +127,45 @@ def test_the_cli_has_no_way_into_the_database_or_the_repository() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_app_names_are_sent_as_one_path_segment(served_cp: str, cp: ControlPlane) -> None:
+    invoke(served_cp, "run", "nginx", "--name", "victim", "--detach")
+    code, _, err = invoke(served_cp, "rm", "victim?oops")
+    assert code == ExitCode.CLIENT_ERROR and "does not exist" in err
+    code, _, err = invoke(served_cp, "stop", "é")
+    assert code == ExitCode.CLIENT_ERROR
+    assert "apps/victim.yaml" in cp.repo.read(cp.repo.head()).files
+
+
+def test_a_non_ascii_user_name_still_commits(
+    served_cp: str, cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOGNAME", "josé")
+    monkeypatch.setenv("USER", "josé")
+    code, _, err = invoke(served_cp, "run", "nginx", "--detach")
+    assert code == ExitCode.OK, err
+    assert cp.repo.read(cp.repo.head()).author.startswith("jos_@")
+
+
+def test_an_answer_that_is_not_docklet_json_is_one_line(tmp_path) -> None:
+    import http.server
+    import threading
+
+    class NotDocklet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>hello</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotDocklet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, _, err = invoke(f"http://127.0.0.1:{server.server_port}", "ps")
+    finally:
+        server.shutdown()
+    assert code == ExitCode.SERVER_ERROR
+    assert "is it a Docklet control plane?" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ heartbeats with exactly the data a real agent sends, and keeps its
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -359,3 +360,75 @@ def test_image_change_queues_a_deploy_for_each_slot(cp: ControlPlane) -> None:
     assert open_tasks(cp, "web") == [("deploy", 1, "a"), ("deploy", 2, "a")]
     leased = agent.work()
     assert {(t["revision"], t["payload"]["image"]) for t in leased} == {(2, "nginx:1.27")}
+
+
+# -- found in review -----------------------------------------------------------------
+
+
+def test_start_right_after_stop_cancels_the_queued_stop_and_runs_at_once(
+    cp: ControlPlane,
+) -> None:
+    a = Agent(cp, "a")
+    put_app(cp, "web")
+    a.work()
+    a.heartbeat()
+    put_app(cp, "web", state="stopped")
+    assert open_tasks(cp, "web") == [("stop", 1, "a")]
+    put_app(cp, "web", state="running")  # before the agent got to the stop
+    assert open_tasks(cp, "web") == []  # the stop is moot; the container still runs
+    assert app_views(cp.store, cp.config, "web")[0]["actual"] == "running"
+
+
+def test_a_moved_slot_leaves_no_pending_work_on_the_offline_node(cp: ControlPlane) -> None:
+    Agent(cp, "a")
+    put_app(cp, "web")
+    assert open_tasks(cp, "web") == [("deploy", 1, "a")]  # a never took it
+    Agent(cp, "b")
+    go_offline(cp, "a")
+    cp.reconcile()
+    assert open_tasks(cp, "web") == [("deploy", 1, "b")]
+
+
+def test_an_app_removed_while_its_node_is_offline_is_forgotten_and_cleaned_later(
+    cp: ControlPlane,
+) -> None:
+    a = Agent(cp, "a")
+    put_app(cp, "web")
+    a.work()
+    a.heartbeat()
+    go_offline(cp, "a")
+    delete_app(cp, "web")
+    cp.reconcile()
+    assert app_row(cp, "web") is None  # not stuck in "removing" for a node that is gone
+    a.heartbeat()  # the node returns with the old container
+    cp.reconcile()
+    assert open_tasks(cp, "web") == [("remove", 1, "a")]
+    a.work()
+    a.heartbeat()
+    assert containers(cp, "web") == []
+
+
+def test_a_deploy_lost_with_its_agent_is_tried_again_later(cp: ControlPlane) -> None:
+    Agent(cp, "a")
+    put_app(cp, "web")
+    with cp.store.write() as db:  # the agent leased it and then never answered, 3 times
+        db.execute(
+            "UPDATE tasks SET status = 'failed', lost = 1, error = 'no report',"
+            " finished_at = ? WHERE app = 'web'",
+            (time.time() - cp.config.heal_delay - 1,),
+        )
+    cp.reconcile()
+    assert open_tasks(cp, "web") == [("deploy", 1, "a")]
+
+
+def test_concurrent_commits_never_undo_each_other(cp: ControlPlane) -> None:
+    Agent(cp, "a")
+    names = [f"app{n}" for n in range(48)]
+    threads = [threading.Thread(target=put_app, args=(cp, name)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cp.reconcile()
+    assert sorted(r["name"] for r in cp.store.query("SELECT name FROM apps")) == sorted(names)
+    assert cp.store.query("SELECT * FROM events WHERE kind = 'app_removed'") == []

@@ -203,7 +203,7 @@ def test_bad_duration_says_how_to_write_one(duration: str) -> None:
 def test_negative_number_duration_is_rejected() -> None:
     message = error_for(with_lines("rollout:", "  min_healthy_time: -1"))
     assert "rollout.min_healthy_time" in message
-    assert "negative" in message
+    assert "not a duration from 0" in message
 
 
 def test_reserved_docklet_label_is_rejected() -> None:

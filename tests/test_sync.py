@@ -242,3 +242,29 @@ def test_example_repository_pushed_to_a_fresh_cp_syncs_cleanly(
     assert {r["author"] for r in cp.store.query("SELECT author FROM revisions")} == {
         "Bob <bob@example.com>"
     }
+
+
+def test_a_sync_of_a_superseded_head_writes_nothing(cp: ControlPlane) -> None:
+    first = cp.repo.commit(lambda f: {"apps/web.yaml": b"name: web\nimage: nginx:1\n"}, "1", ALICE)
+    cp.repo.commit(lambda f: {"apps/api.yaml": b"name: api\nimage: api:1\n"}, "2", ALICE)
+    assert sync(cp.store, cp.repo) is not None
+    # A slow reader that read the first head only now gets to write: it must not
+    # roll the database back to a commit without `api`.
+    assert sync(cp.store, cp.repo, head=first) is None
+    assert {r["name"]: r["desired"] for r in cp.store.query("SELECT * FROM apps")} == {
+        "api": "running",
+        "web": "running",
+    }
+
+
+def test_a_branch_moved_back_on_purpose_is_synced(cp: ControlPlane) -> None:
+    first = cp.repo.commit(lambda f: {"apps/web.yaml": b"name: web\nimage: nginx:1\n"}, "1", ALICE)
+    cp.repo.commit(lambda f: {"apps/web.yaml": b"name: web\nimage: nginx:2\n"}, "2", ALICE)
+    sync(cp.store, cp.repo)
+    subprocess.run(  # git push --force of the older commit, as the CLI would do it
+        ["git", "--git-dir", str(cp.repo.path), "update-ref", "refs/heads/main", first],
+        check=True,
+    )
+    result = sync(cp.store, cp.repo)
+    assert result is not None and result.new_revisions == {"web": 2}  # v1 was nginx:2
+    assert json.loads(revisions(cp.store, "web")[-1]["spec"])["image"] == "nginx:1"
