@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import re
 import socket
 import sys
@@ -154,6 +155,8 @@ def run(
 
     Example: docklet run nginx -p 8080:80 --replicas 2
     """
+    if not math.isfinite(timeout):
+        raise click.BadParameter("must be a number of seconds", param_hint="--timeout")
     body: dict[str, Any] = {"image": image, "replicas": replicas}
     if name:
         body["name"] = name
