@@ -73,7 +73,11 @@ def _app_view(
             "node_id": c["node_id"],
             "container_id": c["container_id"],
             "container": c["name"],
-            "state": c["state"],
+            # What a node that stopped reporting last said is not what runs now.
+            "state": c["state"]
+            if node_status.get(c["node_id"]) == NodeStatus.ONLINE
+            else "unknown",
+            "reported_state": c["state"],
             "health": c["health"],
             "exit_code": c["exit_code"],
             "revision": f"v{c['revision']}" if c["revision"] else None,
@@ -113,7 +117,9 @@ def _app_view(
         "image": spec.get("image"),
         "replicas": replicas,
         "running": running,
-        "nodes": sorted({i["node_id"] for i in instances} or set(placements)),
+        "nodes": sorted(
+            {i["node_id"] for i in instances if i["state"] != "unknown"} or set(placements)
+        ),
         "instances": instances,
         "tasks": open_tasks,
         "errors": failures,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import struct
+import subprocess
 import tarfile
 import time
 import urllib.error
@@ -146,3 +148,66 @@ def registry_available() -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+class ExtraEngine:
+    """A second Docker engine on this machine, standing in for a second host.
+
+    It gets its own data and exec roots, socket, pid file and bridge (an engine
+    started with --bridge=none would delete the main engine's docker0), no
+    iptables rules, and its own /etc/docker through a private mount namespace:
+    Docker 20.10 derives the engine ID from /etc/docker/key.json, and two
+    engines sharing it would look like one node.
+    """
+
+    def __init__(self, workdir: Path, name: str, subnet_octet: int) -> None:
+        self.workdir, self.bridge = workdir, f"br-{name}"[:15]
+        self.socket = workdir / "docker.sock"
+        self.url = f"unix://{self.socket}"
+        self.address = f"10.231.{subnet_octet}.1/24"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        (self.workdir / "etc").mkdir(parents=True, exist_ok=True)
+        for args in (
+            ["link", "add", self.bridge, "type", "bridge"],
+            ["addr", "add", self.address, "dev", self.bridge],
+            ["link", "set", self.bridge, "up"],
+        ):
+            subprocess.run(["ip", *args], check=True)
+        w = self.workdir
+        dockerd = (
+            f"mount --bind {w}/etc /etc/docker && exec dockerd --data-root {w}/data"
+            f" --exec-root {w}/exec -H {self.url} --pidfile {w}/docker.pid --iptables=false"
+            f" --ip-masq=false --bridge={self.bridge}"
+        )
+        with open(w / "dockerd.log", "wb") as out:
+            self.proc = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", dockerd],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DockerLabError(f"dockerd exited: {(w / 'dockerd.log').read_text()[-2000:]}")
+            try:
+                self.client().ping()
+                return
+            except docker.errors.DockerException:
+                time.sleep(0.2)
+        raise DockerLabError(f"dockerd on {self.url} did not answer in {timeout:g}s")
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.url, version="auto", timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)

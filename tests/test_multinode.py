@@ -1,0 +1,100 @@
+"""Two nodes for real: a second Docker engine on this machine, with its own agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dockerlab
+import pytest
+from conftest import BIN, RUN_ID, Cluster, Process, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def second_engine(docker_client: Any) -> Iterator[dockerlab.ExtraEngine]:
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("a second Docker engine needs root, unshare and ip")
+    # Short path: a unix socket path must stay under 108 bytes.
+    engine = dockerlab.ExtraEngine(
+        Path(f"/tmp/dkl-{RUN_ID}"), f"dk{RUN_ID[:6]}", int(RUN_ID[:2], 16)
+    )
+    try:
+        engine.start()
+        yield engine
+    finally:
+        engine.stop()
+
+
+def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
+    cluster: Cluster,
+    second_engine: dockerlab.ExtraEngine,
+    registry: str,
+    web_image: str,
+    docker_client: Any,
+    tmp_path: Path,
+) -> None:
+    ref = dockerlab.push_to_registry(docker_client, web_image, "docklet-test/multi", RUN_ID)
+    other = second_engine.client()
+    agent2 = Process(
+        [str(BIN / "docklet-agent")],
+        tmp_path / "agent2.log",
+        env={
+            "DOCKLET_CP": cluster.url,
+            "DOCKLET_NODE_NAME": "node-2",
+            "DOCKER_HOST": second_engine.url,
+        },
+    )
+    on_node2 = {"label": f"docklet.cluster={cluster.cluster_id}"}
+    try:
+        agent2.start()
+        wait_for(lambda: cluster.node_online("node-2"), 20, "node-2 to come online")
+
+        result = cluster.docklet("run", ref, "--name", "spread", "--replicas", "2")
+        assert result.returncode == 0, result.stderr
+        assert "✔ Running on node-1, node-2 (2/2)" in result.stdout
+        assert len(cluster.containers("spread")) == 1  # one on each engine
+        assert len(other.containers.list(filters=on_node2)) == 1
+        row = cluster.docklet("ps").stdout.splitlines()[1].split()
+        assert row[:5] == ["spread", "v1", "running", "running", "node-1,node-2"]
+
+        # node-2 dies: its slot moves to node-1, and the app runs in full again.
+        agent2.stop(signal.SIGKILL)
+        wait_for(
+            lambda: (
+                cluster.app("spread")["nodes"] == ["node-1"]
+                and cluster.app("spread")["running"] == 2
+            ),
+            30,
+            "slot 2 to move to node-1",
+        )
+        nodes = {
+            n["node_id"]: n["status"] for n in json.loads(cluster.docklet("nodes", "--json").stdout)
+        }
+        assert nodes == {"node-1": "online", "node-2": "offline"}
+        assert sorted(c.name for c in cluster.containers("spread")) == [
+            "docklet.spread.1",
+            "docklet.spread.2",
+        ]
+
+        # node-2 comes back: what it still ran is removed, nothing moves back.
+        agent2.start()
+        wait_for(
+            lambda: other.containers.list(all=True, filters=on_node2) == [],
+            30,
+            "node-2's leftover container to be removed",
+        )
+        assert cluster.app("spread")["nodes"] == ["node-1"]
+        assert cluster.app("spread")["actual"] == "running"
+    finally:
+        agent2.stop()
+        for c in other.containers.list(all=True, filters=on_node2):
+            c.remove(force=True)
+        dockerlab.remove_image(other, ref)
+        dockerlab.remove_image(docker_client, ref)
