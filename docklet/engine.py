@@ -18,6 +18,7 @@ import requests.exceptions
 from docklet import defaults
 from docklet.errors import DockerUnavailable, DockletError
 from docklet.spec import parse_duration, parse_port
+from docklet.status import ContainerState
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Engine:
         if existing is not None:
             self._check_ours(existing, cluster_id)
             if existing.labels.get("docklet.spec-hash") == spec["container_hash"]:
-                if existing.status != "running":
+                if existing.status != ContainerState.RUNNING:
                     log.info("task %s: starting existing container %s", task["id"], name)
                     existing.start()
                     existing.reload()
@@ -133,7 +134,7 @@ class Engine:
         if container is None:
             return None
         self._check_ours(container, cluster_id)
-        if container.status in ("running", "restarting", "paused"):
+        if ContainerState.is_live(container.status):
             container.stop()  # the container's own stop timeout (stop_grace_period)
             container.reload()
         return observed(container)
@@ -144,7 +145,7 @@ class Engine:
         if container is None:
             return
         self._check_ours(container, cluster_id)
-        if container.status in ("running", "restarting", "paused"):
+        if ContainerState.is_live(container.status):
             container.stop()
         container.remove(force=True)
 
@@ -260,7 +261,7 @@ def _from_list(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["Id"],
         "name": (row.get("Names") or ["/?"])[0].lstrip("/"),
         "image": row.get("Image", ""),
-        "state": row.get("State", "unknown"),
+        "state": row.get("State", ContainerState.UNKNOWN),
         "health": health.group(1).replace("health: ", "") if health else None,
         "exit_code": int(exit_code.group(1)) if exit_code else None,
         "restarts": 0,

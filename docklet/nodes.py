@@ -17,7 +17,7 @@ from typing import Any
 from docklet.config import CPConfig
 from docklet.errors import BadRequest, NotFound, Unauthorized
 from docklet.protocol import Heartbeat, ObservedContainer, parse
-from docklet.status import NodeStatus, TaskStatus
+from docklet.status import ContainerState, NodeStatus, TaskStatus
 from docklet.store import Store, dumps, record_event
 
 
@@ -147,7 +147,7 @@ def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: flo
             c.exit_code,
             c.restarts,
             now,
-            None if c.state == "running" else now,
+            None if c.state == ContainerState.RUNNING else now,
         ),
     )
     return True

@@ -19,7 +19,7 @@ from docklet import tasks
 from docklet.config import CPConfig
 from docklet.nodes import update_liveness
 from docklet.spec import AppSpec
-from docklet.status import DesiredState, NodeStatus, TaskKind, TaskStatus
+from docklet.status import ContainerState, DesiredState, NodeStatus, TaskKind, TaskStatus
 from docklet.store import Store, record_event
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def _needs_deploy(
     now: float,
 ) -> bool:
     current = [c for c in here if c["container_hash"] == rev["container_hash"]]
-    if any(c["state"] == "running" for c in current):
+    if any(c["state"] == ContainerState.RUNNING for c in current):
         return False
     last = db.execute(
         "SELECT kind, status, revision, lost, finished_at FROM tasks"
@@ -234,7 +234,7 @@ def _for_each(
 ) -> int:
     queued = 0
     for c in containers:
-        if only_running and c["state"] not in ("running", "restarting", "paused"):
+        if only_running and not ContainerState.is_live(c["state"]):
             continue
         if (c["node_id"], c["name"]) in open_:
             continue

@@ -8,10 +8,16 @@ from typing import Any
 
 from docklet.config import CPConfig
 from docklet.nodes import status_for
-from docklet.status import ActualState, AppStatus, DesiredState, NodeStatus, TaskKind, TaskStatus
+from docklet.status import (
+    ActualState,
+    AppStatus,
+    ContainerState,
+    DesiredState,
+    NodeStatus,
+    TaskKind,
+    TaskStatus,
+)
 from docklet.store import Store
-
-UP = ("running",)
 
 
 def nodes_view(store: Store, config: CPConfig) -> list[dict[str, Any]]:
@@ -76,7 +82,7 @@ def _app_view(
             # What a node that stopped reporting last said is not what runs now.
             "state": c["state"]
             if node_status.get(c["node_id"]) == NodeStatus.ONLINE
-            else "unknown",
+            else ContainerState.UNKNOWN,
             "reported_state": c["state"],
             "health": c["health"],
             "exit_code": c["exit_code"],
@@ -87,7 +93,7 @@ def _app_view(
         for c in containers
     ]
     replicas = spec.get("replicas", 0)
-    running = sum(1 for i in instances if i["state"] in UP and i["up_to_date"])
+    running = sum(1 for i in instances if i["state"] == ContainerState.RUNNING and i["up_to_date"])
     placements = [
         r["node_id"]
         for r in store.query("SELECT node_id FROM placements WHERE app = ? ORDER BY slot", (name,))
@@ -118,7 +124,8 @@ def _app_view(
         "replicas": replicas,
         "running": running,
         "nodes": sorted(
-            {i["node_id"] for i in instances if i["state"] != "unknown"} or set(placements)
+            {i["node_id"] for i in instances if i["state"] != ContainerState.UNKNOWN}
+            or set(placements)
         ),
         "instances": instances,
         "tasks": open_tasks,
@@ -153,7 +160,7 @@ def _actual(
 ) -> ActualState:
     if desired == DesiredState.REMOVED:
         return ActualState.REMOVING
-    any_up = any(i["state"] in UP for i in instances)
+    any_up = any(i["state"] == ContainerState.RUNNING for i in instances)
     if desired == DesiredState.STOPPED:
         return ActualState.RUNNING if any_up else ActualState.STOPPED
     if replicas and running >= replicas:

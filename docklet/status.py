@@ -30,7 +30,6 @@ class AppStatus(StrEnum):
 
 
 class RevisionStatus(StrEnum):
-    PENDING = "pending"
     ACTIVE = "active"
     SUPERSEDED = "superseded"
 
@@ -63,7 +62,7 @@ class NodeStatus(StrEnum):
 
 
 class ContainerState(StrEnum):
-    """Docker's own container states, as agents report them."""
+    """Docker's own container states, as agents report them (plus `unknown`)."""
 
     CREATED = "created"
     RUNNING = "running"
@@ -72,3 +71,9 @@ class ContainerState(StrEnum):
     REMOVING = "removing"
     EXITED = "exited"
     DEAD = "dead"
+    UNKNOWN = "unknown"  # its node stopped reporting
+
+    @classmethod
+    def is_live(cls, state: str) -> bool:
+        """A process exists that `stop` would end."""
+        return state in (cls.RUNNING, cls.RESTARTING, cls.PAUSED)
