@@ -13,25 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from controlplane import control_plane
+
 from docklet.client import Client
 from docklet.errors import DockletError
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -85,31 +76,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        cp = subprocess.Popen(
-            [
-                str(BIN / "docklet-cp"),
-                "--data-dir",
-                tmp,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--heartbeat-interval",
-                str(args.interval),
-                "--log-level",
-                "WARNING",
-            ],
-        )
+    flags = ("--heartbeat-interval", str(args.interval), "--log-level", "WARNING")
+    with tempfile.TemporaryDirectory() as tmp, control_plane(tmp, *flags) as (url, pid):
         client = Client(url)
-        for _ in range(100):
-            try:
-                client.get("/api/health")
-                break
-            except Exception:
-                time.sleep(0.1)
         stop = threading.Event()
         beats: list[float] = []
         threads = [
@@ -123,7 +92,7 @@ def main() -> None:
         for t in threads:
             t.start()
         time.sleep(2)
-        cpu0, t0 = cpu_seconds(cp.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
         reads, writes = [], []
         n = 0
         while time.monotonic() - t0 < args.seconds:
@@ -136,10 +105,8 @@ def main() -> None:
                 writes.append((time.perf_counter() - start) * 1000)
             n += 1
             time.sleep(0.05)
-        busy = (cpu_seconds(cp.pid) - cpu0) / (time.monotonic() - t0)
+        busy = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         stop.set()
-        cp.terminate()
-        cp.wait()
     print(
         f"{args.agents} agents × {args.containers} containers, heartbeat every "
         f"{args.interval:g}s, long-polling, {args.seconds:g}s"

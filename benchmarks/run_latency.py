@@ -17,33 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer")
+from controlplane import BIN, control_plane
 
 
 def timed(args: list[str]) -> tuple[float, str]:
@@ -65,23 +45,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "procs.log", "wb") as log:
-        cp = subprocess.Popen(
-            [
-                str(BIN / "docklet-cp"),
-                "--data-dir",
-                tmp,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        wait_http(f"{url}/api/health")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        open(Path(tmp) / "procs.log", "wb") as log,
+        control_plane(tmp, log=log) as (url, _pid),
+    ):
         agent = subprocess.Popen(
             [str(BIN / "docklet-agent")],
             stdout=log,
@@ -109,9 +77,7 @@ def main() -> None:
                 time.sleep(0.1)
         finally:
             agent.terminate()
-            cp.terminate()
             agent.wait()
-            cp.wait()
     print(summary("docklet run → running", ours))
     print(summary("docker run -d", theirs))
 
