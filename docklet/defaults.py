@@ -22,6 +22,7 @@ LONG_POLL_MAX = 30.0
 
 HEAL_DELAY = 30.0  # a dead container is restarted after this, or at once when its agent restarts
 RECONCILE_INTERVAL = 2.0
+EVENTS_KEPT = 10_000  # the event log keeps this many of the newest events
 
 STOP_TIMEOUT = 10  # docker stop's grace period before SIGKILL
 DOCKER_RETRY_MAX = 30.0  # agent backoff cap while the Docker engine is unreachable

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from docklet import tasks
+from docklet import defaults, tasks
 from docklet.config import CPConfig
 from docklet.nodes import update_liveness
 from docklet.spec import AppSpec
@@ -37,6 +37,11 @@ def reconcile(store: Store, config: CPConfig, now: float | None = None) -> int:
         for app in db.execute("SELECT * FROM apps ORDER BY name").fetchall():
             queued += _reconcile_app(db, app, nodes, config, now)
         queued += _remove_orphans(db)
+        # The event log is for recent history: keep the newest EVENTS_KEPT.
+        db.execute(
+            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
+            (defaults.EVENTS_KEPT,),
+        )
         if db.total_changes != before:
             log.debug("reconcile: %d task(s) queued", queued)
     return queued

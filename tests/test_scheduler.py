@@ -12,9 +12,10 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 import yaml
 
-from docklet import nodes, tasks
+from docklet import defaults, nodes, tasks
 from docklet.controlplane import ControlPlane
 from docklet.nodes import hash_token
 from docklet.state import app_views
@@ -432,3 +433,16 @@ def test_concurrent_commits_never_undo_each_other(cp: ControlPlane) -> None:
     cp.reconcile()
     assert sorted(r["name"] for r in cp.store.query("SELECT name FROM apps")) == sorted(names)
     assert cp.store.query("SELECT * FROM events WHERE kind = 'app_removed'") == []
+
+
+def test_the_event_log_keeps_only_the_newest_events(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defaults, "EVENTS_KEPT", 5)
+    Agent(cp, "a")
+    for n in range(4):
+        put_app(cp, f"app{n}")  # each makes several events
+    cp.reconcile()
+    events = cp.store.query("SELECT message FROM events ORDER BY id")
+    assert len(events) == 5
+    assert events[-1]["message"].startswith("task")  # the newest survive
