@@ -48,7 +48,11 @@ def nodes_view(store: Store, config: CPConfig) -> list[dict[str, Any]]:
 def app_views(store: Store, config: CPConfig, name: str | None = None) -> list[dict[str, Any]]:
     where, params = ("WHERE name = ?", (name,)) if name else ("", ())
     apps = store.query(f"SELECT * FROM apps {where} ORDER BY name", params)
-    node_status = {n["node_id"]: n["status"] for n in nodes_view(store, config)}
+    # A node whose Docker does not answer cannot say what runs on it either.
+    node_status = {
+        n["node_id"]: n["status"] if n["docker_ok"] else NodeStatus.UNKNOWN
+        for n in nodes_view(store, config)
+    }
     sync_errors = {
         r["path"].rsplit("/", 1)[-1].rsplit(".", 1)[0]: r["message"]
         for r in store.query("SELECT path, message FROM sync_errors")
@@ -79,7 +83,8 @@ def _app_view(
             "node_id": c["node_id"],
             "container_id": c["container_id"],
             "container": c["name"],
-            # What a node that stopped reporting last said is not what runs now.
+            # What a node that stopped reporting (or whose Docker is down) last
+            # said is not what runs now.
             "state": c["state"]
             if node_status.get(c["node_id"]) == NodeStatus.ONLINE
             else ContainerState.UNKNOWN,

@@ -60,7 +60,9 @@ def test_docker_going_away_is_not_reported_as_no_containers(
     (node,) = Client(served_cp).get("/api/state/nodes")
     assert node["docker_ok"] is False and "unreachable" in node["docker_error"]
     app = app_state(served_cp, "web")
-    assert len(app["instances"]) == 1  # what Docker last said still stands
+    assert len(app["instances"]) == 1  # what Docker last said is kept...
+    assert app["instances"][0]["reported_state"] == "running"
+    assert app["actual"] == "unknown"  # ...but not passed off as what runs now
 
     # The engine comes back: the agent carries on with no restart.
     agent.engine._client = real
