@@ -6,13 +6,16 @@
 #   contrib/quickstart.sh stop     stop both
 #   contrib/quickstart.sh status   show what runs
 #
-# Settings (environment): DOCKLET_PORT (8080), DOCKLET_DATA_DIR
-# (~/.local/share/docklet), DOCKLET_NODE_NAME (the Docker host's name).
+# Settings (environment): DOCKLET_PORT (8080), DOCKLET_HOST (127.0.0.1: the
+# API has no authentication yet, so it listens on this machine only unless you
+# say otherwise), DOCKLET_DATA_DIR (~/.local/share/docklet), DOCKLET_NODE_NAME
+# (the Docker host's name).
 # Logs and pid files: ~/.local/state/docklet/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 port="${DOCKLET_PORT:-8080}"
+host="${DOCKLET_HOST:-127.0.0.1}"
 state="${XDG_STATE_HOME:-$HOME/.local/state}/docklet"
 data="${DOCKLET_DATA_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/docklet}"
 mkdir -p "$state" "$data"
@@ -45,13 +48,13 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 if [ ! -x .venv/bin/docklet ]; then
-    echo "installing Docklet into .venv ..."
+    echo "installing Docklet (and its test tools) into .venv ..."
     python3 -m venv .venv
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q -e '.[test]'
 fi
 
 if ! running cp; then
-    nohup .venv/bin/docklet-cp --data-dir "$data" --port "$port" \
+    nohup .venv/bin/docklet-cp --data-dir "$data" --host "$host" --port "$port" \
         >>"$state/cp.log" 2>&1 &
     echo $! >"$state/cp.pid"
 fi
@@ -81,7 +84,7 @@ done
 cat <<MSG
 
 Docklet is running: control plane $url, data in $data, logs in $state.
-Try:  export PATH="\$PWD/.venv/bin:\$PATH"
+Try:  export PATH="\$PWD/.venv/bin:\$PATH" DOCKLET_CP=$url
       docklet run nginx -p 8000:80 && docklet ps
 Stop: contrib/quickstart.sh stop
 MSG

@@ -307,7 +307,13 @@ class Agent:
     default=None,
     help="Seconds between heartbeats. Default: what the CP says.",
 )
-@click.option("--log-level", envvar="DOCKLET_LOG_LEVEL", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    envvar="DOCKLET_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    help="DEBUG, INFO, WARNING or ERROR.",
+)
 @click.version_option(__version__, prog_name="docklet-agent")
 def main(cp_url: str, name: str | None, heartbeat_interval: float | None, log_level: str) -> None:
     """Run the Docklet agent on this Docker host.

@@ -86,6 +86,7 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="Control plane URL (or set DOCKLET_CP).",
 )
+@click.version_option(__version__, prog_name="docklet")
 @click.pass_context
 def cli(ctx: click.Context, cp: str) -> None:
     """Docklet: deploy containers to your Docker hosts from Git.
@@ -188,7 +189,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 def _wait_running(ctx: Context, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        app = ctx.call("GET", f"/api/apps/{quote(name, safe='')}")
+        app = ctx.call("GET", _app_path(name))
         if app["replicas"] == 0:
             click.echo(f"✔ {name} has 0 replicas: nothing to run")
             return
@@ -220,6 +221,7 @@ def ps(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(apps, indent=2))
         return
+    sync = ctx.call("GET", "/api/state/sync")
     rows = [
         (
             a["name"],
@@ -235,9 +237,10 @@ def ps(ctx: Context, as_json: bool) -> None:
     for a in apps:
         for error in a["errors"]:
             click.echo(f"{a['name']}: slot {error['slot']} on {error['node_id']}: {error['error']}")
-        for problem in (a["last_error"], a["sync_error"]):
-            if problem:
-                click.echo(f"{a['name']}: {problem}")
+        if a["last_error"]:
+            click.echo(f"{a['name']}: {a['last_error']}")
+    for error in sync["errors"]:  # also files of apps that never had a valid spec
+        click.echo(f"✖ {error['message']}")
 
 
 @cli.command()
@@ -267,46 +270,67 @@ def nodes(ctx: Context, as_json: bool) -> None:
     )
 
 
-def _app_command(action: str, method: str, suffix: str, done: str) -> Callable[..., Any]:
-    def command(ctx: Context, name: str, as_json: bool) -> None:
-        app = ctx.call(method, f"/api/apps/{quote(name, safe='')}{suffix}")
-        if as_json:
-            click.echo(json.dumps(app, indent=2))
-        else:
-            click.echo(
-                f"✔ {done} {name}" if app.get("commit") else f"✔ {name} already {done.lower()}"
-            )
-
-    command.__name__ = action
-    return command
+def _change(ctx: Context, method: str, path: str, done: str, unchanged: str, as_json: bool) -> None:
+    """One imperative command: a commit on the CP, then one line (or its JSON)."""
+    app = ctx.call(method, path)
+    if as_json:
+        click.echo(json.dumps(app, indent=2))
+    else:
+        click.echo(f"✔ {done}" if app.get("commit") else f"✔ {unchanged}")
 
 
-for _action, _method, _suffix, _done, _doc in (
-    (
-        "stop",
+def _app_path(name: str, action: str = "") -> str:
+    return f"/api/apps/{quote(name, safe='')}{action}"
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_ctx
+def stop(ctx: Context, name: str, as_json: bool) -> None:
+    """Stop an app's containers (they are kept).
+
+    Example: docklet stop nginx
+    """
+    _change(
+        ctx,
         "POST",
-        "/stop",
-        "Stopping",
-        "Stop an app's containers (they are kept).\n\nExample: docklet stop nginx",
-    ),
-    (
-        "start",
+        _app_path(name, "/stop"),
+        f"Stopping {name}",
+        f"{name} is already stopped",
+        as_json,
+    )
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_ctx
+def start(ctx: Context, name: str, as_json: bool) -> None:
+    """Start a stopped app again.
+
+    Example: docklet start nginx
+    """
+    _change(
+        ctx,
         "POST",
-        "/start",
-        "Starting",
-        "Start a stopped app again.\n\nExample: docklet start nginx",
-    ),
-    (
-        "rm",
-        "DELETE",
-        "",
-        "Removing",
-        "Remove an app: its file, then its containers.\n\nExample: docklet rm nginx",
-    ),
-):
-    _func = _app_command(_action, _method, _suffix, _done)
-    _func.__doc__ = _doc
-    cli.command(name=_action)(click.argument("name")(json_option(pass_ctx(_func))))
+        _app_path(name, "/start"),
+        f"Starting {name}",
+        f"{name} is already running",
+        as_json,
+    )
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_ctx
+def rm(ctx: Context, name: str, as_json: bool) -> None:
+    """Remove an app: its file, then its containers.
+
+    Example: docklet rm nginx
+    """
+    _change(ctx, "DELETE", _app_path(name), f"Removing {name}", f"{name} is removed", as_json)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -160,6 +160,7 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=default,
             show_default=True,
             envvar=f"DOCKLET_{name.upper()}",
+            show_envvar=True,
             help=help_text,
         )(func)
     return func

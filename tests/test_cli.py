@@ -169,3 +169,23 @@ def test_an_answer_that_is_not_docklet_json_is_one_line(tmp_path) -> None:
         server.shutdown()
     assert code == ExitCode.SERVER_ERROR
     assert "is it a Docklet control plane?" in err and "Traceback" not in err
+
+
+def test_ps_shows_a_spec_that_does_not_validate_even_for_a_new_app(
+    served_cp: str, cp: ControlPlane
+) -> None:
+    cp.commit(lambda f: {"apps/bad.yaml": b"name: bad\nimage: nginx\nreplica: 2\n"}, "x", "x <x@x>")
+    code, out, _ = invoke(served_cp, "ps")
+    assert code == ExitCode.OK
+    assert "✖ apps/bad.yaml: replica: unknown key" in out
+
+
+def test_stopping_a_stopped_app_says_so(served_cp: str) -> None:
+    invoke(served_cp, "run", "nginx", "--detach")
+    invoke(served_cp, "stop", "nginx")
+    assert invoke(served_cp, "stop", "nginx")[1] == "✔ nginx is already stopped\n"
+
+
+def test_version_flag(served_cp: str) -> None:
+    code, out, _ = invoke(served_cp, "--version")
+    assert code == ExitCode.OK and out.startswith("docklet, version ")
