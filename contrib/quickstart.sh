@@ -47,11 +47,9 @@ if ! docker info >/dev/null 2>&1; then
     echo "Docker does not answer. Start it first (e.g. 'sudo systemctl start docker')." >&2
     exit 1
 fi
-if [ ! -x .venv/bin/docklet ]; then
-    echo "installing Docklet (and its test tools) into .venv ..."
-    python3 -m venv .venv
-    .venv/bin/python -m pip install -q -e '.[test]'
-fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+echo "installing Docklet (and its test tools) into .venv ..."
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
 if ! running cp; then
     nohup .venv/bin/docklet-cp --data-dir "$data" --host "$host" --port "$port" \
