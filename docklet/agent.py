@@ -64,7 +64,7 @@ class Agent:
 
     def register(self) -> None:
         """Register (again), waiting out a Docker engine or CP that does not answer."""
-        backoff = Backoff(defaults.CP_RETRY_MAX)
+        backoff = Backoff(defaults.RETRY_MAX)
         while not self.stop.is_set():
             try:
                 info = self.engine.info()
@@ -175,7 +175,7 @@ class Agent:
         return ran
 
     def task_loop(self, max_iterations: int | None = None) -> None:
-        backoff = Backoff(defaults.CP_RETRY_MAX)
+        backoff = Backoff(defaults.RETRY_MAX)
         done = 0
         while not self.stop.is_set() and (max_iterations is None or done < max_iterations):
             done += 1

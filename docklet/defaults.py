@@ -25,8 +25,7 @@ RECONCILE_INTERVAL = 2.0
 EVENTS_KEPT = 10_000  # the event log keeps this many of the newest events
 
 STOP_TIMEOUT = 10  # docker stop's grace period before SIGKILL
-DOCKER_RETRY_MAX = 30.0  # agent backoff cap while the Docker engine is unreachable
-CP_RETRY_MAX = 15.0  # agent backoff cap while the control plane is unreachable
+RETRY_MAX = 15.0  # agent backoff cap while the control plane or Docker does not answer
 
 RUN_WAIT = 120.0  # how long `docklet run` waits for the app to run
 HTTP_TIMEOUT = 10.0
