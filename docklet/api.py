@@ -190,7 +190,7 @@ def make_app(cp: ControlPlane) -> Bottle:
 
     @app.get("/api/events")
     def events() -> str:
-        limit = _int_param("limit", 50, 1, 1000)
+        limit = _number_param("limit", 50, 1, 1000)
         return _json(events_view(cp.store, request.query.get("app") or None, int(limit)))
 
     # -- apps (each a commit to the desired-state repository) --------------
@@ -278,7 +278,7 @@ def make_app(cp: ControlPlane) -> Bottle:
     @app.get("/api/agents/<node_id>/tasks")
     def agent_tasks(node_id: str) -> str:
         token = authenticated(node_id)
-        wait = _int_param("wait", 0, 0, defaults.LONG_POLL_MAX)
+        wait = _number_param("wait", 0, 0, defaults.LONG_POLL_MAX)
         return _json({"tasks": cp.lease_tasks(node_id, token, wait)})
 
     @app.post("/api/agents/<node_id>/tasks/<task_id:int>")
@@ -305,7 +305,7 @@ def make_app(cp: ControlPlane) -> Bottle:
     return app
 
 
-def _int_param(name: str, default: float, low: float, high: float) -> float:
+def _number_param(name: str, default: float, low: float, high: float) -> float:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default

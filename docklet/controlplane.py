@@ -35,7 +35,6 @@ class ControlPlane:
             set_meta(db, "cluster_id", self.cluster_id)
         self._wake = threading.Event()
         self._work = threading.Condition()
-        self._reconcile_lock = threading.Lock()
         # One sync at a time: a sync that read an older head must never write
         # after one that read a newer head (it would undo the newer commit).
         self._sync_lock = threading.Lock()
@@ -56,8 +55,7 @@ class ControlPlane:
             return sync(self.store, self.repo)
 
     def reconcile(self) -> int:
-        with self._reconcile_lock:
-            queued = scheduler.reconcile(self.store, self.config)
+        queued = scheduler.reconcile(self.store, self.config)  # one write transaction
         if queued:
             with self._work:
                 self._work.notify_all()

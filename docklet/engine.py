@@ -7,6 +7,7 @@ the container it made before instead of making a second one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -34,6 +35,7 @@ class TaskFailed(DockletError):
 def _docker_errors(func: Any) -> Any:
     """Docker down → DockerUnavailable (retry later); Docker said no → TaskFailed."""
 
+    @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
@@ -44,8 +46,6 @@ def _docker_errors(func: Any) -> Any:
         except docker.errors.DockerException as exc:
             raise DockerUnavailable(f"Docker engine unreachable: {exc}") from None
 
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
     return wrapper
 
 

@@ -31,7 +31,6 @@ def reconcile(store: Store, config: CPConfig, now: float | None = None) -> int:
     with store.write() as db:
         update_liveness(db, config, now)
         tasks.expire_leases(db, now)
-        before = db.total_changes
         queued = 0
         nodes = {r["node_id"]: r for r in db.execute("SELECT * FROM nodes").fetchall()}
         for app in db.execute("SELECT * FROM apps ORDER BY name").fetchall():
@@ -42,7 +41,7 @@ def reconcile(store: Store, config: CPConfig, now: float | None = None) -> int:
             "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
             (defaults.EVENTS_KEPT,),
         )
-        if db.total_changes != before:
+        if queued:
             log.debug("reconcile: %d task(s) queued", queued)
     return queued
 
@@ -63,14 +62,14 @@ def _reconcile_app(
     tasks.cancel_pending(db, name, f"app is {app['desired']}", kind=TaskKind.DEPLOY)
     if app["desired"] == DesiredState.STOPPED:
         return _for_each(db, name, containers, open_, TaskKind.STOP, only_running=True)
-    queued = _for_each(db, name, containers, open_, TaskKind.REMOVE, only_running=False)
     # What only an offline node still holds need not keep the app: once the
     # node returns, its leftovers are orphans and are removed then.
     if not any(_reachable(nodes, c["node_id"]) for c in containers) and not any(
         _reachable(nodes, node_id) for node_id, _ in open_
     ):
         _forget(db, name)
-    return queued
+        return 0
+    return _for_each(db, name, containers, open_, TaskKind.REMOVE, only_running=False)
 
 
 def _reachable(nodes: dict[str, sqlite3.Row], node_id: str) -> bool:

@@ -124,25 +124,14 @@ BAD_BODIES = [
 ]
 
 
+@pytest.mark.parametrize("path", ["/api/apps", "/api/apps/web/update"], ids=["create", "update"])
 @pytest.mark.parametrize(("raw", "named"), BAD_BODIES)
-def test_bad_create_is_400_and_changes_nothing(
-    cp: ControlPlane, api: WSGIClient, raw: bytes, named: str
+def test_a_bad_body_is_400_and_changes_nothing(
+    cp: ControlPlane, api: WSGIClient, path: str, raw: bytes, named: str
 ) -> None:
     create(api)
     before = snapshot(cp)
-    status, body = api.post("/api/apps", raw=raw)
-    assert_error(status, body, 400)
-    assert named in body["error"]["message"]
-    assert snapshot(cp) == before
-
-
-@pytest.mark.parametrize(("raw", "named"), BAD_BODIES)
-def test_bad_update_is_400_and_changes_nothing(
-    cp: ControlPlane, api: WSGIClient, raw: bytes, named: str
-) -> None:
-    create(api)
-    before = snapshot(cp)
-    status, body = api.post("/api/apps/web/update", raw=raw)
+    status, body = api.post(path, raw=raw)
     assert_error(status, body, 400)
     assert named in body["error"]["message"]
     assert snapshot(cp) == before
