@@ -1,11 +1,20 @@
-"""The control plane's settings: one table, used for parsing, defaults and `--help`."""
+"""Settings of the control plane and the agent: one table each.
+
+Each setting is a pydantic field with its default (from `defaults`), its
+range and its help text; the same table makes the process's `--options`,
+their `DOCKLET_<NAME>` environment variables and `--help`, and checks the
+values (NaN and infinity are refused by every float field).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from docklet import defaults
 
@@ -18,53 +27,84 @@ def default_data_dir() -> Path:
     return Path(base) / "docklet"
 
 
-def _setting(default: Any, help: str, **kw: Any) -> Any:
-    if callable(default):
-        return field(default_factory=default, metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class CPConfig:
-    data_dir: Path = _setting(default_data_dir, "Where the database and the Git repository live.")
-    host: str = _setting(defaults.CP_HOST, "Address to listen on.")
-    port: int = _setting(defaults.CP_PORT, "Port to listen on.")
-    threads: int = _setting(defaults.CP_THREADS, "HTTP worker threads (one per waiting agent).")
-    heartbeat_interval: float = _setting(
-        defaults.HEARTBEAT_INTERVAL, "Seconds between agent heartbeats (told to agents)."
+class CPConfig(Settings):
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the database and the Git repository live.",
     )
-    heal_delay: float = _setting(
-        defaults.HEAL_DELAY, "Seconds a dead container stays down before it is restarted."
+    host: str = Field(defaults.CP_HOST, description="Address to listen on.")
+    port: int = Field(defaults.CP_PORT, ge=0, le=65535, description="Port (0 picks a free one).")
+    threads: int = Field(
+        defaults.CP_THREADS, ge=4, le=512, description="HTTP worker threads (one per request)."
     )
-    task_lease: float = _setting(defaults.TASK_LEASE, "Seconds an agent holds a task unreported.")
-    reconcile_interval: float = _setting(
-        defaults.RECONCILE_INTERVAL, "Seconds between reconcile passes (work also wakes it)."
+    heartbeat_interval: float = Field(
+        defaults.HEARTBEAT_INTERVAL,
+        ge=0.1,
+        le=3600,
+        description="Seconds between agent heartbeats (told to agents).",
     )
-    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
-
-    def __post_init__(self) -> None:
-        problems = [
-            f"--{name.replace('_', '-')} must be {rule}"
-            for name, ok, rule in (
-                ("port", 0 <= self.port <= 65535, "a port number (0 picks a free one)"),
-                ("threads", 4 <= self.threads <= 1024, "between 4 and 1024"),
-                ("heartbeat_interval", 0.1 <= self.heartbeat_interval <= 3600, "0.1s to 1h"),
-                ("heal_delay", 0 <= self.heal_delay <= 86400, "0 to 1 day"),
-                ("task_lease", 5 <= self.task_lease <= 86400, "5s to 1 day"),
-                ("reconcile_interval", 0.05 <= self.reconcile_interval <= 3600, "0.05s to 1h"),
-            )
-            if not ok  # NaN fails every comparison, so it lands here too
-        ]
-        if problems:
-            raise ValueError("; ".join(problems))
+    unknown_after: int = Field(
+        defaults.UNKNOWN_AFTER_BEATS,
+        ge=1,
+        le=100,
+        description="Missed heartbeats before a node is unknown.",
+    )
+    offline_after: int = Field(
+        defaults.OFFLINE_AFTER_BEATS,
+        ge=2,
+        le=1000,
+        description="Missed heartbeats before a node is offline and its slots move.",
+    )
+    heal_delay: float = Field(
+        defaults.HEAL_DELAY,
+        ge=0,
+        le=86400,
+        description="Seconds a dead container stays down before it is restarted.",
+    )
+    task_lease: float = Field(
+        defaults.TASK_LEASE, ge=5, le=86400, description="Seconds an agent holds a task unreported."
+    )
+    task_max_attempts: int = Field(
+        defaults.TASK_MAX_ATTEMPTS,
+        ge=1,
+        le=100,
+        description="Leases that may expire before a task fails.",
+    )
+    long_poll_max: float = Field(
+        defaults.LONG_POLL_MAX, ge=0, le=300, description="Longest task long-poll, in seconds."
+    )
+    reconcile_interval: float = Field(
+        defaults.RECONCILE_INTERVAL,
+        ge=0.05,
+        le=3600,
+        description="Seconds between reconcile passes (work also wakes it).",
+    )
+    events_kept: int = Field(
+        defaults.EVENTS_KEPT, ge=100, le=10_000_000, description="Newest events the log keeps."
+    )
+    max_body: int = Field(
+        defaults.MAX_BODY,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body, in bytes.",
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern="^(?i:debug|info|warning|error)$",
+        description=("DEBUG, INFO, WARNING or ERROR."),
+    )
 
     @property
-    def unknown_after(self) -> float:
-        return 3 * self.heartbeat_interval
+    def unknown_seconds(self) -> float:
+        return self.unknown_after * self.heartbeat_interval
 
     @property
-    def offline_after(self) -> float:
-        return 6 * self.heartbeat_interval
+    def offline_seconds(self) -> float:
+        return max(self.offline_after, self.unknown_after + 1) * self.heartbeat_interval
 
     @property
     def db_path(self) -> Path:
@@ -75,17 +115,79 @@ class CPConfig:
         return self.data_dir / "repo.git"
 
 
-def settings() -> list[tuple[str, type, Any, str]]:
+class AgentConfig(Settings):
+    cp: str = Field(defaults.CP_URL, min_length=1, description="The control plane's URL.")
+    node_name: str | None = Field(None, description="Node name. Default: the Docker host's name.")
+    heartbeat_interval: float | None = Field(
+        None, ge=0.1, le=3600, description="Seconds between heartbeats. Default: what the CP says."
+    )
+    concurrency: int = Field(
+        defaults.AGENT_CONCURRENCY,
+        ge=1,
+        le=256,
+        description="Tasks run at once (one at a time per container).",
+    )
+    poll_wait: float = Field(
+        defaults.LONG_POLL_WAIT, ge=0, le=300, description="Seconds a task long-poll waits."
+    )
+    docker_timeout: float = Field(
+        defaults.DOCKER_TIMEOUT, ge=1, le=3600, description="Seconds one Docker API call may take."
+    )
+    retry_max: float = Field(
+        defaults.RETRY_MAX,
+        ge=0.1,
+        le=3600,
+        description="Longest backoff while the CP or Docker does not answer.",
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern="^(?i:debug|info|warning|error)$",
+        description=("DEBUG, INFO, WARNING or ERROR."),
+    )
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def settings(model: type[Settings]) -> list[tuple[str, Any, Any, str]]:
     """(name, type, default, help) for every setting: what the CLI options are made from."""
     rows = []
-    for f in fields(CPConfig):
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        rows.append(
-            (
-                f.name,
-                type(default) if not isinstance(default, Path) else Path,
-                default,
-                f.metadata["help"],
-            )
-        )
+    for name, info in model.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        kind: Any = info.annotation
+        if kind not in (int, float, str, Path):  # `float | None`, `str | None`
+            kind = float if "float" in str(kind) else str
+        rows.append((name, kind, default, info.description or ""))
     return rows
+
+
+def options(model: type[Settings]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One --option per setting of `model`, each also read from DOCKLET_<NAME>."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for name, kind, default, help_text in reversed(settings(model)):
+            func = click.option(
+                f"--{name.replace('_', '-')}",
+                name,
+                type=click.Path(path_type=Path) if kind is Path else kind,
+                default=default,
+                show_default=default is not None,
+                envvar=f"DOCKLET_{name.upper()}",
+                show_envvar=True,
+                help=help_text,
+            )(func)
+        return func
+
+    return decorate
+
+
+def build(model: type[S], values: dict[str, Any]) -> S:
+    """The settings from option values, or a usage error naming each bad option."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+        raise click.UsageError(problems) from None

@@ -7,13 +7,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
 from docklet import __version__, defaults, logs, scheduler, tasks
-from docklet.config import CPConfig, settings
+from docklet import config as settings_table
+from docklet.config import CPConfig
 from docklet.gitrepo import Changes, GitRepo
 from docklet.nodes import hash_token
 from docklet.store import Store, get_meta, set_meta
@@ -148,34 +148,15 @@ def serve(config: CPConfig) -> None:
         stop.set()
 
 
-def _options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """One --option per CP setting, each also read from DOCKLET_<NAME>."""
-    for name, kind, default, help_text in reversed(settings()):
-        func = click.option(
-            f"--{name.replace('_', '-')}",
-            name,
-            type=click.Path(path_type=Path) if kind is Path else kind,
-            default=default,
-            show_default=True,
-            envvar=f"DOCKLET_{name.upper()}",
-            show_envvar=True,
-            help=help_text,
-        )(func)
-    return func
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@_options
+@settings_table.options(CPConfig)
 @click.version_option(__version__, prog_name="docklet-cp")
 def main(**options: Any) -> None:
     """Run the Docklet control plane.
 
     Example: docklet-cp --data-dir ./data --port 8080
     """
-    try:
-        config = CPConfig(**options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    config = settings_table.build(CPConfig, options)
     logs.setup(config.log_level)
     try:
         serve(config)

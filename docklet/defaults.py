@@ -1,7 +1,7 @@
 """Every default that matters, named once.
 
 Times are seconds. Each can be overridden where the process that uses it is
-configured (the CP's and the agent's options, or the environment).
+configured (the CP's and the agent's settings in `config`, or the environment).
 """
 
 CP_URL = "http://localhost:8080"
@@ -12,8 +12,11 @@ CONTAINER_DATA_DIR = "/data"
 
 GIT_BRANCH = "main"
 APPS_DIR = "apps"
+SPEC_SUFFIXES = (".yaml", ".yml")
 
-HEARTBEAT_INTERVAL = 5.0  # nodes go unknown after 3 missed heartbeats, offline after 6
+HEARTBEAT_INTERVAL = 5.0
+UNKNOWN_AFTER_BEATS = 3  # missed heartbeats before a node is unknown
+OFFLINE_AFTER_BEATS = 6  # ... and offline (its slots move)
 
 TASK_LEASE = 120.0  # an agent renews its lease while a long pull is running
 TASK_MAX_ATTEMPTS = 3  # leases that expire this many times fail the task
@@ -23,8 +26,17 @@ LONG_POLL_MAX = 30.0
 HEAL_DELAY = 30.0  # a dead container is restarted after this, or at once when its agent restarts
 RECONCILE_INTERVAL = 2.0
 EVENTS_KEPT = 10_000  # the event log keeps this many of the newest events
+MAX_BODY = 4 * 1024 * 1024  # largest API request body
+SYNC_WAIT = 10.0  # how long a write waits for its own commit to be synced before answering
+
+# Spec files: bounds that keep one pushed file from costing minutes or gigabytes.
+MAX_SPEC_BYTES = 256 * 1024  # one apps/*.yaml file
+MAX_SPEC_EXPANDED = 1024 * 1024  # the same file once YAML aliases are expanded
+MAX_APP_FILES = 2_000  # files under apps/ that one commit may hold
 
 STOP_TIMEOUT = 10  # docker stop's grace period before SIGKILL
+DOCKER_TIMEOUT = 60.0  # one Docker API call (a stop waits its grace period inside it)
+AGENT_CONCURRENCY = 8  # tasks an agent runs at once, one at a time per container
 RETRY_MAX = 15.0  # agent backoff cap while the control plane or Docker does not answer
 
 RUN_WAIT = 120.0  # how long `docklet run` waits for the app to run

@@ -155,9 +155,9 @@ def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: flo
 
 def status_for(age: float, config: CPConfig) -> NodeStatus:
     """A node's liveness from the seconds since its last heartbeat."""
-    if age < config.unknown_after:
+    if age < config.unknown_seconds:
         return NodeStatus.ONLINE
-    if age < config.offline_after:
+    if age < config.offline_seconds:
         return NodeStatus.UNKNOWN
     return NodeStatus.OFFLINE
 

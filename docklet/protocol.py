@@ -1,33 +1,71 @@
-"""The agent protocol: what agents send, validated at the door.
+"""The agent protocol, typed in both directions.
 
-Every body an agent sends is checked here before it reaches the database, so
-a wrong type, a missing field or an absurd number is a 400 that says which
-field, never a 500. Unknown fields are ignored: a newer agent may send more.
+What agents send (registration, heartbeat, task report) is validated at the
+CP's door, so a wrong type, a missing field or an absurd number is a 400 that
+says which field, never a 500. What the CP sends back (registration reply,
+leased tasks) is validated by the agent the same way, so an answer it cannot
+use is one clear error, not a KeyError deep in a loop. Unknown fields are
+ignored in both directions: a newer peer may send more.
+
+The container labels Docklet puts on every container it makes are defined
+here too: they are part of the protocol between the agent, Docker and the CP.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from enum import StrEnum
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from docklet.errors import BadRequest
+from docklet.status import TaskKind, TaskStatus
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Text = Annotated[str, Field(max_length=10_000)]
 Count = Annotated[int, Field(ge=0, le=2**31)]
 ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31)]
+Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,62}$"
+MAX_CONTAINERS = 5_000  # per heartbeat: far above one engine's practical load, far below limits
+MAX_INFO_KEYS = 64
+
+
+class Label(StrEnum):
+    """The labels on every container Docklet makes; the CP reads them back from heartbeats."""
+
+    CLUSTER = "docklet.cluster"
+    APP = "docklet.app"
+    SLOT = "docklet.slot"
+    REVISION = "docklet.revision"
+    TASK = "docklet.task"
+    NODE = "docklet.node"
+    SPEC_HASH = "docklet.spec-hash"
 
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+# -- agent → CP ----------------------------------------------------------------
+
+
 class Registration(Wire):
     engine_id: Id
     name: Annotated[str, Field(pattern=NODE_NAME)]
-    info: dict[str, Any] = Field(default_factory=dict)
+    info: dict[Annotated[str, Field(max_length=64)], str | int | float | bool | None] = Field(
+        default_factory=dict, max_length=MAX_INFO_KEYS
+    )
+
+    @field_validator("info")
+    @classmethod
+    def _finite(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if isinstance(item, float) and not abs(item) < float("inf"):
+                raise ValueError(f"info.{key}: numbers must be finite")
+            if isinstance(item, str) and len(item) > 1000:
+                raise ValueError(f"info.{key}: at most 1000 characters")
+        return value
 
 
 class ObservedContainer(Wire):
@@ -40,32 +78,99 @@ class ObservedContainer(Wire):
     health: Annotated[str, Field(max_length=32)] | None = None
     exit_code: ExitCode | None = None
     restarts: Count = 0
-    labels: dict[str, Annotated[str, Field(max_length=1000)]] = Field(default_factory=dict)
+    labels: dict[str, Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=dict, max_length=256
+    )
 
     @property
     def app(self) -> str | None:
-        return self.labels.get("docklet.app")
+        return self.labels.get(Label.APP)
 
-    def label_number(self, key: str) -> int | None:
+    def label_number(self, key: Label) -> int | None:
         """A numeric docklet label (slot, revision), or None when absent or not a number."""
         value = self.labels.get(key, "")
-        return int(value) if value.isdigit() and len(value) < 10 else None
+        return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What the CP stores of it: equal fingerprints need no write."""
+        return (self.id, self.state, self.health, self.exit_code, self.restarts)
 
 
 class Heartbeat(Wire):
     docker_ok: bool = True
     docker_error: Text | None = None
-    containers: list[ObservedContainer] | None = None
+    containers: list[ObservedContainer] | None = Field(None, max_length=MAX_CONTAINERS)
     report_seq: Count = 0
 
 
 class TaskReport(Wire):
-    status: Literal["running", "done", "failed"]
+    status: TaskStatus
     lease_token: Annotated[str, Field(max_length=200)] = ""
     seq: Count | None = None
     error: Text | None = None
     container_id: Id | None = None
     container: ObservedContainer | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _reportable(cls, value: TaskStatus) -> TaskStatus:
+        if not value.is_reportable:
+            raise ValueError("must be running, done or failed")
+        return value
+
+
+# -- CP → agent ----------------------------------------------------------------
+
+
+class RegistrationReply(Wire):
+    node_id: Id
+    token: Id
+    cluster_id: Id
+    heartbeat_interval: Seconds
+
+
+class ContainerSpec(Wire):
+    """What a deploy task carries: the container part of an app spec, and its hash."""
+
+    image: Annotated[str, Field(min_length=1, max_length=255)]
+    container_hash: Annotated[str, Field(min_length=1, max_length=64)]
+    command: list[str] | str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    ports: list[str] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    restart: str = "unless-stopped"
+    stop_grace_period: float | str = "10s"
+    healthcheck: dict[str, Any] | None = None
+    pull: str = "missing"
+
+
+class LeasedTask(Wire):
+    """One task handed to an agent under a lease; its report must carry `lease_token`."""
+
+    id: Annotated[int, Field(gt=0)]
+    kind: TaskKind
+    app: Id
+    container: Id
+    slot: int | None = None
+    revision: int | None = None
+    payload: ContainerSpec | None = None  # deploy tasks only
+    lease_token: Id
+    lease_seconds: Seconds
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _no_payload(cls, value: Any) -> Any:
+        return value or None  # stop and remove tasks carry an empty payload
+
+    @property
+    def slot_key(self) -> str:
+        """Tasks with the same key touch the same container: they run one at a time, in order."""
+        return self.container
+
+
+class TaskBatch(Wire):
+    tasks: list[LeasedTask] = Field(default_factory=list)
 
 
 M = TypeVar("M", bound=Wire)
@@ -76,7 +181,13 @@ def parse(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        raise BadRequest(f"invalid {model.__name__.lower()}: {problems}") from None
+        raise BadRequest(f"invalid {model.__name__.lower()}: {problems(exc)}") from None
+
+
+def problems(exc: ValidationError, limit: int = 5) -> str:
+    """Each bad field and why, the first few of them."""
+    items = exc.errors()
+    text = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in items[:limit]
+    )
+    return text + (f" (and {len(items) - limit} more)" if len(items) > limit else "")

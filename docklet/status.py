@@ -51,6 +51,11 @@ class TaskStatus(StrEnum):
     def is_open(self) -> bool:
         return self in (TaskStatus.PENDING, TaskStatus.RUNNING)
 
+    @property
+    def is_reportable(self) -> bool:
+        """What an agent may report: still working, or finished either way."""
+        return self in (TaskStatus.RUNNING, TaskStatus.DONE, TaskStatus.FAILED)
+
 
 OPEN_TASK_STATUSES = tuple(s.value for s in TaskStatus if s.is_open)
 
@@ -77,3 +82,26 @@ class ContainerState(StrEnum):
     def is_live(cls, state: str) -> bool:
         """A process exists that `stop` would end."""
         return state in (cls.RUNNING, cls.RESTARTING, cls.PAUSED)
+
+
+class EventKind(StrEnum):
+    """What the event log records; each is also a CP log line."""
+
+    APP_CREATED = "app_created"
+    APP_DESIRED = "app_desired"
+    APP_REMOVED = "app_removed"
+    APP_FORGOTTEN = "app_forgotten"
+    APP_UNSCHEDULABLE = "app_unschedulable"
+    REVISION_CREATED = "revision_created"
+    SYNC_ERROR = "sync_error"
+    SLOT_PLACED = "slot_placed"
+    TASK_CREATED = "task_created"
+    TASK_LEASED = "task_leased"
+    TASK_DONE = "task_done"
+    TASK_FAILED = "task_failed"
+    TASK_REQUEUED = "task_requeued"
+    NODE_REGISTERED = "node_registered"
+    NODE_ONLINE = "node_online"
+    NODE_UNKNOWN = "node_unknown"
+    NODE_OFFLINE = "node_offline"
+    CONTROLLER_ERROR = "controller_error"

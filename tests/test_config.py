@@ -23,14 +23,14 @@ from docklet.controlplane import main
     ],
 )
 def test_nonsense_settings_are_refused(tmp_path: Path, setting: str, value: float) -> None:
-    with pytest.raises(ValueError, match=setting.replace("_", "-")):
+    with pytest.raises(ValueError, match=setting):
         CPConfig(data_dir=tmp_path, **{setting: value})
 
 
 def test_the_command_says_which_setting_is_wrong(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), "--heartbeat-interval", "0"])
     assert result.exit_code == 2
-    assert "--heartbeat-interval must be 0.1s to 1h" in result.output
+    assert "--heartbeat-interval: Input should be greater than or equal to 0.1" in result.output
 
 
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:
@@ -38,4 +38,4 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
         main, [], env={"DOCKLET_DATA_DIR": str(tmp_path), "DOCKLET_HEARTBEAT_INTERVAL": "0"}
     )
     assert result.exit_code == 2
-    assert "--heartbeat-interval must be" in result.output
+    assert "--heartbeat-interval:" in result.output

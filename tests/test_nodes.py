@@ -128,11 +128,11 @@ def test_liveness_goes_unknown_then_offline_and_back_online(cp: ControlPlane) ->
     seen = node_row(cp, node)["last_seen"]
     config = cp.config
 
-    scheduler.reconcile(cp.store, config, now=seen + config.unknown_after - 0.1)
+    scheduler.reconcile(cp.store, config, now=seen + config.unknown_seconds - 0.1)
     assert node_row(cp, node)["status"] == "online"
-    scheduler.reconcile(cp.store, config, now=seen + config.unknown_after + 0.1)
+    scheduler.reconcile(cp.store, config, now=seen + config.unknown_seconds + 0.1)
     assert node_row(cp, node)["status"] == "unknown"
-    scheduler.reconcile(cp.store, config, now=seen + config.offline_after + 0.1)
+    scheduler.reconcile(cp.store, config, now=seen + config.offline_seconds + 0.1)
     assert node_row(cp, node)["status"] == "offline"
     heartbeat(cp, node, containers=[])
     assert node_row(cp, node)["status"] == "online"
