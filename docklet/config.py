@@ -84,7 +84,7 @@ class CPConfig(Settings):
         description="Seconds between reconcile passes (work also wakes it).",
     )
     events_kept: int = Field(
-        defaults.EVENTS_KEPT, ge=100, le=10_000_000, description="Newest events the log keeps."
+        defaults.EVENTS_KEPT, ge=1, le=10_000_000, description="Newest events the log keeps."
     )
     max_body: int = Field(
         defaults.MAX_BODY,

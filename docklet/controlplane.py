@@ -1,4 +1,9 @@
-"""The control plane process: store, repository, controller loop and HTTP API."""
+"""The control plane: the one façade the HTTP layer calls, and the controller loop.
+
+`ControlPlane` owns the store, the repository and the loop that syncs and
+reconciles. Every verb the API offers is a method here; the API only parses
+requests and shapes answers. The process entry point is `server.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,22 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-import click
-
-from docklet import __version__, defaults, logs, scheduler, tasks
-from docklet import config as settings_table
+from docklet import apps, events, nodes, scheduler, spec, tasks
+from docklet.apps import Edit
 from docklet.config import CPConfig
-from docklet.gitrepo import Changes, GitRepo
-from docklet.nodes import hash_token
+from docklet.errors import NotFound
+from docklet.gitrepo import GitRepo
+from docklet.protocol import Heartbeat, Registration, TaskReport
+from docklet.spec import SpecState
+from docklet.state import app_views, nodes_view, revisions_view
 from docklet.store import Store, get_meta, set_meta
 from docklet.sync import SyncResult, sync
 
 log = logging.getLogger(__name__)
+
+POLL_SLICE = 5.0  # a waiting long-poll re-checks at least this often
 
 
 class ControlPlane:
@@ -27,6 +34,8 @@ class ControlPlane:
 
     def __init__(self, config: CPConfig) -> None:
         self.config = config
+        # Liveness counts only heartbeats this process could have received.
+        self.started_at = time.time()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db_path)
         self.repo = GitRepo(config.repo_path)
@@ -39,23 +48,53 @@ class ControlPlane:
         # after one that read a newer head (it would undo the newer commit).
         self._sync_lock = threading.Lock()
 
-    # -- desired state ---------------------------------------------------
+    # -- desired state: each write is a commit, visible when the call returns ----
 
-    def commit(
-        self, edit: Callable[[dict[str, bytes]], Changes], message: str, author: str
-    ) -> tuple[str | None, SyncResult | None]:
-        """Commit an edit to the repository, then sync and schedule it at once."""
+    def commit(self, edit: Edit, message: str, author: str) -> str | None:
+        """Commit an edit, then sync and schedule it before returning.
+
+        Read-your-writes: the sync brings the database at least to this
+        commit (to a later head if others committed meanwhile), so the
+        caller's next read sees its change.
+        """
         sha = self.repo.commit(edit, message, author)
-        result = self.sync()
+        self.sync()
         self.reconcile()
-        return sha, result
+        return sha
+
+    def create_app(self, data: dict[str, Any], author: str) -> dict[str, Any]:
+        app_spec = spec.validate(data, source="request")
+        sha = self.commit(
+            apps.create(app_spec), f"Create app {app_spec.name} ({app_spec.image})", author
+        )
+        return {"app": app_spec.name, "commit": sha, **self.app(app_spec.name)}
+
+    def update_app(self, name: str, fields: dict[str, Any], author: str) -> dict[str, Any]:
+        # Values stay out of the message (env may hold secrets); the image is what people scan for.
+        said = [f"image={fields['image']}" if k == "image" else k for k in fields]
+        return self._edit(
+            name, apps.update(name, fields), f"Update app {name}: {', '.join(said)}"[:200], author
+        )
+
+    def set_state(self, name: str, state: SpecState, author: str) -> dict[str, Any]:
+        verb = "Start" if state == SpecState.RUNNING else "Stop"
+        return self._edit(name, apps.set_state(name, state), f"{verb} app {name}", author)
+
+    def remove_app(self, name: str, author: str) -> dict[str, Any]:
+        return self._edit(name, apps.remove(name), f"Remove app {name}", author)
+
+    def _edit(self, name: str, edit: Edit, message: str, author: str) -> dict[str, Any]:
+        sha = self.commit(edit, message, author)
+        # A removed app with nothing left to clean up is already forgotten.
+        views = app_views(self.store, self.config, name, self.started_at)
+        return {"app": name, "commit": sha, **(views[0] if views else {})}
 
     def sync(self) -> SyncResult | None:
         with self._sync_lock:
             return sync(self.store, self.repo)
 
     def reconcile(self) -> int:
-        queued = scheduler.reconcile(self.store, self.config)  # one write transaction
+        queued = scheduler.reconcile(self.store, self.config, started_at=self.started_at)
         if queued:
             with self._work:
                 self._work.notify_all()
@@ -65,33 +104,99 @@ class ControlPlane:
         """Ask the controller loop for a pass now (a heartbeat or report changed things)."""
         self._wake.set()
 
-    # -- agents ------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------
 
-    def lease_tasks(self, node_id: str, token: str, wait: float) -> list[dict[str, Any]]:
+    def apps(self) -> list[dict[str, Any]]:
+        return app_views(self.store, self.config, started_at=self.started_at)
+
+    def app(self, name: str) -> dict[str, Any]:
+        views = app_views(self.store, self.config, name, self.started_at)
+        if not views:
+            raise NotFound(f"app {name!r} does not exist (docklet ps lists apps)")
+        return views[0]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return nodes_view(self.store, self.config, self.started_at)
+
+    def revisions(self, name: str) -> list[dict[str, Any]]:
+        self.app(name)
+        return revisions_view(self.store, name)
+
+    def events(self, app: str | None, limit: int) -> list[dict[str, Any]]:
+        return events.recent(self.store, app, limit)
+
+    def sync_state(self) -> dict[str, Any]:
+        row = self.store.one("SELECT value FROM meta WHERE key = 'synced_commit'")
+        errors = self.store.query("SELECT path, message FROM sync_errors ORDER BY path")
+        return {"head": self.repo.head(), "synced": row["value"] if row else None, "errors": errors}
+
+    def healthy(self) -> bool:
+        return self.store.one("SELECT 1 AS ok") is not None
+
+    # -- agents ------------------------------------------------------------------
+
+    def authenticate(self, node_id: str, token: str) -> None:
+        nodes.authenticate(self.store, node_id, token)
+
+    def register(self, reg: Registration) -> dict[str, Any]:
+        with self.store.write() as db:
+            node_id, token, known = nodes.register(db, reg)
+            if known:  # the agent that held this node's leases is gone
+                tasks.requeue_node(db, node_id)
+        self.wake()
+        return {
+            "node_id": node_id,
+            "token": token,
+            "cluster_id": self.cluster_id,
+            "heartbeat_interval": self.config.heartbeat_interval,
+        }
+
+    def heartbeat(self, node_id: str, beat: Heartbeat) -> None:
+        with self.store.write() as db:
+            changed = nodes.heartbeat(db, node_id, beat)
+        if changed:
+            self.wake()
+
+    def report(self, node_id: str, task_id: int, report: TaskReport) -> dict[str, Any]:
+        with self.store.write() as db:
+            outcome = tasks.report(db, node_id, task_id, report, self.config.task_lease)
+        self.wake()
+        return outcome
+
+    def lease_tasks(
+        self, node_id: str, token: str, wait: float, limit: int = 10
+    ) -> list[dict[str, Any]]:
         """This node's tasks; waits up to `wait` seconds for some to appear."""
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + min(wait, self.config.long_poll_max)
+        token_hash = nodes.hash_token(token)
         while True:
             with self.store.write() as db:
-                leased = tasks.lease(db, node_id, hash_token(token), self.config.task_lease)
+                leased = tasks.lease(db, node_id, token_hash, self.config.task_lease, limit)
             remaining = deadline - time.monotonic()
             if leased or remaining <= 0:
                 return leased
             with self._work:
-                self._work.wait(min(remaining, 5.0))
+                self._work.wait(min(remaining, POLL_SLICE))
 
-    # -- the controller loop ----------------------------------------------
+    # -- the controller loop -------------------------------------------------------
 
     def run_controller(self, stop: threading.Event, max_iterations: int | None = None) -> None:
-        """Sync and reconcile until `stop` is set: on every wake, or every interval."""
+        """Sync and reconcile until `stop` is set: on every wake, or every interval.
+
+        Each stage is isolated: a sync that fails (a broken repository) still
+        lets the reconcile pass expire leases and schedule, and the reverse.
+        """
         done = 0
         while not stop.is_set() and (max_iterations is None or done < max_iterations):
-            try:
-                self.sync()
-                self.reconcile()
-            except Exception:
-                log.exception(
-                    "controller: pass failed; retrying in %.0fs", self.config.reconcile_interval
-                )
+            for stage in (self.sync, self.reconcile):
+                try:
+                    stage()
+                except Exception:
+                    log.exception(
+                        "controller: %s failed; retrying in %.1fs",
+                        stage.__name__,
+                        self.config.reconcile_interval,
+                    )
             done += 1
             self._wake.wait(self.config.reconcile_interval)
             self._wake.clear()
@@ -115,52 +220,3 @@ class ControlPlane:
             log.exception(
                 "repo watcher stopped; new pushes sync within %.0fs", self.config.reconcile_interval
             )
-
-
-def serve(config: CPConfig) -> None:
-    from waitress import create_server
-
-    from docklet.api import make_app
-
-    cp = ControlPlane(config)
-    stop = threading.Event()
-    for target in (cp.run_controller, cp.watch_repo):
-        threading.Thread(target=target, args=(stop,), daemon=True, name=target.__name__).start()
-    server = create_server(
-        make_app(cp),
-        host=config.host,
-        port=config.port,
-        threads=config.threads,
-        ident=f"docklet/{__version__}",
-        channel_timeout=int(defaults.LONG_POLL_MAX) + 30,
-    )
-    log.info(
-        "control plane %s listening on http://%s:%s (data in %s, cluster %s)",
-        __version__,
-        config.host,
-        server.effective_port,
-        config.data_dir,
-        cp.cluster_id,
-    )
-    try:
-        server.run()
-    finally:
-        stop.set()
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@settings_table.options(CPConfig)
-@click.version_option(__version__, prog_name="docklet-cp")
-def main(**options: Any) -> None:
-    """Run the Docklet control plane.
-
-    Example: docklet-cp --data-dir ./data --port 8080
-    """
-    config = settings_table.build(CPConfig, options)
-    logs.setup(config.log_level)
-    try:
-        serve(config)
-    except OSError as exc:
-        raise click.ClickException(f"cannot serve on {config.host}:{config.port}: {exc}") from exc
-    except KeyboardInterrupt:
-        log.info("control plane stopped")

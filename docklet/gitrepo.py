@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
@@ -35,12 +35,44 @@ pygit2.option(pygit2.enums.Option.ENABLE_FSYNC_GITDIR, True)
 Changes = dict[str, bytes | None]  # path → new content, or None to delete
 
 
+MAX_MESSAGE = 4096  # of a commit message kept with a revision
+
+
 @dataclass(frozen=True)
 class Commit:
     sha: str
     author: str
     message: str
-    files: dict[str, bytes]  # every file under apps/ at this commit
+    files: dict[str, bytes]  # every spec file under apps/ at this commit, by path
+    oids: dict[str, str] = field(default_factory=dict)  # the blob id of each of them
+    # Entries under apps/ that are not spec files Docklet reads, and why; never silently
+    # ignored, so a push of `apps/web.YAML` tells its author it did nothing.
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+def _text(raw: bytes, limit: int | None = None) -> str:
+    """Text from Git's bytes whatever encoding a commit claims (a bogus one included)."""
+    return raw[:limit].decode("utf-8", errors="replace") if limit else raw.decode(errors="replace")
+
+
+def _not_a_spec(entry: pygit2.Object, name: str, utf8: bool) -> str | None:
+    """Why an entry under apps/ is not read as a spec, or None when it is one."""
+    if not utf8:
+        return "ignored: the file name is not UTF-8; rename it"
+    if isinstance(entry, pygit2.Tree):
+        return "ignored: specs are read from apps/ itself, not its subdirectories"
+    if entry.filemode == pygit2.enums.FileMode.LINK:
+        return "refused: a symbolic link; commit the spec itself"
+    if not isinstance(entry, pygit2.Blob):
+        return "ignored: a submodule or other non-file entry"
+    if not name.endswith(defaults.SPEC_SUFFIXES):
+        return f"ignored: spec files end in {' or '.join(defaults.SPEC_SUFFIXES)}"
+    if entry.size > defaults.MAX_SPEC_BYTES:
+        return (
+            f"{entry.size / 1024:.0f} KiB is over the {defaults.MAX_SPEC_BYTES // 1024} KiB"
+            " limit for a spec file"
+        )
+    return None
 
 
 class GitRepo:
@@ -65,25 +97,49 @@ class GitRepo:
         commit = self.repo.get(sha)
         if not isinstance(commit, pygit2.Commit):
             raise RepoError(f"{sha} is not a commit in {self.path}")
+        # Raw bytes: a commit may declare an encoding Python does not know.
+        author = commit.author
+        files, oids, problems = self._files(commit)
         return Commit(
             sha=sha,
-            author=f"{commit.author.name} <{commit.author.email}>",
-            message=commit.message.strip(),
-            files=self._files(commit),
+            author=f"{_text(author.raw_name)} <{_text(author.raw_email)}>",
+            message=_text(commit.raw_message, MAX_MESSAGE).strip(),
+            files=files,
+            oids=oids,
+            problems=problems,
         )
 
-    def _files(self, commit: pygit2.Commit) -> dict[str, bytes]:
+    def _files(
+        self, commit: pygit2.Commit
+    ) -> tuple[dict[str, bytes], dict[str, str], dict[str, str]]:
+        files: dict[str, bytes] = {}
+        oids: dict[str, str] = {}
+        problems: dict[str, str] = {}
         try:
             tree = commit.tree / defaults.APPS_DIR
         except KeyError:
-            return {}
+            return files, oids, problems
         if not isinstance(tree, pygit2.Tree):
-            return {}
-        return {
-            f"{defaults.APPS_DIR}/{entry.name}": entry.data
-            for entry in tree
-            if isinstance(entry, pygit2.Blob)
-        }
+            return files, oids, problems
+        for n, entry in enumerate(tree):
+            try:
+                name, utf8 = entry.raw_name.decode(), True
+            except UnicodeDecodeError:
+                name, utf8 = entry.raw_name.decode(errors="backslashreplace"), False
+            path = f"{defaults.APPS_DIR}/{name}"
+            if n >= defaults.MAX_APP_FILES:
+                problems[f"{defaults.APPS_DIR}/"] = (
+                    f"{defaults.APPS_DIR}/ holds more than {defaults.MAX_APP_FILES} entries;"
+                    " the rest are not read"
+                )
+                break
+            problem = _not_a_spec(entry, name, utf8)
+            if problem:
+                problems[path] = f"{path}: {problem}"
+                continue
+            files[path] = entry.data
+            oids[path] = str(entry.id)
+        return files, oids, problems
 
     def commit(
         self, edit: Callable[[dict[str, bytes]], Changes], message: str, author: str

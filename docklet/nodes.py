@@ -1,8 +1,11 @@
-"""Nodes: agent registration, tokens, heartbeats and liveness.
+"""Nodes: agent registration, tokens, heartbeats, liveness, and what runs on each.
 
 A node's identity is its Docker engine id: an agent that restarts, or is
 re-created on the same host, registers again and gets the same `node_id`
 (and a fresh token). Tokens are stored only as SHA-256 hashes.
+
+This module is the only writer of the `nodes` and `containers` tables: the
+actual state is what agents reported, through heartbeats and task reports.
 """
 
 from __future__ import annotations
@@ -14,55 +17,64 @@ import sqlite3
 import time
 from typing import Any
 
+from docklet import events
 from docklet.config import CPConfig
-from docklet.errors import BadRequest, NotFound, Unauthorized
-from docklet.protocol import Heartbeat, ObservedContainer, parse
-from docklet.status import ContainerState, NodeStatus, TaskStatus
-from docklet.store import Store, dumps, record_event
+from docklet.errors import NotFound, Unauthorized
+from docklet.protocol import Heartbeat, Label, ObservedContainer, Registration
+from docklet.status import ContainerState, EventKind, NodeStatus
+from docklet.store import Store, dumps
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def register(
-    db: sqlite3.Connection, engine_id: str, name: str, info: dict[str, Any]
-) -> tuple[str, str]:
-    """(node_id, token) for the agent on this engine; the same node_id on every restart."""
-    if not engine_id or not name:
-        raise BadRequest("registration needs 'engine_id' and 'name'")
+def register(db: sqlite3.Connection, reg: Registration) -> tuple[str, str, bool]:
+    """(node_id, token, known) for the agent on this engine; the same node_id on every restart."""
     now = time.time()
     token = secrets.token_urlsafe(32)
-    row = db.execute("SELECT node_id FROM nodes WHERE engine_id = ?", (engine_id,)).fetchone()
+    row = db.execute("SELECT node_id FROM nodes WHERE engine_id = ?", (reg.engine_id,)).fetchone()
     if row is not None:
         node_id = row["node_id"]
         db.execute(
             "UPDATE nodes SET token_hash = ?, status = ?, last_seen = ?, registered_at = ?,"
             " hostname = ?, info = ?, report_seq = 0 WHERE node_id = ?",
-            (hash_token(token), NodeStatus.ONLINE, now, now, name, dumps(info), node_id),
+            (hash_token(token), NodeStatus.ONLINE, now, now, reg.name, dumps(reg.info), node_id),
         )
-        # The agent that held these leases is gone: hand the work out again.
-        db.execute(
-            "UPDATE tasks SET status = ?, lease_token = NULL, lease_expires = NULL"
-            " WHERE node_id = ? AND status = ?",
-            (TaskStatus.PENDING, node_id, TaskStatus.RUNNING),
+        events.record(
+            db, EventKind.NODE_REGISTERED, f"node {node_id}: agent restarted", node_id=node_id
         )
-        record_event(db, "node_registered", f"node {node_id}: agent restarted", node_id=node_id)
-        return node_id, token
-    node_id = _free_node_id(db, name)
+        return node_id, token, True
+    node_id = _free_node_id(db, reg.name)
     db.execute(
         "INSERT INTO nodes (node_id, engine_id, hostname, token_hash, status, last_seen,"
         " registered_at, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (node_id, engine_id, name, hash_token(token), NodeStatus.ONLINE, now, now, dumps(info)),
+        (
+            node_id,
+            reg.engine_id,
+            reg.name,
+            hash_token(token),
+            NodeStatus.ONLINE,
+            now,
+            now,
+            dumps(reg.info),
+        ),
     )
-    record_event(db, "node_registered", f"node {node_id}: joined", node_id=node_id)
-    return node_id, token
+    events.record(db, EventKind.NODE_REGISTERED, f"node {node_id}: joined", node_id=node_id)
+    return node_id, token, False
 
 
 def _free_node_id(db: sqlite3.Connection, name: str) -> str:
     """The name itself, or name-2, name-3… when another engine already uses it."""
+    taken = {
+        r[0]
+        for r in db.execute(
+            "SELECT node_id FROM nodes WHERE node_id = ? OR node_id LIKE ? ESCAPE '\\'",
+            (name, name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"),
+        )
+    }
     candidate, n = name, 1
-    while db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (candidate,)).fetchone():
+    while candidate in taken:
         n += 1
         candidate = f"{name}-{n}"
     return candidate
@@ -77,16 +89,17 @@ def authenticate(store: Store, node_id: str, token: str | None) -> None:
         raise Unauthorized(f"node {node_id!r}: missing or wrong token; restart its agent")
 
 
-def heartbeat(db: sqlite3.Connection, node_id: str, body: Any) -> bool:
-    """Mark the node seen and, when the snapshot is trustworthy, replace its containers.
+def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
+    """Mark the node seen and, when the snapshot is trustworthy, record what changed in it.
 
     Returns whether anything the scheduler acts on changed (so most heartbeats,
-    which only say "still here, same containers", wake nothing).
+    which only say "still here, same containers", wake nothing). Costs one
+    read of the node's containers, and a write only for those that changed.
     """
-    beat = parse(Heartbeat, body)
     now = time.time()
     node = db.execute(
-        "SELECT status, report_seq, docker_ok FROM nodes WHERE node_id = ?", (node_id,)
+        "SELECT status, report_seq, docker_ok, docker_error FROM nodes WHERE node_id = ?",
+        (node_id,),
     ).fetchone()
     changed = node["status"] != NodeStatus.ONLINE or bool(node["docker_ok"]) != beat.docker_ok
     db.execute(
@@ -95,35 +108,40 @@ def heartbeat(db: sqlite3.Connection, node_id: str, body: Any) -> bool:
         (now, NodeStatus.ONLINE, beat.docker_ok, beat.docker_error, node_id),
     )
     if node["status"] != NodeStatus.ONLINE:
-        record_event(db, "node_online", f"node {node_id}: online again", node_id=node_id)
+        events.record(db, EventKind.NODE_ONLINE, f"node {node_id}: online again", node_id=node_id)
     # A failed Docker list is not "no containers", and a list taken before the
     # agent's latest task report may predate the container that report added.
     if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
         return changed
-    before = _states(db, node_id)
-    seen = [c.id for c in beat.containers if observe(db, node_id, c, now)]
-    marks = ",".join("?" * len(seen))
-    db.execute(
-        f"DELETE FROM containers WHERE node_id = ? AND container_id NOT IN ({marks})",
-        (node_id, *seen),
-    )
-    return changed or _states(db, node_id) != before
+    stored = {
+        r["container_id"]: (
+            r["container_id"],
+            r["state"],
+            r["health"],
+            r["exit_code"],
+            r["restarts"],
+        )
+        for r in db.execute(
+            "SELECT container_id, state, health, exit_code, restarts FROM containers"
+            " WHERE node_id = ?",
+            (node_id,),
+        )
+    }
+    seen: set[str] = set()
+    for c in beat.containers:
+        if not c.app:
+            continue  # without an app label it cannot be attributed
+        seen.add(c.id)
+        if stored.get(c.id) != c.fingerprint():
+            observe(db, node_id, c, now)
+            changed = True
+    gone = [(node_id, cid) for cid in stored if cid not in seen]
+    db.executemany("DELETE FROM containers WHERE node_id = ? AND container_id = ?", gone)
+    return changed or bool(gone)
 
 
-def _states(db: sqlite3.Connection, node_id: str) -> set[tuple[Any, ...]]:
-    rows = db.execute(
-        "SELECT container_id, state, health FROM containers WHERE node_id = ?", (node_id,)
-    )
-    return {tuple(r) for r in rows}
-
-
-def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: float) -> bool:
-    """Upsert one container as an agent saw it; remember since when it is down.
-
-    A container without an app label cannot be attributed and is left out.
-    """
-    if not c.app:
-        return False
+def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: float) -> None:
+    """Upsert one container as an agent saw it; remember since when it is down."""
     db.execute(
         "INSERT INTO containers (node_id, container_id, name, app, revision, slot,"
         " container_hash, image, state, health, exit_code, restarts, observed_at, down_since)"
@@ -138,9 +156,9 @@ def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: flo
             c.id,
             c.name,
             c.app,
-            c.label_number("docklet.revision"),
-            c.label_number("docklet.slot"),
-            c.labels.get("docklet.spec-hash"),
+            c.label_number(Label.REVISION),
+            c.label_number(Label.SLOT),
+            c.labels.get(Label.SPEC_HASH),
             c.image,
             c.state,
             c.health,
@@ -150,7 +168,33 @@ def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: flo
             None if c.state == ContainerState.RUNNING else now,
         ),
     )
-    return True
+
+
+def note_report(db: sqlite3.Connection, node_id: str, seq: int) -> None:
+    """The agent's latest task report: heartbeats listed before it are not the whole truth."""
+    db.execute("UPDATE nodes SET report_seq = MAX(report_seq, ?) WHERE node_id = ?", (seq, node_id))
+
+
+def task_finished(
+    db: sqlite3.Connection, node_id: str, container: str, observed: ObservedContainer | None
+) -> None:
+    """What a finished task left behind, recorded at once rather than at the next heartbeat."""
+    db.execute("DELETE FROM containers WHERE node_id = ? AND name = ?", (node_id, container))
+    if observed is not None and observed.app:
+        observe(db, node_id, observed, time.time())
+
+
+def effective_last_seen(row: Any, started_at: float) -> float:
+    """When the node was last heard of, as far as liveness goes.
+
+    A control plane that was down missed heartbeats it could not receive: a
+    node it last knew as alive gets a fresh grace from the CP's start (as
+    Nomad resets heartbeat timers after a leader election). A node already
+    offline stays offline until it sends a heartbeat.
+    """
+    if row["status"] == NodeStatus.OFFLINE:
+        return float(row["last_seen"])
+    return max(float(row["last_seen"]), started_at)
 
 
 def status_for(age: float, config: CPConfig) -> NodeStatus:
@@ -162,16 +206,18 @@ def status_for(age: float, config: CPConfig) -> NodeStatus:
     return NodeStatus.OFFLINE
 
 
-def update_liveness(db: sqlite3.Connection, config: CPConfig, now: float) -> None:
+def update_liveness(
+    db: sqlite3.Connection, config: CPConfig, now: float, started_at: float = 0.0
+) -> None:
     """Move nodes that stopped sending heartbeats to unknown, then offline."""
     for row in db.execute("SELECT node_id, status, last_seen FROM nodes").fetchall():
-        status = status_for(now - row["last_seen"], config)
+        age = now - effective_last_seen(row, started_at)
+        status = status_for(age, config)
         if status != row["status"]:
             db.execute("UPDATE nodes SET status = ? WHERE node_id = ?", (status, row["node_id"]))
-            record_event(
+            events.record(
                 db,
-                f"node_{status}",
-                f"node {row['node_id']}: {status}"
-                f" (last heartbeat {now - row['last_seen']:.0f}s ago)",
+                EventKind(f"node_{status}"),
+                f"node {row['node_id']}: {status} (no heartbeat for {age:.0f}s)",
                 node_id=row["node_id"],
             )

@@ -4,6 +4,11 @@ Each pass compares, per app, what should run (the current revision's
 replicas, each in a slot placed on a node) with what agents last reported,
 and queues the tasks that close the gap. A pass is idempotent: a slot with
 an open task is left alone, so running it twice queues nothing twice.
+
+A pass reads what it needs once (`World`), not once per app or container,
+so it costs O(apps + containers). Its stages (liveness, leases, apps,
+orphans, housekeeping) run apart, and each app in its own savepoint: one
+that fails is logged and shown on the app, and the rest go on.
 """
 
 from __future__ import annotations
@@ -12,91 +17,177 @@ import json
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from docklet import defaults, tasks
+from docklet import events, nodes, tasks
 from docklet.config import CPConfig
-from docklet.nodes import update_liveness
 from docklet.spec import AppSpec
-from docklet.status import ContainerState, DesiredState, NodeStatus, TaskKind, TaskStatus
-from docklet.store import Store, record_event
+from docklet.status import ContainerState, DesiredState, EventKind, NodeStatus, TaskKind, TaskStatus
+from docklet.store import Store, savepoint
 
 log = logging.getLogger(__name__)
 
+TASK_HISTORY = 3600.0  # finished tasks older than this are pruned (the newest per slot stays)
+INTERNAL_ERROR = "internal error while scheduling this app; the control plane log has details"
 
-def reconcile(store: Store, config: CPConfig, now: float | None = None) -> int:
+SPEC_CACHE_SIZE = 4096
+
+Row = sqlite3.Row
+Open = dict[tuple[str, str], Any]  # (node, container) → open task (a Row, or a container row)
+
+
+@dataclass
+class World:
+    """What one pass knows, read once at its start."""
+
+    config: CPConfig
+    now: float
+    nodes: dict[str, Row]
+    containers: dict[str, list[Row]]
+    open: dict[str, Open]
+    latest: dict[tuple[str, int, str], Row]
+    placements: dict[str, dict[int, str]]
+    revisions: dict[str, Row] = field(default_factory=dict)  # each app's current revision
+    load: Counter[str] = field(default_factory=Counter)  # slots per node, all apps
+
+    @classmethod
+    def read(cls, db: sqlite3.Connection, config: CPConfig, now: float) -> World:
+        containers: dict[str, list[Row]] = defaultdict(list)
+        for c in db.execute("SELECT * FROM containers ORDER BY app, slot, node_id"):
+            containers[c["app"]].append(c)
+        placements: dict[str, dict[int, str]] = defaultdict(dict)
+        load: Counter[str] = Counter()
+        for p in db.execute("SELECT app, slot, node_id FROM placements"):
+            placements[p["app"]][p["slot"]] = p["node_id"]
+            load[p["node_id"]] += 1
+        return cls(
+            config=config,
+            now=now,
+            nodes={r["node_id"]: r for r in db.execute("SELECT * FROM nodes")},
+            containers=containers,
+            open=tasks.open_tasks(db),
+            latest=tasks.latest_per_slot(db),
+            placements=placements,
+            revisions={
+                r["app"]: r
+                for r in db.execute(
+                    "SELECT r.app, r.number, r.spec, r.spec_hash, r.container_hash"
+                    " FROM revisions r JOIN apps a"
+                    " ON a.name = r.app AND a.current_revision = r.number"
+                )
+            },
+            load=load,
+        )
+
+    def reachable(self, node_id: str) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node["status"] != NodeStatus.OFFLINE
+
+
+def reconcile(
+    store: Store, config: CPConfig, now: float | None = None, started_at: float = 0.0
+) -> int:
     """One pass over every app; returns how many tasks it queued."""
     now = time.time() if now is None else now
-    with store.write() as db:
-        update_liveness(db, config, now)
-        tasks.expire_leases(db, now)
+
+    def liveness(db: sqlite3.Connection) -> int:
+        nodes.update_liveness(db, config, now, started_at)
+        tasks.expire_leases(db, now, config.task_max_attempts)
+        return 0
+
+    def schedule(db: sqlite3.Connection) -> int:
+        world = World.read(db, config, now)
         queued = 0
-        nodes = {r["node_id"]: r for r in db.execute("SELECT * FROM nodes").fetchall()}
         for app in db.execute("SELECT * FROM apps ORDER BY name").fetchall():
-            queued += _reconcile_app(db, app, nodes, config, now)
-        queued += _remove_orphans(db)
-        # The event log is for recent history: keep the newest EVENTS_KEPT.
-        db.execute(
-            "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
-            (defaults.EVENTS_KEPT,),
-        )
-        if queued:
-            log.debug("reconcile: %d task(s) queued", queued)
+            queued += _isolated(db, app, world)
+        return queued + _remove_orphans(db, world)
+
+    def housekeeping(db: sqlite3.Connection) -> int:
+        events.prune(db, config.events_kept)
+        tasks.prune(db, now - TASK_HISTORY)
+        return 0
+
+    queued = 0
+    for stage in (liveness, schedule, housekeeping):
+        queued += _stage(store, stage)
+    if queued:
+        log.debug("reconcile: %d task(s) queued", queued)
     return queued
 
 
-def _reconcile_app(
-    db: sqlite3.Connection,
-    app: sqlite3.Row,
-    nodes: dict[str, sqlite3.Row],
-    config: CPConfig,
-    now: float,
-) -> int:
+def _stage(store: Store, stage: Callable[[sqlite3.Connection], int]) -> int:
+    """One stage in its own transaction: a stage that fails never stops the next."""
+    try:
+        with store.write() as db:
+            return stage(db)
+    except Exception:
+        log.exception("reconcile: stage %s failed; the others go on", stage.__name__)
+        return 0
+
+
+def _isolated(db: sqlite3.Connection, app: Row, world: World) -> int:
+    try:
+        with savepoint(db):
+            return _reconcile_app(db, app, world)
+    except Exception:
+        log.exception("reconcile: app %s failed; the other apps go on", app["name"])
+        _set_error(db, app["name"], app["last_error"], INTERNAL_ERROR)
+        return 0
+
+
+def _reconcile_app(db: sqlite3.Connection, app: Row, world: World) -> int:
     name = app["name"]
-    containers = db.execute("SELECT * FROM containers WHERE app = ?", (name,)).fetchall()
+    containers = world.containers.get(name, [])
+    open_ = world.open.setdefault(name, {})
     if app["desired"] == DesiredState.RUNNING and app["current_revision"] is not None:
         tasks.cancel_pending(db, name, "app is running again", kind=TaskKind.STOP)
-        return _run(db, app, nodes, containers, tasks.open_tasks(db, name), config, now)
-    open_ = tasks.open_tasks(db, name)
+        return _run(db, app, containers, open_, world)
     tasks.cancel_pending(db, name, f"app is {app['desired']}", kind=TaskKind.DEPLOY)
     if app["desired"] == DesiredState.STOPPED:
         return _for_each(db, name, containers, open_, TaskKind.STOP, only_running=True)
     # What only an offline node still holds need not keep the app: once the
     # node returns, its leftovers are orphans and are removed then.
-    if not any(_reachable(nodes, c["node_id"]) for c in containers) and not any(
-        _reachable(nodes, node_id) for node_id, _ in open_
+    if not any(world.reachable(c["node_id"]) for c in containers) and not any(
+        world.reachable(node_id) for node_id, _ in open_
     ):
         _forget(db, name)
         return 0
     return _for_each(db, name, containers, open_, TaskKind.REMOVE, only_running=False)
 
 
-def _reachable(nodes: dict[str, sqlite3.Row], node_id: str) -> bool:
-    node = nodes.get(node_id)
-    return node is not None and node["status"] != NodeStatus.OFFLINE
+_specs: dict[str, AppSpec] = {}
 
 
-def _run(
-    db: sqlite3.Connection,
-    app: sqlite3.Row,
-    nodes: dict[str, sqlite3.Row],
-    containers: list[sqlite3.Row],
-    open_: dict[tuple[str, str], sqlite3.Row],
-    config: CPConfig,
-    now: float,
-) -> int:
+@dataclass
+class Revision:
+    """The revision an app should run, with its spec parsed."""
+
+    number: int
+    container_hash: str
+    spec: AppSpec
+
+    @classmethod
+    def of(cls, row: Row) -> Revision:
+        # Parsed once per revision, not once per pass: the spec hash names its content.
+        spec = _specs.get(row["spec_hash"])
+        if spec is None:
+            if len(_specs) >= SPEC_CACHE_SIZE:
+                _specs.clear()
+            spec = _specs[row["spec_hash"]] = AppSpec.model_validate(json.loads(row["spec"]))
+        return cls(row["number"], row["container_hash"], spec)
+
+
+def _run(db: sqlite3.Connection, app: Row, containers: list[Row], open_: Open, world: World) -> int:
     name = app["name"]
-    rev = db.execute(
-        "SELECT * FROM revisions WHERE app = ? AND number = ?", (name, app["current_revision"])
-    ).fetchone()
-    spec = AppSpec.model_validate(json.loads(rev["spec"]))
-    placements = dict(
-        db.execute("SELECT slot, node_id FROM placements WHERE app = ?", (name,)).fetchall()
-    )
+    rev = Revision.of(world.revisions[name])
+    spec = rev.spec
+    placements = world.placements.setdefault(name, {})
     eligible = [
         n
-        for n, row in nodes.items()
+        for n, row in world.nodes.items()
         if row["status"] == NodeStatus.ONLINE
         and row["docker_ok"]
         and (not spec.placement.nodes or n in spec.placement.nodes)
@@ -105,8 +196,8 @@ def _run(
     unplaced = False
     for slot in range(1, spec.replicas + 1):
         node_id = placements.get(slot)
-        if node_id is None or _must_move(node_id, nodes, spec):
-            node_id = _place(db, name, slot, eligible, placements)
+        if node_id is None or _must_move(node_id, world, spec):
+            node_id = _place(db, name, slot, eligible, world)
             if node_id is None:
                 unplaced = True
                 continue
@@ -114,7 +205,7 @@ def _run(
         if (node_id, cname) in open_:
             continue
         here = [c for c in containers if c["node_id"] == node_id and c["name"] == cname]
-        if _needs_deploy(db, app, rev, slot, here, nodes[node_id], config, now):
+        if _needs_deploy(app, rev, slot, here, world.nodes[node_id], world):
             tasks.create(
                 db,
                 node_id=node_id,
@@ -122,11 +213,13 @@ def _run(
                 kind=TaskKind.DEPLOY,
                 container=cname,
                 slot=slot,
-                revision=rev["number"],
-                payload=deploy_payload(spec, rev),
+                revision=rev.number,
+                payload=deploy_payload(spec, rev.container_hash),
             )
             queued += 1
-    _set_error(db, name, _unplaced_reason(spec) if unplaced else None)
+    _set_error(db, name, app["last_error"], _unplaced_reason(spec) if unplaced else None)
+    for slot in [s for s in placements if s > spec.replicas]:
+        world.load[placements.pop(slot)] -= 1
     db.execute("DELETE FROM placements WHERE app = ? AND slot > ?", (name, spec.replicas))
     # Containers of slots that no longer exist, or that now live on another node.
     for c in containers:
@@ -149,66 +242,61 @@ def _run(
     return queued
 
 
-def _must_move(node_id: str, nodes: dict[str, sqlite3.Row], spec: AppSpec) -> bool:
+def _must_move(node_id: str, world: World, spec: AppSpec) -> bool:
     """A slot leaves its node only when the node is gone or no longer allowed."""
-    node = nodes.get(node_id)
-    if node is None or node["status"] == NodeStatus.OFFLINE:
+    if not world.reachable(node_id):
         return True
     return bool(spec.placement.nodes) and node_id not in spec.placement.nodes
 
 
 def _place(
-    db: sqlite3.Connection, app: str, slot: int, eligible: list[str], placements: dict[int, str]
+    db: sqlite3.Connection, app: str, slot: int, eligible: list[str], world: World
 ) -> str | None:
     """Spread: the eligible node with the fewest of this app's slots, then fewest overall."""
     if not eligible:
         return None
+    placements = world.placements[app]
     mine = Counter(n for s, n in placements.items() if s != slot)
-    overall = Counter(
-        dict(db.execute("SELECT node_id, COUNT(*) FROM placements GROUP BY node_id").fetchall())
-    )
-    node_id = min(eligible, key=lambda n: (mine[n], overall[n], n))
+    node_id = min(eligible, key=lambda n: (mine[n], world.load[n], n))
     db.execute(
         "INSERT INTO placements (app, slot, node_id) VALUES (?, ?, ?)"
         " ON CONFLICT (app, slot) DO UPDATE SET node_id = excluded.node_id",
         (app, slot, node_id),
     )
     previous = placements.get(slot)
+    if previous:
+        world.load[previous] -= 1
     if previous and previous != node_id:  # work queued for the old node is moot now
         tasks.cancel_pending(
             db, app, f"slot {slot} moved to {node_id}", slot=slot, node_id=previous
         )
     placements[slot] = node_id
+    world.load[node_id] += 1
     moved = f" (moved from {previous})" if previous else ""
-    record_event(
-        db, "slot_placed", f"app {app}: slot {slot} on {node_id}{moved}", app=app, node_id=node_id
+    events.record(
+        db,
+        EventKind.SLOT_PLACED,
+        f"app {app}: slot {slot} on {node_id}{moved}",
+        app=app,
+        node_id=node_id,
     )
     return node_id
 
 
 def _needs_deploy(
-    db: sqlite3.Connection,
-    app: sqlite3.Row,
-    rev: sqlite3.Row,
-    slot: int,
-    here: list[sqlite3.Row],
-    node: sqlite3.Row,
-    config: CPConfig,
-    now: float,
+    app: Row, rev: Revision, slot: int, here: list[Row], node: Row, world: World
 ) -> bool:
-    current = [c for c in here if c["container_hash"] == rev["container_hash"]]
+    current = [c for c in here if c["container_hash"] == rev.container_hash]
     if any(c["state"] == ContainerState.RUNNING for c in current):
         return False
-    last = db.execute(
-        "SELECT kind, status, revision, lost, finished_at FROM tasks"
-        " WHERE app = ? AND slot = ? AND node_id = ? AND status != ? ORDER BY id DESC LIMIT 1",
-        (rev["app"], slot, node["node_id"], TaskStatus.CANCELLED),
-    ).fetchone()
-    if last is None or last["kind"] != TaskKind.DEPLOY or last["revision"] != rev["number"]:
+    last = world.latest.get((app["name"], slot, node["node_id"]))
+    if last is None or last["kind"] != TaskKind.DEPLOY or last["revision"] != rev.number:
         return True  # never deployed here, or Docklet itself stopped it: start it now
     if last["status"] == TaskStatus.FAILED:
         if last["lost"]:  # nobody said no (the agent went quiet): try again after a while
-            return bool(node["docker_ok"]) and now - last["finished_at"] >= config.heal_delay
+            return bool(node["docker_ok"]) and world.now - last["finished_at"] >= (
+                world.config.heal_delay
+            )
         # Docker said no: shown to the user, not retried in a loop. A new
         # revision, or stopping and starting the app, tries again.
         return app["updated_at"] > last["finished_at"]
@@ -219,19 +307,19 @@ def _needs_deploy(
         return False  # no heartbeat since the deploy finished: nothing known yet
     # An app stopped and started again since, like a restarted agent, runs now.
     restarted = max(node["registered_at"], app["updated_at"])
-    return now - down_since >= config.heal_delay or restarted > down_since
+    return world.now - down_since >= world.config.heal_delay or restarted > down_since
 
 
-def deploy_payload(spec: AppSpec, rev: sqlite3.Row) -> dict[str, Any]:
+def deploy_payload(spec: AppSpec, container_hash: str) -> dict[str, Any]:
     """What an agent needs to create the container: the container part of the spec."""
-    return {**spec.container_spec(), "container_hash": rev["container_hash"]}
+    return {**spec.container_spec(), "container_hash": container_hash}
 
 
 def _for_each(
     db: sqlite3.Connection,
     app: str,
-    containers: list[sqlite3.Row],
-    open_: dict[tuple[str, str], sqlite3.Row],
+    containers: list[Row],
+    open_: Open,
     kind: TaskKind,
     *,
     only_running: bool,
@@ -256,14 +344,16 @@ def _for_each(
     return queued
 
 
-def _remove_orphans(db: sqlite3.Connection) -> int:
+def _remove_orphans(db: sqlite3.Connection, world: World) -> int:
     """Containers labelled for apps this CP no longer knows (removed while a node was away)."""
     rows = db.execute(
-        "SELECT c.* FROM containers c LEFT JOIN apps a ON a.name = c.app WHERE a.name IS NULL"
+        "SELECT c.node_id, c.name, c.app, c.slot FROM containers c"
+        " LEFT JOIN apps a ON a.name = c.app WHERE a.name IS NULL"
     ).fetchall()
     queued = 0
     for c in rows:
-        if (c["node_id"], c["name"]) in tasks.open_tasks(db, c["app"]):
+        open_ = world.open.setdefault(c["app"], {})
+        if (c["node_id"], c["name"]) in open_:
             continue
         tasks.create(
             db,
@@ -273,6 +363,7 @@ def _remove_orphans(db: sqlite3.Connection) -> int:
             container=c["name"],
             slot=c["slot"],
         )
+        open_[(c["node_id"], c["name"])] = c
         queued += 1
     return queued
 
@@ -280,8 +371,8 @@ def _remove_orphans(db: sqlite3.Connection) -> int:
 def _forget(db: sqlite3.Connection, app: str) -> None:
     """The app is gone from the repo and from every node: drop its records."""
     db.execute("DELETE FROM apps WHERE name = ?", (app,))
-    db.execute("DELETE FROM tasks WHERE app = ?", (app,))
-    record_event(db, "app_forgotten", f"app {app}: removed from every node", app=app)
+    tasks.forget_app(db, app)
+    events.record(db, EventKind.APP_FORGOTTEN, f"app {app}: removed from every node", app=app)
 
 
 def _unplaced_reason(spec: AppSpec) -> str:
@@ -290,9 +381,8 @@ def _unplaced_reason(spec: AppSpec) -> str:
     return "no online node to run it: start an agent (docklet-agent) on a Docker host"
 
 
-def _set_error(db: sqlite3.Connection, app: str, message: str | None) -> None:
-    row = db.execute("SELECT last_error FROM apps WHERE name = ?", (app,)).fetchone()
-    if row["last_error"] != message:
+def _set_error(db: sqlite3.Connection, app: str, before: str | None, message: str | None) -> None:
+    if before != message:
         db.execute("UPDATE apps SET last_error = ? WHERE name = ?", (message, app))
         if message:
-            record_event(db, "app_unschedulable", f"app {app}: {message}", app=app)
+            events.record(db, EventKind.APP_UNSCHEDULABLE, f"app {app}: {message}", app=app)

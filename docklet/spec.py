@@ -257,6 +257,11 @@ def with_default_tag(image: str) -> str:
     return f"{image}:latest"
 
 
+def dump(data: dict[str, Any]) -> bytes:
+    """A spec file's bytes from its data."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
+
+
 FORMATS = {
     "name": "use a-z, 0-9 and '-', starting and ending with a letter or digit, at most 63",
     "image": "expected an image reference such as nginx:1.25 or registry.example.com/team/app:v2",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
+from docklet.apps import app_name
 from docklet.config import CPConfig
-from docklet.nodes import status_for
+from docklet.nodes import effective_last_seen, status_for
 from docklet.status import (
     ActualState,
     AppStatus,
@@ -18,65 +21,100 @@ from docklet.status import (
     TaskStatus,
 )
 from docklet.store import Store
+from docklet.tasks import OPEN
 
 
-def nodes_view(store: Store, config: CPConfig) -> list[dict[str, Any]]:
+def nodes_view(store: Store, config: CPConfig, started_at: float = 0.0) -> list[dict[str, Any]]:
     now = time.time()
     counts = dict(
         (r["node_id"], r["n"])
         for r in store.query("SELECT node_id, COUNT(*) AS n FROM containers GROUP BY node_id")
     )
-    return [
-        {
-            "node_id": r["node_id"],
-            # Derived from last_seen at read time, so a dead node shows at once.
-            "status": status_for(now - r["last_seen"], config),
-            "last_seen": r["last_seen"],
-            "last_seen_ago": round(now - r["last_seen"], 1),
-            "hostname": r["hostname"],
-            "engine_id": r["engine_id"],
-            "docker_ok": bool(r["docker_ok"]),
-            "docker_error": r["docker_error"],
-            "containers": counts.get(r["node_id"], 0),
-            "registered_at": r["registered_at"],
-            "info": json.loads(r["info"]),
-        }
-        for r in store.query("SELECT * FROM nodes ORDER BY node_id")
-    ]
+    views = []
+    for r in store.query("SELECT * FROM nodes ORDER BY node_id"):
+        seen = effective_last_seen(r, started_at)
+        views.append(
+            {
+                "node_id": r["node_id"],
+                # Derived from last_seen at read time, so a dead node shows at once.
+                "status": status_for(now - seen, config),
+                "last_seen": r["last_seen"],
+                "last_seen_ago": round(now - r["last_seen"], 1),
+                "hostname": r["hostname"],
+                "engine_id": r["engine_id"],
+                "docker_ok": bool(r["docker_ok"]),
+                "docker_error": r["docker_error"],
+                "containers": counts.get(r["node_id"], 0),
+                "registered_at": r["registered_at"],
+                "info": json.loads(r["info"]),
+            }
+        )
+    return views
 
 
-def app_views(store: Store, config: CPConfig, name: str | None = None) -> list[dict[str, Any]]:
+@dataclass
+class AppRows:
+    """Everything the app views read, in one query per table rather than per app."""
+
+    revisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    containers: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    tasks: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    failures: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    placements: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    sync_errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, store: Store, name: str | None) -> AppRows:
+        rows = cls()
+        where, params = ("WHERE app = ?", (name,)) if name else ("", ())
+        for r in store.query(
+            "SELECT r.* FROM revisions r JOIN apps a"
+            " ON a.name = r.app AND a.current_revision = r.number"
+            + (" WHERE a.name = ?" if name else ""),
+            params,
+        ):
+            rows.revisions[r["app"]] = r
+        for c in store.query(f"SELECT * FROM containers {where} ORDER BY slot, node_id", params):
+            rows.containers[c["app"]].append(c)
+        for t in store.query(
+            "SELECT id, app, kind, slot, node_id, status, revision, attempts FROM tasks"
+            f" {where or 'WHERE 1'} AND {OPEN} ORDER BY id",
+            params,
+        ):
+            rows.tasks[t.pop("app")].append(t)
+        for f in _failures(store, name):
+            rows.failures[f.pop("app")].append(f)
+        for p in store.query(f"SELECT app, node_id FROM placements {where} ORDER BY slot", params):
+            rows.placements[p["app"]].append(p["node_id"])
+        for e in store.query("SELECT path, message FROM sync_errors"):
+            rows.sync_errors[app_name(e["path"])] = e["message"]
+        return rows
+
+
+def app_views(
+    store: Store, config: CPConfig, name: str | None = None, started_at: float = 0.0
+) -> list[dict[str, Any]]:
     where, params = ("WHERE name = ?", (name,)) if name else ("", ())
     apps = store.query(f"SELECT * FROM apps {where} ORDER BY name", params)
+    if not apps:
+        return []
     # A node whose Docker does not answer cannot say what runs on it either.
     node_status = {
         n["node_id"]: n["status"] if n["docker_ok"] else NodeStatus.UNKNOWN
-        for n in nodes_view(store, config)
+        for n in nodes_view(store, config, started_at)
     }
-    sync_errors = {
-        r["path"].rsplit("/", 1)[-1].rsplit(".", 1)[0]: r["message"]
-        for r in store.query("SELECT path, message FROM sync_errors")
-    }
-    return [_app_view(store, app, node_status, sync_errors.get(app["name"])) for app in apps]
+    rows = AppRows.read(store, name)
+    return [_app_view(app, rows, node_status) for app in apps]
 
 
-def _app_view(
-    store: Store, app: dict[str, Any], node_status: dict[str, str], sync_error: str | None
-) -> dict[str, Any]:
+def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -> dict[str, Any]:
     name = app["name"]
-    rev = store.one(
-        "SELECT * FROM revisions WHERE app = ? AND number = ?", (name, app["current_revision"])
-    )
+    rev = rows.revisions.get(name)
     spec = json.loads(rev["spec"]) if rev else {}
-    containers = store.query(
-        "SELECT * FROM containers WHERE app = ? ORDER BY slot, node_id", (name,)
-    )
-    open_tasks = store.query(
-        "SELECT id, kind, slot, node_id, status, revision, attempts FROM tasks"
-        " WHERE app = ? AND status IN (?, ?) ORDER BY id",
-        (name, TaskStatus.PENDING, TaskStatus.RUNNING),
-    )
-    failures = _failures(store, name, app["current_revision"])
+    open_tasks = rows.tasks.get(name, [])
+    failures = [
+        f for f in rows.failures.get(name, []) if f.pop("revision") == app["current_revision"]
+    ]
     instances = [
         {
             "slot": c["slot"],
@@ -95,21 +133,15 @@ def _app_view(
             "up_to_date": bool(rev) and c["container_hash"] == rev["container_hash"],
             "image": c["image"],
         }
-        for c in containers
+        for c in rows.containers.get(name, [])
     ]
     replicas = spec.get("replicas", 0)
     running = sum(1 for i in instances if i["state"] == ContainerState.RUNNING and i["up_to_date"])
-    placements = [
-        r["node_id"]
-        for r in store.query("SELECT node_id FROM placements WHERE app = ? ORDER BY slot", (name,))
-    ]
+    placements = rows.placements.get(name, [])
     actual = _actual(
         app["desired"],
-        replicas,
-        running,
+        Counts(replicas, running, bool(open_tasks), bool(failures)),
         instances,
-        open_tasks,
-        failures,
         [node_status.get(n) for n in placements],
     )
     status = (
@@ -136,31 +168,35 @@ def _app_view(
         "tasks": open_tasks,
         "errors": failures,
         "last_error": app["last_error"],
-        "sync_error": sync_error,
+        "sync_error": rows.sync_errors.get(name),
         "updated_at": app["updated_at"],
     }
 
 
-def _failures(store: Store, app: str, revision: int | None) -> list[dict[str, Any]]:
-    """Slots whose latest deploy of the current revision failed, with Docker's words."""
+def _failures(store: Store, app: str | None) -> list[dict[str, Any]]:
+    """Slots whose latest deploy failed, with Docker's words (the caller picks the revision)."""
     rows = store.query(
-        "SELECT t.id, t.slot, t.node_id, t.error, t.finished_at FROM tasks t"
-        " WHERE t.app = ? AND t.kind = ? AND t.revision = ? AND t.id = ("
-        "  SELECT MAX(id) FROM tasks u WHERE u.app = t.app AND u.slot = t.slot AND u.kind = t.kind"
-        "  AND u.status != ?)"
-        " AND t.status = ? ORDER BY t.slot",
-        (app, TaskKind.DEPLOY, revision, TaskStatus.CANCELLED, TaskStatus.FAILED),
+        "SELECT t.id, t.app, t.revision, t.slot, t.node_id, t.error, t.finished_at FROM tasks t"
+        " JOIN (SELECT MAX(id) AS id FROM tasks WHERE kind = ? AND status != ?"
+        + (" AND app = ?" if app else "")
+        + " GROUP BY app, slot) m ON m.id = t.id WHERE t.status = ? ORDER BY t.slot",
+        (TaskKind.DEPLOY, TaskStatus.CANCELLED, *((app,) if app else ()), TaskStatus.FAILED),
     )
     return [{"task_id": r.pop("id"), **r} for r in rows]
 
 
+@dataclass(frozen=True)
+class Counts:
+    replicas: int
+    running: int
+    tasks_open: bool
+    failed: bool
+
+
 def _actual(
     desired: str,
-    replicas: int,
-    running: int,
+    n: Counts,
     instances: list[dict[str, Any]],
-    open_tasks: list[dict[str, Any]],
-    failures: list[dict[str, Any]],
     placement_status: list[str | None],
 ) -> ActualState:
     if desired == DesiredState.REMOVED:
@@ -168,17 +204,17 @@ def _actual(
     any_up = any(i["state"] == ContainerState.RUNNING for i in instances)
     if desired == DesiredState.STOPPED:
         return ActualState.RUNNING if any_up else ActualState.STOPPED
-    if replicas and running >= replicas:
+    if n.replicas and n.running >= n.replicas:
         return ActualState.RUNNING
-    if running:
+    if n.running:
         return ActualState.DEGRADED
-    if failures:
+    if n.failed:
         return ActualState.FAILED
     if placement_status and all(s != NodeStatus.ONLINE for s in placement_status):
         return ActualState.UNKNOWN
-    if open_tasks:
+    if n.tasks_open:
         return ActualState.PENDING
-    if instances or not replicas:
+    if instances or not n.replicas:
         return ActualState.STOPPED
     return ActualState.PENDING
 
@@ -197,9 +233,3 @@ def revisions_view(store: Store, app: str) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
-
-
-def events_view(store: Store, app: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    where, params = ("WHERE app = ?", (app,)) if app else ("", ())
-    rows = store.query(f"SELECT * FROM events {where} ORDER BY id DESC LIMIT ?", (*params, limit))
-    return rows[::-1]

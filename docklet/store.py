@@ -143,6 +143,7 @@ class Store:
         self._writer.execute("PRAGMA journal_mode = WAL")
         self._write_lock = threading.Lock()
         self._local = threading.local()
+        self.longest_write = 0.0
         self._migrate()
 
     def _migrate(self) -> None:
@@ -164,6 +165,7 @@ class Store:
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; commits on success, rolls back on any error."""
         with self._write_lock:
+            started = time.perf_counter()
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
@@ -171,6 +173,8 @@ class Store:
                 self._writer.execute("ROLLBACK")
                 raise
             self._writer.execute("COMMIT")
+            # Benchmarks read this: the writer lock is what every other write waits on.
+            self.longest_write = max(self.longest_write, time.perf_counter() - started)
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -190,6 +194,19 @@ class Store:
             self._writer.close()
 
 
+@contextmanager
+def savepoint(db: sqlite3.Connection) -> Iterator[None]:
+    """A nested transaction: what fails inside is undone, the enclosing one goes on."""
+    db.execute("SAVEPOINT item")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK TO item")
+        db.execute("RELEASE item")
+        raise
+    db.execute("RELEASE item")
+
+
 def get_meta(db: sqlite3.Connection, key: str) -> str | None:
     row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None
@@ -201,23 +218,6 @@ def set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
-
-
-def record_event(
-    db: sqlite3.Connection,
-    kind: str,
-    message: str,
-    *,
-    app: str | None = None,
-    node_id: str | None = None,
-    task_id: int | None = None,
-) -> None:
-    """Append to the event log and say it in the CP's log too."""
-    db.execute(
-        "INSERT INTO events (at, kind, app, node_id, task_id, message) VALUES (?, ?, ?, ?, ?, ?)",
-        (time.time(), kind, app, node_id, task_id, message),
-    )
-    log.info("%s: %s", kind, message)
 
 
 def dumps(value: Any) -> str:

@@ -1,10 +1,13 @@
 """Sync: the repository's head commit → validated specs → revisions.
 
-Each sync reads every spec at the head (a few hundred small files at most),
-so a missed or out-of-order notification can never leave the database
-behind the repository. A file that does not validate is recorded as a sync
-error and its app keeps its last good revision; the commit still counts as
-synced, so nothing retries a bad commit, and the next commit supersedes it.
+Each sync looks at every spec file at the head, so a missed or out-of-order
+notification can never leave the database behind the repository; a file is
+parsed only when its blob is new (specs are cached by path and blob id), so
+a commit costs what it changed. A file that does not validate is recorded as
+a sync error and its app keeps its last good revision; the commit still
+counts as synced, so nothing retries a bad commit, and the next commit
+supersedes it. One bad file, or one app that fails to apply, never stops the
+others.
 """
 
 from __future__ import annotations
@@ -12,18 +15,26 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
+from docklet import defaults, events
 from docklet import spec as specs
+from docklet.apps import app_name
 from docklet.errors import InvalidSpec
 from docklet.gitrepo import Commit, GitRepo
 from docklet.spec import AppSpec
-from docklet.status import DesiredState, RevisionStatus
-from docklet.store import Store, dumps, get_meta, record_event, set_meta
+from docklet.status import DesiredState, EventKind, RevisionStatus
+from docklet.store import Store, dumps, get_meta, savepoint, set_meta
 
 log = logging.getLogger(__name__)
 
-SPEC_SUFFIXES = (".yaml", ".yml")
+SYNC_ATTEMPTS = 50  # heads read while the branch keeps moving, before giving up for now
+PARSE_CACHE_SIZE = 4096
+
+# (path, blob id) → the spec, or why it is not one. The name check depends on the
+# path, so the path is part of the key.
+_parsed: dict[tuple[str, str], AppSpec | str] = {}
 
 
 @dataclass
@@ -34,78 +45,132 @@ class SyncResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def parse_commit(commit: Commit) -> tuple[dict[str, AppSpec], dict[str, str]]:
-    """Valid specs by app name, and an error message by path for the rest."""
-    valid: dict[str, AppSpec] = {}
-    errors: dict[str, str] = {}
-    for path, data in sorted(commit.files.items()):
-        if not path.endswith(SPEC_SUFFIXES):
+@dataclass
+class Parsed:
+    valid: dict[str, AppSpec] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # path → message
+    kept: set[str] = field(default_factory=set)  # apps whose file is there but unusable
+
+
+def _parse_file(path: str, data: bytes) -> AppSpec | str:
+    try:
+        spec = specs.load(data, source=path)
+    except InvalidSpec as exc:
+        return exc.message
+    if spec.name != app_name(path):
+        return f"{path}: name {spec.name!r} must match the file name ({app_name(path)!r})"
+    return spec
+
+
+def _parse_cached(path: str, oid: str | None, data: bytes) -> AppSpec | str:
+    if oid is None:
+        return _parse_file(path, data)
+    key = (path, oid)
+    if key not in _parsed:
+        if len(_parsed) >= PARSE_CACHE_SIZE:
+            _parsed.clear()  # crude, but bounded; a full re-parse is what every sync used to do
+        _parsed[key] = _parse_file(path, data)
+    return _parsed[key]
+
+
+def parse_commit(commit: Commit) -> Parsed:
+    """Valid specs by app name, an error message by path for the rest."""
+    out = Parsed()
+    by_app: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(commit.files):
+        by_app[app_name(path)].append(path)
+    for name, paths in by_app.items():
+        if len(paths) > 1:
+            # Neither file wins: which one a person meant is not Docklet's guess.
+            for path in paths:
+                out.errors[path] = (
+                    f"{path}: app {name!r} is defined in {len(paths)} files"
+                    f" ({', '.join(paths)}); remove all but one"
+                )
+            out.kept.add(name)
             continue
-        try:
-            spec = specs.load(data.decode("utf-8", errors="replace"), source=path)
-        except InvalidSpec as exc:
-            errors[path] = exc.message
-            continue
-        stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        if spec.name != stem:
-            errors[path] = f"{path}: name {spec.name!r} must match the file name ({stem!r})"
-        elif spec.name in valid:
-            errors[path] = f"{path}: app {spec.name!r} is defined twice"
+        (path,) = paths
+        result = _parse_cached(path, commit.oids.get(path), commit.files[path])
+        if isinstance(result, str):
+            out.errors[path] = result
+            out.kept.add(name)
         else:
-            valid[spec.name] = spec
-    return valid, errors
+            out.valid[name] = result
+    for path, message in commit.problems.items():
+        out.errors[path] = message
+        if path.endswith(defaults.SPEC_SUFFIXES):  # too large, a symlink: the app keeps its state
+            out.kept.add(app_name(path))
+    return out
 
 
-def sync(store: Store, repo: GitRepo, head: str | None = None) -> SyncResult | None:
+def sync(store: Store, repo: GitRepo) -> SyncResult | None:
     """Bring the database up to the repository's head; None when already there.
 
-    `head` is the commit to sync (default: the branch's head now); it is only
-    written if it is still the head by then, so a sync that read an older
-    head can never undo a newer one. (A branch moved back on purpose, by a
-    force-push, is the head, and is synced like any other.)
+    A sync writes only if the commit it read is still the head by then, so a
+    sync that read an older head can never undo a newer one; when the head
+    moved meanwhile, it syncs the new head instead. (A branch moved back on
+    purpose, by a force-push, is the head, and is synced like any other.)
     """
-    head = head or repo.head()
-    if head is None:
-        return None
-    with store.write() as db:
-        if get_meta(db, "synced_commit") == head:
+    for _ in range(SYNC_ATTEMPTS):
+        head = repo.head()
+        if head is None or _synced(store) == head:
             return None
-    commit = repo.read(head)
-    valid, errors = parse_commit(commit)
-    result = SyncResult(commit=head, errors=errors)
-    # Apps whose file exists but does not validate keep what they had.
-    kept = {path.rsplit("/", 1)[-1].rsplit(".", 1)[0] for path in errors}
-    with store.write() as db:
-        if get_meta(db, "synced_commit") == head or repo.head() != head:
-            return None  # synced meanwhile, or superseded: the newer head is synced instead
-        db.execute("DELETE FROM sync_errors")
-        for path, message in errors.items():
-            db.execute("INSERT INTO sync_errors VALUES (?, ?, ?)", (path, head, message))
-            record_event(db, "sync_error", message, app=path.rsplit("/", 1)[-1].split(".")[0])
-        for name, app_spec in valid.items():
-            number = _apply(db, app_spec, commit)
-            if number is not None:
-                result.new_revisions[name] = number
-        for (name,) in db.execute(
-            "SELECT name FROM apps WHERE desired != ?", (DesiredState.REMOVED,)
-        ).fetchall():
-            if name not in valid and name not in kept:
-                db.execute(
-                    "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ?",
-                    (DesiredState.REMOVED, time.time(), name),
-                )
-                record_event(
-                    db, "app_removed", f"app {name}: removed by {commit.sha[:8]}", app=name
-                )
-                result.removed.append(name)
-        set_meta(db, "synced_commit", head)
-    log.info(
-        "sync %s: %d new revision(s), %d removed, %d error(s)",
-        head[:8],
-        len(result.new_revisions),
-        len(result.removed),
-        len(errors),
-    )
+        commit = repo.read(head)
+        parsed = parse_commit(commit)
+        with store.write() as db:
+            if get_meta(db, "synced_commit") == head:
+                return None
+            if repo.head() != head:
+                continue  # superseded while parsing: sync the newer head
+            result = _record(db, commit, parsed)
+        log.info(
+            "sync %s: %d new revision(s), %d removed, %d error(s)",
+            head[:8],
+            len(result.new_revisions),
+            len(result.removed),
+            len(result.errors),
+        )
+        return result
+    log.warning("sync: the branch kept moving; the next pass syncs it")
+    return None
+
+
+def _synced(store: Store) -> str | None:
+    row = store.one("SELECT value FROM meta WHERE key = 'synced_commit'")
+    return row["value"] if row else None
+
+
+def _record(db: sqlite3.Connection, commit: Commit, parsed: Parsed) -> SyncResult:
+    result = SyncResult(commit=commit.sha, errors=dict(parsed.errors))
+    for name, app_spec in parsed.valid.items():
+        try:
+            with savepoint(db):
+                number = _apply(db, app_spec, commit)
+        except Exception:  # one app that cannot be recorded must not stop the others
+            log.exception("sync %s: app %s could not be recorded", commit.sha[:8], name)
+            result.errors[f"apps/{name}"] = f"app {name}: internal error recording it (CP log)"
+            parsed.kept.add(name)
+            continue
+        if number is not None:
+            result.new_revisions[name] = number
+    db.execute("DELETE FROM sync_errors")
+    for path, message in result.errors.items():
+        db.execute("INSERT INTO sync_errors VALUES (?, ?, ?)", (path, commit.sha, message))
+        events.record(db, EventKind.SYNC_ERROR, message, app=app_name(path))
+    present = set(parsed.valid) | parsed.kept
+    for (name,) in db.execute(
+        "SELECT name FROM apps WHERE desired != ?", (DesiredState.REMOVED,)
+    ).fetchall():
+        if name not in present:
+            db.execute(
+                "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ?",
+                (DesiredState.REMOVED, time.time(), name),
+            )
+            events.record(
+                db, EventKind.APP_REMOVED, f"app {name}: removed by {commit.sha[:8]}", app=name
+            )
+            result.removed.append(name)
+    set_meta(db, "synced_commit", commit.sha)
     return result
 
 
@@ -119,13 +184,17 @@ def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | N
             "INSERT INTO apps (name, desired, created_at, updated_at) VALUES (?, ?, ?, ?)",
             (name, app_spec.state, now, now),
         )
-        record_event(db, "app_created", f"app {name}: created by {commit.sha[:8]}", app=name)
+        events.record(
+            db, EventKind.APP_CREATED, f"app {name}: created by {commit.sha[:8]}", app=name
+        )
     elif app["desired"] != app_spec.state:
         db.execute(
             "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ?",
             (app_spec.state, now, name),
         )
-        record_event(db, "app_desired", f"app {name}: desired state {app_spec.state}", app=name)
+        events.record(
+            db, EventKind.APP_DESIRED, f"app {name}: desired state {app_spec.state}", app=name
+        )
     latest = db.execute(
         "SELECT number, spec_hash FROM revisions WHERE app = ? ORDER BY number DESC LIMIT 1",
         (name,),
@@ -158,7 +227,10 @@ def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | N
         "UPDATE apps SET current_revision = ?, last_error = NULL, updated_at = ? WHERE name = ?",
         (number, now, name),
     )
-    record_event(
-        db, "revision_created", f"app {name}: revision v{number} ({commit.sha[:8]})", app=name
+    events.record(
+        db,
+        EventKind.REVISION_CREATED,
+        f"app {name}: revision v{number} ({commit.sha[:8]})",
+        app=name,
     )
     return number

@@ -4,6 +4,8 @@ Delivery is at least once: a lease that expires, or an agent that
 re-registers, hands the task out again under a new lease token. Execution
 is idempotent on the agent (deterministic container names), and a report
 under any lease but the current one is refused, so a task is counted once.
+
+This module is the only writer of the `tasks` table.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import sqlite3
 import time
 from typing import Any
 
-from docklet import defaults
+from docklet import events, nodes
 from docklet.errors import NotFound, StaleLease, Unauthorized
-from docklet.nodes import observe
-from docklet.protocol import TaskReport, parse
-from docklet.status import OPEN_TASK_STATUSES, TaskKind, TaskStatus
-from docklet.store import dumps, record_event
+from docklet.protocol import TaskReport
+from docklet.status import OPEN_TASK_STATUSES, EventKind, TaskKind, TaskStatus
+from docklet.store import dumps
+
+OPEN = f"status IN ({', '.join(repr(s) for s in OPEN_TASK_STATUSES)})"
 
 
 def container_name(app: str, slot: int) -> str:
@@ -57,9 +60,9 @@ def create(
     )
     task_id = int(cursor.lastrowid or 0)
     rev = f" v{revision}" if revision else ""
-    record_event(
+    events.record(
         db,
-        "task_created",
+        EventKind.TASK_CREATED,
         f"task {task_id}: {kind} {container}{rev} on {node_id}",
         app=app,
         node_id=node_id,
@@ -105,9 +108,9 @@ def lease(
                 "lease_seconds": lease_seconds,
             }
         )
-        record_event(
+        events.record(
             db,
-            "task_leased",
+            EventKind.TASK_LEASED,
             f"task {row['id']}: leased to {node_id} (attempt {row['attempts'] + 1})",
             app=row["app"],
             node_id=node_id,
@@ -116,11 +119,18 @@ def lease(
     return leased
 
 
+def has_pending(db: sqlite3.Connection, node_id: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM tasks WHERE node_id = ? AND status = ? LIMIT 1",
+        (node_id, TaskStatus.PENDING),
+    ).fetchone()
+    return row is not None
+
+
 def report(
-    db: sqlite3.Connection, node_id: str, task_id: int, body: Any, lease_seconds: float
+    db: sqlite3.Connection, node_id: str, task_id: int, outcome: TaskReport, lease_seconds: float
 ) -> dict[str, Any]:
     """Apply an agent's report on a task it holds the current lease for."""
-    outcome = parse(TaskReport, body)
     row = None
     if 0 < task_id < 2**63:
         row = db.execute(
@@ -136,10 +146,7 @@ def report(
         )
     now = time.time()
     if outcome.seq is not None:
-        db.execute(
-            "UPDATE nodes SET report_seq = MAX(report_seq, ?) WHERE node_id = ?",
-            (outcome.seq, node_id),
-        )
+        nodes.note_report(db, node_id, outcome.seq)
     if outcome.status == TaskStatus.RUNNING:  # still working: extend the lease
         db.execute(
             "UPDATE tasks SET lease_expires = ?, updated_at = ? WHERE id = ?",
@@ -152,14 +159,11 @@ def report(
         " lease_expires = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
         (outcome.status, outcome.container_id, error, now, now, task_id),
     )
-    # Record what the task left behind at once, rather than at the next heartbeat.
-    db.execute("DELETE FROM containers WHERE node_id = ? AND name = ?", (node_id, row["container"]))
-    if outcome.container is not None:
-        observe(db, node_id, outcome.container, now)
+    nodes.task_finished(db, node_id, row["container"], outcome.container)
     detail = f": {error}" if error else ""
-    record_event(
+    events.record(
         db,
-        f"task_{outcome.status}",
+        EventKind(f"task_{outcome.status}"),
         f"task {task_id}: {row['kind']} {row['container']} {outcome.status}{detail}",
         app=row["app"],
         node_id=node_id,
@@ -168,14 +172,23 @@ def report(
     return {"status": outcome.status}
 
 
-def expire_leases(db: sqlite3.Connection, now: float) -> None:
+def requeue_node(db: sqlite3.Connection, node_id: str) -> None:
+    """The agent that held this node's leases is gone: hand its work out again."""
+    db.execute(
+        "UPDATE tasks SET status = ?, lease_token = NULL, lease_expires = NULL"
+        " WHERE node_id = ? AND status = ?",
+        (TaskStatus.PENDING, node_id, TaskStatus.RUNNING),
+    )
+
+
+def expire_leases(db: sqlite3.Connection, now: float, max_attempts: int) -> None:
     """Tasks whose agent went quiet go back to pending, or fail after too many tries."""
     rows = db.execute(
         "SELECT id, app, node_id, attempts FROM tasks WHERE status = ? AND lease_expires < ?",
         (TaskStatus.RUNNING, now),
     ).fetchall()
     for row in rows:
-        if row["attempts"] >= defaults.TASK_MAX_ATTEMPTS:
+        if row["attempts"] >= max_attempts:
             status = TaskStatus.FAILED
             error = f"no report from node {row['node_id']} after {row['attempts']} leases"
         else:
@@ -186,9 +199,9 @@ def expire_leases(db: sqlite3.Connection, now: float) -> None:
             " lease_expires = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
             (status, error, now, now if error else None, row["id"]),
         )
-        record_event(
+        events.record(
             db,
-            f"task_{'failed' if error else 'requeued'}",
+            EventKind.TASK_FAILED if error else EventKind.TASK_REQUEUED,
             f"task {row['id']}: {error or 'lease expired; queued again'}",
             app=row["app"],
             node_id=row["node_id"],
@@ -219,10 +232,39 @@ def cancel_pending(
     )
 
 
-def open_tasks(db: sqlite3.Connection, app: str) -> dict[tuple[str, str], sqlite3.Row]:
-    """Pending and leased tasks of an app by (node, container)."""
-    marks = ",".join("?" * len(OPEN_TASK_STATUSES))
+def open_tasks(db: sqlite3.Connection) -> dict[str, dict[tuple[str, str], sqlite3.Row]]:
+    """Every pending and leased task, by app, then by (node, container): one query a pass."""
+    out: dict[str, dict[tuple[str, str], sqlite3.Row]] = {}
+    for r in db.execute(f"SELECT * FROM tasks WHERE {OPEN}"):
+        out.setdefault(r["app"], {})[(r["node_id"], r["container"])] = r
+    return out
+
+
+def latest_per_slot(db: sqlite3.Connection) -> dict[tuple[str, int, str], sqlite3.Row]:
+    """The newest task that was not cancelled, per (app, slot, node): one query a pass."""
     rows = db.execute(
-        f"SELECT * FROM tasks WHERE app = ? AND status IN ({marks})", (app, *OPEN_TASK_STATUSES)
-    ).fetchall()
-    return {(r["node_id"], r["container"]): r for r in rows}
+        "SELECT t.app, t.slot, t.node_id, t.kind, t.status, t.revision, t.lost, t.finished_at"
+        " FROM tasks t JOIN (SELECT MAX(id) AS id FROM tasks WHERE status != ? AND slot IS NOT"
+        " NULL GROUP BY app, slot, node_id) m ON m.id = t.id",
+        (TaskStatus.CANCELLED,),
+    )
+    return {(r["app"], r["slot"], r["node_id"]): r for r in rows}
+
+
+def forget_app(db: sqlite3.Connection, app: str) -> None:
+    db.execute("DELETE FROM tasks WHERE app = ?", (app,))
+
+
+def prune(db: sqlite3.Connection, before: float) -> None:
+    """Finished tasks are history; keep the newest per slot (the scheduler reads it) and recent."""
+    db.execute(
+        "DELETE FROM tasks WHERE status IN (?, ?, ?) AND finished_at < ? AND id NOT IN"
+        " (SELECT MAX(id) FROM tasks WHERE status != ? GROUP BY app, slot, node_id)",
+        (
+            TaskStatus.DONE,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+            before,
+            TaskStatus.CANCELLED,
+        ),
+    )

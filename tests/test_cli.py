@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from docklet.cli import ExitCode, cli
 from docklet.controlplane import ControlPlane
 from docklet.nodes import register
+from docklet.protocol import Registration
 
 
 def invoke(url: str, *args: str) -> tuple[int, str, str]:
@@ -23,7 +24,7 @@ def invoke(url: str, *args: str) -> tuple[int, str, str]:
 
 def add_node(cp: ControlPlane, name: str = "node-1") -> None:
     with cp.store.write() as db:
-        register(db, f"engine-{name}", name, {})
+        register(db, Registration(engine_id=f"engine-{name}", name=name))
 
 
 def test_version_shows_cli_and_control_plane(served_cp: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from docklet.config import CPConfig
-from docklet.controlplane import main
+from docklet.server import main
 
 
 @pytest.mark.parametrize(

@@ -10,17 +10,18 @@ import pytest
 from docklet import nodes, scheduler, tasks
 from docklet.controlplane import ControlPlane
 from docklet.errors import Unauthorized
+from docklet.protocol import Heartbeat, Registration, TaskReport, parse
 from docklet.status import TaskKind
 
 
 def register_node(cp: ControlPlane, name: str, engine_id: str | None = None) -> tuple[str, str]:
-    with cp.store.write() as db:
-        return nodes.register(db, engine_id or f"engine-{name}", name, {"os": "linux"})
+    reg = Registration(engine_id=engine_id or f"engine-{name}", name=name, info={"os": "linux"})
+    reply = cp.register(reg)
+    return reply["node_id"], reply["token"]
 
 
 def heartbeat(cp: ControlPlane, node_id: str, **body: Any) -> None:
-    with cp.store.write() as db:
-        nodes.heartbeat(db, node_id, body)
+    cp.heartbeat(node_id, parse(Heartbeat, body))
 
 
 def container(cid: str, slot: int = 1, state: str = "running") -> dict[str, Any]:
@@ -114,8 +115,7 @@ def test_heartbeat_older_than_the_latest_report_keeps_the_containers(cp: Control
         )
     (leased,) = cp.lease_tasks(node, token, 0)
     body = {"status": "done", "lease_token": leased["lease_token"], "seq": 5}
-    with cp.store.write() as db:
-        tasks.report(db, node, task_id, {**body, "container": container("new")}, 60)
+    cp.report(node, task_id, parse(TaskReport, {**body, "container": container("new")}))
 
     heartbeat(cp, node, report_seq=4, containers=[])  # listed before the deploy finished
     assert container_ids(cp, node) == ["new"]

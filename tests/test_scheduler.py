@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from docklet import defaults, nodes, tasks
+from docklet import tasks
+from docklet.config import CPConfig
 from docklet.controlplane import ControlPlane
 from docklet.nodes import hash_token
+from docklet.protocol import Heartbeat, Registration, TaskReport
 from docklet.state import app_views
 
 AUTHOR = "tester <tester@example.com>"
@@ -33,14 +35,13 @@ class Agent:
 
     def register(self) -> None:
         """Start (or restart) the agent: same engine, so the same node, a new token."""
-        with self.cp.store.write() as db:
-            self.node_id, self.token = nodes.register(db, f"engine-{self.name}", self.name, {})
+        reply = self.cp.register(Registration(engine_id=f"engine-{self.name}", name=self.name))
+        self.node_id, self.token = reply["node_id"], reply["token"]
         self.seq = 0
 
     def heartbeat(self) -> None:
         body = {"report_seq": self.seq, "containers": list(self.containers.values())}
-        with self.cp.store.write() as db:
-            nodes.heartbeat(db, self.node_id, body)
+        self.cp.heartbeat(self.node_id, Heartbeat.model_validate(body))
 
     def work(self, fail: str | None = None) -> list[dict[str, Any]]:
         """Lease this node's tasks and carry them out (or fail them with `fail`)."""
@@ -55,8 +56,7 @@ class Agent:
                 container = self._execute(task)
                 body.update(status="done", container=container)
                 body["container_id"] = container["id"] if container else None
-            with self.cp.store.write() as db:
-                tasks.report(db, self.node_id, task["id"], body, 60)
+            self.cp.report(self.node_id, task["id"], TaskReport.model_validate(body))
         return leased
 
     def _execute(self, task: dict[str, Any]) -> dict[str, Any] | None:
@@ -126,7 +126,8 @@ def containers(cp: ControlPlane, app: str) -> list[dict[str, Any]]:
 
 
 def go_offline(cp: ControlPlane, node_id: str) -> None:
-    """The node's heartbeats stopped an hour ago."""
+    """The node's heartbeats stopped an hour ago (and the CP has been up all along)."""
+    cp.started_at = time.time() - 7200
     with cp.store.write() as db:
         db.execute(
             "UPDATE nodes SET last_seen = ? WHERE node_id = ?", (time.time() - 3600, node_id)
@@ -438,7 +439,7 @@ def test_concurrent_commits_never_undo_each_other(cp: ControlPlane) -> None:
 def test_the_event_log_keeps_only_the_newest_events(
     cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(defaults, "EVENTS_KEPT", 5)
+    cp.config = CPConfig(**{**dict(cp.config), "events_kept": 5})
     Agent(cp, "a")
     for n in range(4):
         put_app(cp, f"app{n}")  # each makes several events

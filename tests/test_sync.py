@@ -148,13 +148,18 @@ def test_name_must_match_the_file_name(cp: ControlPlane) -> None:
     assert app_row(cp.store, "web") is None
 
 
-def test_same_app_in_two_files_is_an_error(cp: ControlPlane) -> None:
-    push(cp, {"apps/web.yaml": WEB, "apps/web.yml": WEB.replace("1.27", "1.28")})
+def test_same_app_in_two_files_is_an_error_and_neither_wins(cp: ControlPlane) -> None:
+    push(cp, {"apps/web.yaml": WEB})
+    sync(cp.store, cp.repo)
+    push(cp, {"apps/web.yml": WEB.replace("1.27", "1.28")})
     sync(cp.store, cp.repo)
     errors = sync_errors(cp.store)
-    assert list(errors) == ["apps/web.yml"]
-    assert "defined twice" in errors["apps/web.yml"]
-    assert json.loads(revisions(cp.store, "web")[0]["spec"])["image"] == "nginx:1.27"
+    assert list(errors) == ["apps/web.yaml", "apps/web.yml"]
+    assert "defined in 2 files (apps/web.yaml, apps/web.yml)" in errors["apps/web.yml"]
+    # Which one a person meant is not Docklet's guess: the app keeps what it ran.
+    (rev,) = revisions(cp.store, "web")
+    assert json.loads(rev["spec"])["image"] == "nginx:1.27"
+    assert app_row(cp.store, "web") == {"desired": "running", "current_revision": 1}
 
 
 def test_deleting_the_file_marks_the_app_removed(cp: ControlPlane) -> None:
@@ -179,7 +184,7 @@ def test_restoring_a_deleted_file_brings_the_app_back(cp: ControlPlane) -> None:
     assert app_row(cp.store, "web") == {"desired": "running", "current_revision": 1}
 
 
-def test_files_that_are_not_yaml_are_ignored(cp: ControlPlane) -> None:
+def test_files_that_are_not_specs_are_reported_not_silently_ignored(cp: ControlPlane) -> None:
     push(
         cp,
         {
@@ -189,9 +194,11 @@ def test_files_that_are_not_yaml_are_ignored(cp: ControlPlane) -> None:
         },
     )
     result = sync(cp.store, cp.repo)
-    assert result is not None and result.errors == {}
-    assert result.new_revisions == {"api": 1}
-    assert sync_errors(cp.store) == {}
+    assert result is not None and result.new_revisions == {"api": 1}
+    assert sync_errors(cp.store) == {
+        "apps/README.md": "apps/README.md: ignored: spec files end in .yaml or .yml",
+        "apps/notes.txt": "apps/notes.txt: ignored: spec files end in .yaml or .yml",
+    }
 
 
 def test_everything_survives_a_cp_restart(cp: ControlPlane, config: CPConfig) -> None:
@@ -244,13 +251,24 @@ def test_example_repository_pushed_to_a_fresh_cp_syncs_cleanly(
     }
 
 
-def test_a_sync_of_a_superseded_head_writes_nothing(cp: ControlPlane) -> None:
-    first = cp.repo.commit(lambda f: {"apps/web.yaml": b"name: web\nimage: nginx:1\n"}, "1", ALICE)
-    cp.repo.commit(lambda f: {"apps/api.yaml": b"name: api\nimage: api:1\n"}, "2", ALICE)
-    assert sync(cp.store, cp.repo) is not None
-    # A slow reader that read the first head only now gets to write: it must not
-    # roll the database back to a commit without `api`.
-    assert sync(cp.store, cp.repo, head=first) is None
+def test_a_head_that_moves_during_a_sync_is_synced_instead(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp.repo.commit(lambda f: {"apps/web.yaml": b"name: web\nimage: nginx:1\n"}, "1", ALICE)
+    read, raced = cp.repo.read, []
+
+    def slow_read(sha: str) -> Any:
+        commit = read(sha)
+        if not raced:  # another writer lands while this sync parses
+            raced.append(sha)
+            cp.repo.commit(lambda f: {"apps/api.yaml": b"name: api\nimage: api:1\n"}, "2", ALICE)
+        return commit
+
+    monkeypatch.setattr(cp.repo, "read", slow_read)
+    # The sync must neither record the older head (that would hide `api`) nor
+    # give up (a write that committed `api` would then answer 404).
+    result = sync(cp.store, cp.repo)
+    assert result is not None and result.commit == cp.repo.head()
     assert {r["name"]: r["desired"] for r in cp.store.query("SELECT * FROM apps")} == {
         "api": "running",
         "web": "running",

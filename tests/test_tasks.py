@@ -8,15 +8,16 @@ from typing import Any
 import pytest
 from conftest import WSGIClient
 
-from docklet import defaults, nodes, tasks
+from docklet import defaults, tasks
 from docklet.controlplane import ControlPlane
 from docklet.errors import StaleLease, Unauthorized
+from docklet.protocol import Registration, TaskReport, parse
 from docklet.status import TaskKind
 
 
 def register_node(cp: ControlPlane, name: str) -> tuple[str, str]:
-    with cp.store.write() as db:
-        return nodes.register(db, f"engine-{name}", name, {})
+    reply = cp.register(Registration(engine_id=f"engine-{name}", name=name))
+    return reply["node_id"], reply["token"]
 
 
 def queue_deploy(cp: ControlPlane, node_id: str, slot: int = 1) -> int:
@@ -34,14 +35,13 @@ def queue_deploy(cp: ControlPlane, node_id: str, slot: int = 1) -> int:
 
 
 def report(cp: ControlPlane, node_id: str, task_id: int, **body: Any) -> dict[str, Any]:
-    with cp.store.write() as db:
-        return tasks.report(db, node_id, task_id, body, cp.config.task_lease)
+    return cp.report(node_id, task_id, parse(TaskReport, body))
 
 
 def expire(cp: ControlPlane) -> None:
     """Let every lease run out."""
     with cp.store.write() as db:
-        tasks.expire_leases(db, time.time() + cp.config.task_lease + 1)
+        tasks.expire_leases(db, time.time() + cp.config.task_lease + 1, 3)
 
 
 def task_row(cp: ControlPlane, task_id: int) -> dict[str, Any]:
@@ -190,5 +190,5 @@ def test_running_report_extends_the_lease(cp: ControlPlane) -> None:
     report(cp, node, task_id, status="running", lease_token=leased["lease_token"])
     assert task_row(cp, task_id)["lease_expires"] > soon + cp.config.task_lease / 2
     with cp.store.write() as db:
-        tasks.expire_leases(db, soon + 1)
+        tasks.expire_leases(db, soon + 1, 3)
     assert task_row(cp, task_id)["status"] == "running"
