@@ -446,7 +446,9 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def main() -> None:
     try:
-        cli(standalone_mode=False)
+        # Without standalone mode click returns the code of a ctx.exit(code), not raising it.
+        code = cli(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -365,3 +365,11 @@ def test_a_non_utf8_name_from_the_shell_is_a_usage_error() -> None:
     assert done.returncode == ExitCode.USAGE, done.stderr
     assert "NAME" in done.stderr and "not valid UTF-8" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [["version"], ["version", "--json"], ["ps"]])
+def test_the_installed_command_exits_with_the_same_codes(args: list[str]) -> None:
+    # main() runs click without standalone mode, which returns exit codes instead of raising.
+    done = docklet_process("--cp", "http://127.0.0.1:9", *args)
+    assert done.returncode == ExitCode.UNREACHABLE, (done.stdout, done.stderr)
+    assert docklet_process("--version").returncode == ExitCode.OK
