@@ -102,6 +102,16 @@ def test_ps_shows_desired_and_actual(served_cp: str, cp: ControlPlane) -> None:
     assert json.loads(out)[0]["desired"] == "running"
 
 
+def test_nodes_lists_the_real_control_planes_nodes(served_cp: str, cp: ControlPlane) -> None:
+    # The shapes the CLI checks answers against must match what the real API says.
+    add_node(cp)
+    code, out, err = invoke(served_cp, "nodes")
+    assert code == ExitCode.OK, err
+    assert out.splitlines()[1].split()[:2] == ["node-1", "online"]
+    code, out, _ = invoke(served_cp, "nodes", "--json")
+    assert code == ExitCode.OK and json.loads(out)[0]["node_id"] == "node-1"
+
+
 def test_run_without_nodes_says_why_and_times_out(served_cp: str) -> None:
     code, _out, err = invoke(served_cp, "run", "nginx", "--timeout", "1")
     assert code == ExitCode.TIMEOUT
