@@ -2,6 +2,8 @@
 
 It never touches the database or the repository; every command is one or a
 few HTTP calls. Errors are one line on stderr and an exit code from ExitCode.
+Each command says which keys of an answer it reads (a client Shape), so an
+answer it cannot use is reported as such, and a bug of the CLI stays a bug.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import sys
 import time
 from collections.abc import Callable
 from enum import IntEnum
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
 import click
 
 from docklet import __version__, defaults
-from docklet.client import Client
+from docklet.client import NULL, NUMBER, Client, Shape, bad_answer, check_url
 from docklet.errors import APIError, CPUnreachable, DockletError
 
 
@@ -35,6 +38,7 @@ class ExitCode(IntEnum):
     CLIENT_ERROR = 4  # the control plane refused the request (HTTP 4xx)
     SERVER_ERROR = 5  # the control plane failed (HTTP 5xx)
     TIMEOUT = 6  # waited, and the app did not reach the state asked for
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 class Failed(click.ClickException):
@@ -57,28 +61,70 @@ def _exit_code(exc: DockletError) -> ExitCode:
     return ExitCode.SERVER_ERROR
 
 
+def _message(exc: DockletError) -> str:
+    """An error as its one line: the HTTP status first when there was an answer."""
+    return exc.message if isinstance(exc, CPUnreachable) else f"{exc.status}: {exc.message}"
+
+
+class DockletGroup(click.Group):
+    """The group every command runs in: its DockletErrors leave by one path, _exit_code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DockletError as exc:
+            raise Failed(_message(exc), _exit_code(exc)) from None
+
+
 class Context:
     def __init__(self, cp: str) -> None:
+        self.cp = cp
+
+    @cached_property
+    def client(self) -> Client:
+        # Checked when first used, so `docklet ps --help` works with a bad DOCKLET_CP.
+        problem = check_url(self.cp)
+        if problem:
+            raise click.BadParameter(problem, param_hint="'--cp' / DOCKLET_CP")
         user = f"{getpass.getuser()}@{socket.gethostname()}"
         # Sent as an HTTP header, which is ASCII: "josé" is recorded as "jos_".
-        self.client = Client(cp, user=re.sub(r"[^\w.@+-]", "_", user, flags=re.ASCII)[:64])
+        return Client(self.cp, user=re.sub(r"[^\w.@+-]", "_", user, flags=re.ASCII)[:64])
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            return self.client.request(method, path, body)
-        except DockletError as exc:
-            prefix = "" if isinstance(exc, CPUnreachable) else f"{exc.status}: "
-            raise Failed(f"{prefix}{exc.message}", _exit_code(exc)) from None
+    def call(self, method: str, path: str, expect: Any, body: Any = None) -> Any:
+        """The answer, checked against `expect` (a Shape, or [Shape] for a list)."""
+        return self.client.request(method, path, body, expect=expect)
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+class Text(click.ParamType):
+    """A string argument that can be sent: not the undecodable bytes of a non-UTF-8 argv."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Python hands undecodable argv bytes over as lone surrogates; show the bytes.
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            self.fail(f"'{shown}' is not valid UTF-8 text", param, ctx)
+        return value
+
+
+TEXT = Text()
+
+
+def name_argument(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("name", type=TEXT)(func)
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DockletGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--cp",
     envvar="DOCKLET_CP",
@@ -96,6 +142,9 @@ def cli(ctx: click.Context, cp: str) -> None:
     ctx.obj = Context(cp)
 
 
+VERSION: Shape = {"version": str, "api": str}
+
+
 @cli.command()
 @json_option
 @pass_ctx
@@ -105,33 +154,57 @@ def version(ctx: Context, as_json: bool) -> None:
     Example: docklet version
     """
     try:
-        cp = ctx.client.get("/api/version")
+        cp = ctx.call("GET", "/api/version", VERSION)
     except DockletError as exc:
-        cp = {"error": exc.message}
+        # The CLI's own version is still worth printing; the exit code tells what failed.
+        error = {"error": _message(exc), "code": exc.code, "status": exc.status}
+        if as_json:
+            click.echo(json.dumps({"cli": __version__, "control_plane": error}))
+        else:
+            click.echo(f"docklet CLI     {__version__}")
+            click.echo(f"control plane   unavailable ({error['error']})")
+        raise click.exceptions.Exit(_exit_code(exc)) from None
     if as_json:
         click.echo(json.dumps({"cli": __version__, "control_plane": cp}))
         return
     click.echo(f"docklet CLI     {__version__}")
-    if "error" in cp:
-        click.echo(f"control plane   unavailable ({cp['error']})")
-        raise SystemExit(ExitCode.UNREACHABLE)
     click.echo(f"control plane   {cp['version']} (API {cp['api']}) at {ctx.client.base_url}")
 
 
+CREATED: Shape = {"name": str, "tasks": list, "last_error": (str, NULL)}
+APP: Shape = {
+    "replicas": int,
+    "actual": str,
+    "running": int,
+    "nodes": [str],
+    "errors": [{"node_id": str, "error": (str, NULL)}],
+    "last_error": (str, NULL),
+}
+
+
 @cli.command()
-@click.argument("image")
-@click.option("--name", help="App name. Default: the image's name (nginx for nginx:1.25).")
+@click.argument("image", type=TEXT)
+@click.option(
+    "--name", type=TEXT, help="App name. Default: the image's name (nginx for nginx:1.25)."
+)
 @click.option("--replicas", type=click.IntRange(0, 1000), default=1, show_default=True)
 @click.option(
     "-p",
     "--publish",
     "ports",
+    type=TEXT,
     multiple=True,
     metavar="HOST:CONTAINER",
     help="Publish a port, as docker run -p.",
 )
 @click.option(
-    "-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable."
+    "-e",
+    "--env",
+    "env",
+    type=TEXT,
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set an environment variable.",
 )
 @click.option("--detach", "-d", is_flag=True, help="Return once the task is scheduled.")
 @click.option(
@@ -165,11 +238,11 @@ def run(
         body["ports"] = list(ports)
     if env:
         body["env"] = _parse_env(env)
-    app = ctx.call("POST", "/api/apps", body)
+    app = ctx.call("POST", "/api/apps", CREATED, body)
     click.echo(f"✔ Creating deployment {app['name']}")
     if app["tasks"]:
         click.echo("✔ Task scheduled")
-    elif app.get("last_error"):
+    elif app["last_error"]:
         click.echo(f"! Not scheduled yet: {app['last_error']}", err=True)
     if detach:
         return
@@ -189,7 +262,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
 def _wait_running(ctx: Context, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        app = ctx.call("GET", _app_path(name))
+        app = ctx.call("GET", _app_path(name), APP)
         if app["replicas"] == 0:
             click.echo(f"✔ {name} has 0 replicas: nothing to run")
             return
@@ -201,12 +274,23 @@ def _wait_running(ctx: Context, name: str, timeout: float) -> None:
             error = app["errors"][0]
             raise Failed(f"Deploy failed on {error['node_id']}: {error['error']}")
         if time.monotonic() > deadline:
-            reason = app.get("last_error") or f"app is {app['actual']}"
+            reason = app["last_error"] or f"app is {app['actual']}"
             raise Failed(f"{name} is not running after {timeout:g}s: {reason}", ExitCode.TIMEOUT)
         time.sleep(0.1)
 
 
 COLUMNS = ("NAME", "REVISION", "DESIRED", "ACTUAL", "NODE", "STATUS")
+APPS: Shape = {
+    "name": str,
+    "revision": (str, NULL),
+    "desired": str,
+    "actual": str,
+    "nodes": [str],
+    "status": str,
+    "errors": [{"slot": (int, NULL), "node_id": str, "error": (str, NULL)}],
+    "last_error": (str, NULL),
+}
+SYNC: Shape = {"errors": [{"message": str}]}
 
 
 @cli.command()
@@ -217,11 +301,11 @@ def ps(ctx: Context, as_json: bool) -> None:
 
     Example: docklet ps --json
     """
-    apps = ctx.call("GET", "/api/state/apps")
+    apps = ctx.call("GET", "/api/state/apps", [APPS])
     if as_json:
         click.echo(json.dumps(apps, indent=2))
         return
-    sync = ctx.call("GET", "/api/state/sync")
+    sync = ctx.call("GET", "/api/state/sync", SYNC)
     rows = [
         (
             a["name"],
@@ -243,6 +327,16 @@ def ps(ctx: Context, as_json: bool) -> None:
         click.echo(f"✖ {error['message']}")
 
 
+NODES: Shape = {
+    "node_id": str,
+    "status": str,
+    "last_seen_ago": NUMBER,
+    "containers": int,
+    "docker_ok": bool,
+    "docker_error": (str, NULL),
+}
+
+
 @cli.command()
 @json_option
 @pass_ctx
@@ -251,7 +345,7 @@ def nodes(ctx: Context, as_json: bool) -> None:
 
     Example: docklet nodes
     """
-    rows = ctx.call("GET", "/api/state/nodes")
+    rows = ctx.call("GET", "/api/state/nodes", [NODES])
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -270,13 +364,22 @@ def nodes(ctx: Context, as_json: bool) -> None:
     )
 
 
-def _change(ctx: Context, method: str, path: str, done: str, unchanged: str, as_json: bool) -> None:
+# The answer to an imperative command (api.edit_app): the commit is null if nothing changed.
+CHANGED: Shape = {"app": str, "commit": (str, NULL)}
+
+
+def _change(
+    ctx: Context, method: str, name: str, action: str, done: str, unchanged: str, as_json: bool
+) -> None:
     """One imperative command: a commit on the CP, then one line (or its JSON)."""
-    app = ctx.call(method, path)
+    path = _app_path(name, action)
+    app = ctx.call(method, path, CHANGED)
+    if app["app"] != name:  # a ✔ must be about the app the user named
+        raise bad_answer(ctx.client.base_url + path, f"it is about app {app['app']!r}")
     if as_json:
         click.echo(json.dumps(app, indent=2))
     else:
-        click.echo(f"✔ {done}" if app.get("commit") else f"✔ {unchanged}")
+        click.echo(f"✔ {done}" if app["commit"] else f"✔ {unchanged}")
 
 
 def _app_path(name: str, action: str = "") -> str:
@@ -284,7 +387,7 @@ def _app_path(name: str, action: str = "") -> str:
 
 
 @cli.command()
-@click.argument("name")
+@name_argument
 @json_option
 @pass_ctx
 def stop(ctx: Context, name: str, as_json: bool) -> None:
@@ -295,7 +398,8 @@ def stop(ctx: Context, name: str, as_json: bool) -> None:
     _change(
         ctx,
         "POST",
-        _app_path(name, "/stop"),
+        name,
+        "/stop",
         f"Stopping {name}",
         f"{name} is already stopped",
         as_json,
@@ -303,7 +407,7 @@ def stop(ctx: Context, name: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@name_argument
 @json_option
 @pass_ctx
 def start(ctx: Context, name: str, as_json: bool) -> None:
@@ -314,7 +418,8 @@ def start(ctx: Context, name: str, as_json: bool) -> None:
     _change(
         ctx,
         "POST",
-        _app_path(name, "/start"),
+        name,
+        "/start",
         f"Starting {name}",
         f"{name} is already running",
         as_json,
@@ -322,7 +427,7 @@ def start(ctx: Context, name: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@name_argument
 @json_option
 @pass_ctx
 def rm(ctx: Context, name: str, as_json: bool) -> None:
@@ -330,7 +435,7 @@ def rm(ctx: Context, name: str, as_json: bool) -> None:
 
     Example: docklet rm nginx
     """
-    _change(ctx, "DELETE", _app_path(name), f"Removing {name}", f"{name} is removed", as_json)
+    _change(ctx, "DELETE", name, "", f"Removing {name}", f"{name} is removed", as_json)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -341,7 +446,9 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def main() -> None:
     try:
-        cli(standalone_mode=False)
+        # Without standalone mode click returns the code of a ctx.exit(code), not raising it.
+        code = cli(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -349,12 +456,6 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
-        sys.exit(130)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        # The CP answered 200 with something this CLI cannot read.
-        click.echo(
-            f"✖ unexpected answer from the control plane ({exc!r}):"
-            " is --cp a Docklet control plane of a compatible version?",
-            err=True,
-        )
-        sys.exit(ExitCode.SERVER_ERROR)
+        sys.exit(ExitCode.INTERRUPTED)
+    # Nothing else is caught: answers are checked where they are read (client Shapes),
+    # so any other exception is a bug of the CLI and keeps its traceback.
