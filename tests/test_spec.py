@@ -107,23 +107,26 @@ def test_durations_parse_to_seconds() -> None:
 
 
 @pytest.mark.parametrize(
-    ("lines", "field"),
+    ("lines", "field", "line"),
     [
-        (["imagee: nginx"], "imagee"),
-        (["rollout:", "  canry: 2"], "rollout.canry"),
-        (["healthcheck:", "  test: [true]", "  interval: 5s", "  retry: 3"], "healthcheck.retry"),
+        (["imagee: nginx"], "imagee", 3),
+        (["rollout:", "  canry: 2"], "rollout.canry", 4),
+        (
+            ["healthcheck:", "  test: [true]", "  interval: 5s", "  retry: 3"],
+            "healthcheck.retry",
+            6,
+        ),
     ],
 )
-def test_unknown_key_is_named_with_its_path(lines: list[str], field: str) -> None:
+def test_unknown_key_is_named_with_its_path(lines: list[str], field: str, line: int) -> None:
     message = error_for(with_lines(*lines))
-    assert message.startswith(f"{SOURCE}: ")
-    assert f"{field}: unknown key" in message
+    assert message.startswith(f"{SOURCE}:{line}: {field}: unknown key")
     assert "check its spelling" in message
 
 
 def test_wrong_type_names_the_field() -> None:
     message = error_for(with_lines("replicas: lots"))
-    assert message.startswith(f"{SOURCE}: replicas: ")
+    assert message.startswith(f"{SOURCE}:3: replicas: ")
     assert "integer" in message
 
 
@@ -139,7 +142,7 @@ def test_env_values_that_are_lists_are_rejected() -> None:
 @pytest.mark.parametrize("name", ["Web", "my_app", "-web", "web-", "a" * 64])
 def test_bad_name_is_rejected(name: str) -> None:
     message = error_for(f"name: '{name}'\nimage: nginx\n")
-    assert f"{SOURCE}: name: " in message
+    assert f"{SOURCE}:1: name: " in message
     assert repr(name) in message
 
 
@@ -161,7 +164,7 @@ def test_longest_allowed_name_is_63_characters() -> None:
 )
 def test_bad_image_reference_is_rejected(image: str) -> None:
     message = error_for(f"name: web\nimage: '{image}'\n")
-    assert f"{SOURCE}: image: {image!r}" in message
+    assert f"{SOURCE}:2: image: {image!r}" in message
 
 
 @pytest.mark.parametrize(
@@ -195,7 +198,7 @@ def test_malformed_port_is_rejected() -> None:
 @pytest.mark.parametrize("duration", ["10 seconds", "10", "1.5.3s", "-5s", "5d"])
 def test_bad_duration_says_how_to_write_one(duration: str) -> None:
     message = error_for(with_lines(f"stop_grace_period: '{duration}'"))
-    assert f"{SOURCE}: stop_grace_period: " in message
+    assert f"{SOURCE}:3: stop_grace_period: " in message
     assert "is not a duration" in message
     assert "'10s'" in message
 
@@ -215,7 +218,7 @@ def test_reserved_docklet_label_is_rejected() -> None:
 
 def test_state_removed_says_to_delete_the_file() -> None:
     message = error_for(with_lines("state: removed"))
-    assert f"{SOURCE}: state: " in message
+    assert f"{SOURCE}:3: state: " in message
     assert "delete its file" in message
 
 
