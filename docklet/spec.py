@@ -113,15 +113,10 @@ def _scalar_text(value: Any) -> Any:
     return value
 
 
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
 def _text(value: str) -> str:
-    """A string Docker can take: NUL ends a C string, a lone surrogate is not UTF-8."""
+    """A string Docker can take: NUL ends a C string (pydantic refuses lone surrogates)."""
     if "\x00" in value:
         raise ValueError(f"{_short(value)} contains a NUL character (\\0)")
-    if _SURROGATE.search(value):
-        raise ValueError(f"{_short(value)} contains a lone surrogate, which is not UTF-8")
     return value
 
 
@@ -153,8 +148,9 @@ Command = Annotated[
     Discriminator(_form),
 ]
 EnvName = Annotated[str, Field(min_length=1, max_length=MAX_KEY), AfterValidator(_env_name)]
+# The length constraint first, so it applies to the string and not to whatever came in.
 EnvValue = Annotated[
-    str, BeforeValidator(_scalar_text), Field(max_length=MAX_VALUE), AfterValidator(_text)
+    str, Field(max_length=MAX_VALUE), BeforeValidator(_scalar_text), AfterValidator(_text)
 ]
 LabelKey = Annotated[str, Field(min_length=1, max_length=MAX_KEY), AfterValidator(_text)]
 LabelValue = Annotated[str, Field(max_length=MAX_VALUE), AfterValidator(_text)]
@@ -360,7 +356,9 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if part == "[key]" or (part in _UNION_TAGS and i and loc[i - 1] in ("command", "test")):
             continue  # pydantic's marker of a key, or of a union member: no place in the file
-        simple = isinstance(part, int) or (part.isprintable() and part.strip() == part != "")
+        simple = isinstance(part, int) or (
+            part.isprintable() and part.strip() == part != "" and len(part) <= 64
+        )
         parts.append(str(part) if simple else _short(part))
     return ".".join(parts) or "spec"
 
