@@ -3,6 +3,11 @@
 `AppSpec` is the single source of the format: validation, defaults and the
 published JSON Schema (`schemas/app.schema.json`, written by
 `python -m docklet.spec`) all come from it.
+
+Reading a file: `load(bytes, source)` → AppSpec, or `parse(bytes, source)` → its data for an
+edit; writing one: `dump(data)` → bytes that read back exactly. Both refuse, with the file and
+line, what would cost minutes or gigabytes (size, alias expansion, nesting) or what only Docker
+would refuse later.
 """
 
 from __future__ import annotations
@@ -425,7 +430,6 @@ def dump(data: dict[str, Any]) -> bytes:
 
 # -- reading YAML ------------------------------------------------------------------
 
-_NULL = "tag:yaml.org,2002:null"
 # Tags of plain scalars YAML 1.1 turns into numbers, booleans, dates: in a string field the
 # text as written is meant (`1.10` is not 1.1, `NO` not False, `3000:22` not 180022).
 _TEXT_TAGS = frozenset(
