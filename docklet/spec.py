@@ -3,12 +3,19 @@
 `AppSpec` is the single source of the format: validation, defaults and the
 published JSON Schema (`schemas/app.schema.json`, written by
 `python -m docklet.spec`) all come from it.
+
+Reading a file: `load(bytes, source)` → AppSpec, or `parse(bytes, source)` → its data for an
+edit; writing one: `dump(data)` → bytes that read back exactly. Both refuse, with the file and
+line, what would cost minutes or gigabytes (size, alias expansion, nesting) or what only Docker
+would refuse later.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
 import re
 import sys
 from enum import StrEnum
@@ -21,29 +28,57 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
 )
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from docklet.defaults import MAX_SPEC_BYTES, MAX_SPEC_EXPANDED
 from docklet.errors import InvalidSpec
 from docklet.status import DesiredState
 
+# Bounds of one spec beyond the file sizes in defaults: each keeps a pushed file from asking
+# Docker for what it refuses at deploy time, or the control plane for minutes of work.
+MAX_DEPTH = 32  # nesting of YAML collections (a spec needs 3); PyYAML's composer recurses
+MAX_ENV = 1000  # environment variables
+MAX_LABELS = 256
+MAX_PORTS = 100
+MAX_VOLUMES = 100
+MAX_ARGS = 1000  # items of command or healthcheck.test
+MAX_NODES = 100  # placement.nodes
+MAX_KEY = 1024  # characters of an env or label key
+MAX_VALUE = 64 * 1024  # characters of an env or label value, an argument, a shell command
+MAX_VOLUME = 4096  # characters of a volume mapping: PATH_MAX
+MAX_NODE_ID = 253  # a node id is a hostname at most
+MAX_COUNT = 1000  # replicas, canary, max_parallel, healthcheck retries
+
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+# Every pattern spells its classes out ([0-9], [A-Za-z0-9_]): `\d` and `\w` match any Unicode
+# digit or letter, in `re` and in pydantic's Rust regex alike, and Docker refuses those.
 # Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest].
 IMAGE_PATTERN = (
     r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"(?::[0-9]+)?/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
-PORT_PATTERN = r"^(?:(?:\d{1,3}(?:\.\d{1,3}){3}):)?(?:\d{1,5}:)?\d{1,5}(?:/(?:tcp|udp))?$"
-VOLUME_PATTERN = r"^[^:]+:/[^:]*(?::(?:ro|rw))?$"
-DURATION_PATTERN = r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$"
+# [IP:HOST:]CONTAINER or HOST:CONTAINER, then /tcp or /udp; IP is IPv4 or [IPv6].
+# Groups: 1 IP, 2 host port, 3 container port, 4 protocol (parse_port reads them).
+PORT_PATTERN = (
+    r"^(?:(?:([0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):)?([0-9]{1,5}):)?"
+    r"([0-9]{1,5})(?:/(tcp|udp))?$"
+)
+# No ':' inside either path (Docker splits on it), nor control characters (NUL ends a C string).
+VOLUME_PATTERN = r"^[^:\x00-\x1f\x7f]+:/[^:\x00-\x1f\x7f]*(?::(?:ro|rw))?$"
+DURATION_PATTERN = r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+$"
 RESERVED_LABEL_PREFIX = "docklet."
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION = 7 * 24 * 3600.0
+MAX_DURATION_TEXT = 64  # characters of a duration string: '1h1h1h…' needs no more
 
 
 def parse_duration(value: float | str) -> float:
@@ -52,10 +87,10 @@ def parse_duration(value: float | str) -> float:
         if not 0 <= value <= MAX_DURATION:  # also refuses NaN and infinity
             raise ValueError(f"{value} is not a duration from 0 to {MAX_DURATION:g} seconds")
         return float(value)
-    if not re.fullmatch(DURATION_PATTERN, value):
-        raise ValueError(f"{value!r} is not a duration (try '10s', '1m30s', '500ms')")
-    seconds = sum(float(n) * _UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value))
-    return parse_duration(seconds)
+    if len(value) > MAX_DURATION_TEXT or not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(f"{_short(value)} is not a duration (try '10s', '1m30s', '500ms')")
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", value)
+    return parse_duration(sum(float(n) * _UNITS[u] for n, u in parts))
 
 
 def _check_duration(value: float | str) -> float | str:
@@ -71,12 +106,63 @@ Duration = Annotated[
 
 
 def _scalar_text(value: Any) -> Any:
-    """`PORT: 8000` and `DEBUG: true` mean what a shell would pass: "8000", "true"."""
+    """`PORT: 8000` and `DEBUG: true` mean what a shell would pass: "8000", "true".
+
+    YAML files keep the text as written (see `_SHAPE`); this is for data that arrives
+    already parsed, as JSON from the API.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
     return value
+
+
+def _text(value: str) -> str:
+    """A string Docker can take: NUL ends a C string (pydantic refuses lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError(f"{_short(value)} contains a NUL character (\\0)")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if "=" in value:
+        raise ValueError(f"environment variable name {_short(value)} contains '='")
+    return _text(value)
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """A value for an error message: repr, cut so a 64 KiB value stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}…{text[-4:]}"
+
+
+def _check_port(value: str) -> str:
+    parse_port(value)
+    return value
+
+
+def _form(value: Any) -> str:
+    return "exec" if isinstance(value, list) else "shell"
+
+
+Arg = Annotated[str, Field(max_length=MAX_VALUE), AfterValidator(_text)]
+# A list (exec form) or a shell string; the tags keep error paths short (command.0).
+Command = Annotated[
+    Annotated[list[Arg], Field(max_length=MAX_ARGS), Tag("exec")] | Annotated[Arg, Tag("shell")],
+    Discriminator(_form),
+]
+EnvName = Annotated[str, Field(min_length=1, max_length=MAX_KEY), AfterValidator(_env_name)]
+# The length constraint first, so it applies to the string and not to whatever came in.
+EnvValue = Annotated[
+    str, Field(max_length=MAX_VALUE), BeforeValidator(_scalar_text), AfterValidator(_text)
+]
+LabelKey = Annotated[str, Field(min_length=1, max_length=MAX_KEY), AfterValidator(_text)]
+LabelValue = Annotated[str, Field(max_length=MAX_VALUE), AfterValidator(_text)]
+Port = Annotated[str, Field(pattern=PORT_PATTERN, max_length=64), AfterValidator(_check_port)]
+Volume = Annotated[str, Field(pattern=VOLUME_PATTERN, max_length=MAX_VOLUME)]
+NodeId = Annotated[str, Field(min_length=1, max_length=MAX_NODE_ID), AfterValidator(_text)]
+_UNION_TAGS = {"exec", "shell"}  # loc parts that name a Command form, not a place in the spec
 
 
 class RestartPolicy(StrEnum):
@@ -122,18 +208,20 @@ class Strict(BaseModel):
 
 
 class Healthcheck(Strict):
-    test: list[str] | str = Field(
+    test: Command = Field(
         description="Command run in the container: a list (exec form) or a shell string."
     )
     interval: Duration = "30s"
     timeout: Duration = "30s"
-    retries: int = Field(3, ge=1)
+    retries: int = Field(3, ge=1, le=MAX_COUNT)
     start_period: Duration = "0s"
 
 
 class Rollout(Strict):
-    canary: int = Field(1, ge=0, description="Replicas updated first, on one node.")
-    max_parallel: int = Field(1, ge=1, description="Replicas replaced at a time after it.")
+    canary: int = Field(1, ge=0, le=MAX_COUNT, description="Replicas updated first, on one node.")
+    max_parallel: int = Field(
+        1, ge=1, le=MAX_COUNT, description="Replicas replaced at a time after it."
+    )
     min_healthy_time: Duration = "10s"
     healthy_deadline: Duration = "5m"
     progress_deadline: Duration = "10m"
@@ -141,8 +229,10 @@ class Rollout(Strict):
 
 
 class Placement(Strict):
-    nodes: list[str] = Field(
-        default_factory=list, description="Only these node ids may run the app (empty: any)."
+    nodes: list[NodeId] = Field(
+        default_factory=list,
+        max_length=MAX_NODES,
+        description="Only these node ids may run the app (empty: any).",
     )
 
 
@@ -151,19 +241,23 @@ class AppSpec(Strict):
 
     name: str = Field(pattern=NAME_PATTERN, description="DNS-label style: a-z, 0-9 and '-'.")
     image: str = Field(pattern=IMAGE_PATTERN, max_length=255)
-    replicas: int = Field(1, ge=0, le=1000)
+    replicas: int = Field(1, ge=0, le=MAX_COUNT)
     state: SpecState = Field(
         SpecState.RUNNING, description="running or stopped (to remove an app, delete its file)."
     )
-    command: list[str] | str | None = None
-    env: dict[str, Annotated[str, BeforeValidator(_scalar_text)]] = Field(default_factory=dict)
-    ports: list[Annotated[str, Field(pattern=PORT_PATTERN)]] = Field(
-        default_factory=list, description="'[IP:]HOST:CONTAINER[/udp]' or 'CONTAINER'."
+    command: Command | None = None
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
+    ports: list[Port] = Field(
+        default_factory=list,
+        max_length=MAX_PORTS,
+        description="'[IP:]HOST:CONTAINER[/udp]' or 'CONTAINER'; IP is IPv4 or [IPv6].",
     )
-    volumes: list[Annotated[str, Field(pattern=VOLUME_PATTERN)]] = Field(
-        default_factory=list, description="'VOLUME_OR_HOST_PATH:/CONTAINER_PATH[:ro]'."
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        description="'VOLUME_OR_HOST_PATH:/CONTAINER_PATH[:ro]'.",
     )
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
     restart: RestartPolicy = RestartPolicy.UNLESS_STOPPED
     stop_grace_period: Duration = Field(
         "10s", description="How long `stop` waits for the process to exit before SIGKILL."
@@ -173,27 +267,12 @@ class AppSpec(Strict):
     placement: Placement = Field(default_factory=Placement)
     rollout: Rollout = Field(default_factory=Rollout)
 
-    @field_validator("env")
-    @classmethod
-    def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not key or "=" in key:
-                raise ValueError(f"environment variable name {key!r} is empty or contains '='")
-        return value
-
     @field_validator("labels")
     @classmethod
     def _user_labels(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
             if key.startswith(RESERVED_LABEL_PREFIX):
                 raise ValueError(f"label {key!r}: the 'docklet.' prefix is reserved")
-        return value
-
-    @field_validator("ports")
-    @classmethod
-    def _port_numbers(cls, value: list[str]) -> list[str]:
-        for port in value:
-            parse_port(port)
         return value
 
     def revision_hash(self) -> str:
@@ -209,10 +288,10 @@ class AppSpec(Strict):
         return self.model_dump(mode="json", include=CONTAINER_FIELDS | {"pull"})
 
     def to_yaml(self) -> str:
-        """The spec as a user would write it: defaults left out."""
+        """The spec as a user would write it: defaults left out; `load` reads it back exactly."""
         data = self.model_dump(mode="json", exclude_defaults=True)
         data = {"name": self.name, "image": self.image, **data}
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return dump(data).decode()
 
 
 class PortMapping(BaseModel):
@@ -223,17 +302,27 @@ class PortMapping(BaseModel):
 
 
 def parse_port(text: str) -> PortMapping:
-    """'[IP:][HOST:]CONTAINER[/proto]' as Docker's -p reads it."""
-    mapping, _, protocol = text.partition("/")
-    parts = mapping.split(":")
-    host_ip = parts.pop(0) if len(parts) == 3 else ""
-    numbers = [int(p) for p in parts]
+    """'[IP:HOST:]CONTAINER[/proto]' or 'HOST:CONTAINER' as Docker's -p reads it."""
+    match = re.fullmatch(PORT_PATTERN, text)
+    if match is None:
+        raise ValueError(f"port mapping {_short(text)}: {FORMATS['ports']}")
+    ip, host, container, protocol = match.groups()
+    host_ip = ""
+    if ip:
+        try:
+            address = ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            raise ValueError(f"port mapping {text!r}: {ip} is not an IP address") from None
+        if (address.version == 6) != ip.startswith("["):
+            raise ValueError(f"port mapping {text!r}: only an IPv6 address goes in brackets")
+        host_ip = str(address)
+    numbers = [int(n) for n in (host, container) if n is not None]
     if any(not 1 <= n <= 65535 for n in numbers):
         raise ValueError(f"port mapping {text!r}: ports are 1 to 65535")
     return PortMapping(
         host_ip=host_ip,
-        host_port=numbers[0] if len(numbers) == 2 else None,
-        container_port=numbers[-1],
+        host_port=int(host) if host else None,
+        container_port=int(container),
         protocol=protocol or "tcp",
     )
 
@@ -271,44 +360,285 @@ FORMATS = {
 }
 
 
-def describe(error: ValidationError) -> str:
-    """One line per problem, each naming the field: what a person needs to fix it."""
-    lines = []
+def _where(loc: tuple[int | str, ...]) -> str:
+    """'env.KEY', 'command.0': a field path as a user reads it."""
+    parts = []
+    for i, part in enumerate(loc):
+        if part == "[key]" or (part in _UNION_TAGS and i and loc[i - 1] in ("command", "test")):
+            continue  # pydantic's marker of a key, or of a union member: no place in the file
+        simple = isinstance(part, int) or (
+            part.isprintable() and part.strip() == part != "" and len(part) <= 64
+        )
+        parts.append(str(part) if simple else _short(part))
+    return ".".join(parts) or "spec"
+
+
+def _problems(error: ValidationError) -> list[tuple[tuple[int | str, ...], str]]:
+    """(pydantic location, 'field: message') for each problem: what a person needs to fix it."""
+    problems = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "spec"
+        field = str(item["loc"][0]) if item["loc"] else ""
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling; see schemas/app.schema.json)"
-        elif item["type"] == "enum" and str(item["loc"][0]) in FORMATS:
-            message = f"{message}; {FORMATS[str(item['loc'][0])]}"
+        elif item["type"] == "enum" and field in FORMATS:
+            message = f"{message}; {FORMATS[field]}"
         elif item["type"] == "string_pattern_mismatch":
-            hint = FORMATS.get(str(item["loc"][0]), "see schemas/app.schema.json")
-            message = f"{item['input']!r} is not valid: {hint}"
-        lines.append(f"{where}: {message}")
-    return "; ".join(lines)
+            hint = FORMATS.get(field, "see schemas/app.schema.json")
+            message = f"{_short(item['input'])} is not valid: {hint}"
+        problems.append((item["loc"], f"{_where(item['loc'])}: {message}"))
+    return problems
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem, each naming the field: what a person needs to fix it."""
+    return "; ".join(text for _, text in _problems(error))
 
 
 def validate(data: Any, source: str = "spec") -> AppSpec:
     """An AppSpec from parsed data, or InvalidSpec that says what is wrong and where."""
+    return _validate(data, source, None)
+
+
+def _validate(data: Any, source: str, root: Node | None) -> AppSpec:
+    """validate(), with each problem's line when the data came from the YAML node `root`."""
     if not isinstance(data, dict):
-        raise InvalidSpec(f"{source}: an app spec is a mapping of keys to values")
+        raise InvalidSpec(f"{source}: an app spec is a mapping of keys to values", source=source)
     try:
         return AppSpec.model_validate(data)
     except ValidationError as exc:
-        raise InvalidSpec(f"{source}: {describe(exc)}", source=source) from None
+        if root is None:
+            raise InvalidSpec(f"{source}: {describe(exc)}", source=source) from None
+        lines = [f"{source}:{_line(root, loc)}: {text}" for loc, text in _problems(exc)]
+        raise InvalidSpec("; ".join(lines), source=source) from None
 
 
-def load(text: str, source: str = "spec") -> AppSpec:
-    """An AppSpec from YAML text; errors carry the file name and, for YAML, the line."""
+def load(content: bytes | str, source: str = "spec") -> AppSpec:
+    """An AppSpec from a spec file's bytes (or text); errors carry the file name and line."""
+    data, root = _parse(content, source)
+    return _validate(data, source, root)
+
+
+def parse(content: bytes | str, source: str = "spec") -> Any:
+    """A spec file's data, unvalidated, read as `load` reads it (bounds, text as written).
+
+    For editing a file: change the data, validate() it, and write it with dump().
+    """
+    return _parse(content, source)[0]
+
+
+def dump(data: dict[str, Any]) -> bytes:
+    """YAML that parse() and load() read back as exactly `data`, every string included."""
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=_NO_FOLDING)
+    return text.encode()
+
+
+# -- reading YAML ------------------------------------------------------------------
+
+# Tags of plain scalars YAML 1.1 turns into numbers, booleans, dates: in a string field the
+# text as written is meant (`1.10` is not 1.1, `NO` not False, `3000:22` not 180022).
+_TEXT_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "timestamp", "value", "merge")
+)
+_TEXT = "text"  # a string field, or a list of them: scalars keep their text
+# Where the spec has string fields. Keys of a mapping shape are always text; "*" is any key.
+_SHAPE: dict[str, Any] = {
+    "name": _TEXT,
+    "image": _TEXT,
+    "state": _TEXT,
+    "restart": _TEXT,  # `restart: no` is the policy "no", not False
+    "pull": _TEXT,
+    "command": _TEXT,
+    "env": {"*": _TEXT},
+    "ports": _TEXT,
+    "volumes": _TEXT,
+    "labels": {"*": _TEXT},
+    "healthcheck": {"test": _TEXT},
+    "placement": {"nodes": _TEXT},
+    "rollout": {},
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting before its recursive composer exhausts the stack."""
+
+    depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        if self.depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep", mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _parse(content: bytes | str, source: str) -> tuple[Any, Node | None]:
+    raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+    if len(raw) > MAX_SPEC_BYTES:
+        size, limit = _size(len(raw)), _size(MAX_SPEC_BYTES)
+        raise InvalidSpec(f"{source}: {size} is over the {limit} limit for a spec file")
+    text = _decode(raw, source)
     try:
-        data = yaml.safe_load(text)
+        loader = _Loader(text)  # its reader refuses control characters at once
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None, None
+            _check_expansion(root, source)
+            return _build(loader, root, _SHAPE), root
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidSpec(f"{where}: not valid YAML: {problem}", source=source) from None
-    spec = validate(data, source)
-    return spec
+        raise _yaml_error(exc, text, source) from None
+
+
+def _size(n: int) -> str:
+    """'3.2 MiB', '256 KiB': rounded up, so a file just over a limit never reads as at it."""
+    for unit, name in ((1024 * 1024, "MiB"), (1024, "KiB")):
+        if n >= unit:
+            return f"{math.ceil(n * 10 / unit) / 10:g} {name}"
+    return f"{n} bytes"
+
+
+def _decode(raw: bytes, source: str) -> str:
+    """UTF-8 or an error that points at the bad byte; never U+FFFD deployed in its place."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InvalidSpec(
+            f"{source}:{line}: not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+            f" (line {line}, column {column}); save the file as UTF-8",
+            source=source,
+        ) from None
+
+
+def _yaml_error(exc: yaml.YAMLError, text: str, source: str) -> InvalidSpec:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    line = mark.line + 1 if mark else None
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        problem = (
+            f"character U+{exc.character:04X} is not allowed;"
+            ' write it as an escape in a double-quoted string ("\\x01")'
+        )
+    where = f"{source}:{line}" if line else source
+    return InvalidSpec(f"{where}: not valid YAML: {problem}", source=source)
+
+
+def _check_expansion(root: Node, source: str) -> None:
+    """Refuse a spec whose aliases expand it past MAX_SPEC_EXPANDED bytes.
+
+    Sizes are memoized per node, so a nested "billion laughs" costs one visit per node,
+    and counting stops as soon as the budget is passed.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    budget = MAX_SPEC_EXPANDED
+
+    def size(node: Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise InvalidSpec(
+                f"{source}:{node.start_mark.line + 1}: an alias refers to a collection"
+                " that contains it; an app spec cannot be recursive",
+                source=source,
+            )
+        if isinstance(node, ScalarNode):
+            total = len(node.value.encode("utf-8", "surrogatepass")) + 1
+        else:
+            open_nodes.add(key)
+            total = 1
+            children = node.value if isinstance(node, SequenceNode) else _pairs(node)
+            for child in children:
+                total += size(child)
+                if total > budget:
+                    break  # the caller only needs to know it is over
+            open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    if size(root) > budget:
+        limit = _size(MAX_SPEC_EXPANDED)
+        raise InvalidSpec(f"{source}: expands to more than {limit} (YAML aliases?)")
+
+
+def _pairs(node: Node) -> list[Node]:
+    return [part for pair in node.value for part in pair]
+
+
+def _build(loader: _Loader, node: Node, shape: Any) -> Any:
+    """The data of `node`, with the text as written for the string fields `shape` names."""
+    if shape == _TEXT and isinstance(node, ScalarNode) and node.tag in _TEXT_TAGS:
+        return node.value
+    if shape == _TEXT and isinstance(node, SequenceNode):
+        return [_build(loader, item, _TEXT) for item in node.value]
+    if isinstance(shape, dict) and isinstance(node, MappingNode):
+        loader.flatten_mapping(node)  # resolve `<<: *base` merges as the loader would
+        data = {}
+        for key_node, value_node in node.value:
+            key = _build(loader, key_node, _TEXT)
+            if not isinstance(key, str | int | float | bool | None):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a scalar", key_node.start_mark
+                )
+            inner = shape.get(key, shape.get("*")) if isinstance(key, str) else None
+            data[key] = _build(loader, value_node, inner)
+        return data
+    return loader.construct_object(node, deep=True)
+
+
+def _line(root: Node, loc: tuple[int | str, ...]) -> int:
+    """The line of the file where the value at pydantic location `loc` is written."""
+    node, marked = root, root
+    for part in loc:
+        if part == "[key]":
+            break  # `marked` is already the key's node
+        child = _child(node, part)
+        if child is None:
+            continue  # a union member's tag, or a key that is missing: keep the parent
+        node, marked = child
+    return marked.start_mark.line + 1
+
+
+def _child(node: Node, part: int | str) -> tuple[Node, Node] | None:
+    """(node of `part` in `node`, node whose line names it: the key in a mapping)."""
+    if isinstance(node, MappingNode):
+        for key_node, value_node in reversed(node.value):  # the last of duplicate keys wins
+            if isinstance(key_node, ScalarNode) and key_node.value == str(part):
+                return value_node, key_node
+    elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part], node.value[part]
+    return None
+
+
+# -- writing YAML ------------------------------------------------------------------
+
+_NO_FOLDING = 1 << 30  # line width: a folded long line is one more way to change a string
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper whose strings read back exactly."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # Double quotes escape what YAML would otherwise read as a line break (U+0085, U+2028,
+    # U+2029) or strip (control and format characters); the rest the emitter quotes itself.
+    plain = all(" " <= c <= "~" or (c >= "\xa0" and c.isprintable()) for c in value)
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if plain else '"')
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 def json_schema() -> dict[str, Any]:
