@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 import uuid
@@ -24,16 +25,24 @@ DEAD_DOCKER = "unix:///tmp/docklet-no-such-docker.sock"
 IGNORE_TERM = ["sh", "-c", "trap '' TERM; exec httpd -f -p 80 -h /www"]
 
 
-@pytest.fixture(scope="session")
-def slow_image(docker_client: Any, web_image: str) -> Iterator[str]:
+@contextlib.contextmanager
+def slow_stop_image(docker_client: Any, web_image: str) -> Iterator[str]:
     """The web image, but stopped with SIGTERM (the test image's own STOPSIGNAL is SIGKILL)."""
     tag = f"docklet-test/slow-stop:{RUN_ID}"
     dockerfile = f"FROM {web_image}\nSTOPSIGNAL SIGTERM\n".encode()
     docker_client.images.build(
         fileobj=io.BytesIO(dockerfile), tag=tag, labels={"docklet.test-run": RUN_ID}, pull=False
     )
-    yield tag
-    dockerlab.remove_image(docker_client, tag)
+    try:
+        yield tag
+    finally:
+        dockerlab.remove_image(docker_client, tag)
+
+
+@pytest.fixture(scope="module")
+def slow_image(docker_client: Any, web_image: str) -> Iterator[str]:
+    with slow_stop_image(docker_client, web_image) as tag:
+        yield tag
 
 
 @pytest.fixture
