@@ -349,21 +349,33 @@ class Agent:
             with self._lock:
                 lane = self._lanes[key]
                 if not lane or self.stop.is_set():
-                    for queued in lane:  # shutting down: never started, handed out again
-                        del self._held[queued.id]
-                    del self._lanes[key]
-                    self._lock.notify_all()
+                    # Shutting down: queued tasks never start; the CP hands them out again.
+                    self._drop(key)
                     return
                 task = lane.popleft()
                 self._held[task.id].running = True
+            ended = False
             try:
-                self.run_task(task)
+                ended = self.run_task(task)
             except Exception:  # run_task reports its own failures; this is a last guard
                 log.exception("task %s: agent error", task.id)
             finally:
                 with self._lock:
                     del self._held[task.id]
                     self._lock.notify_all()
+            if not ended:
+                with self._lock:
+                    # The task comes back after its lease runs out; the ones behind
+                    # it come back with it, so this container's tasks keep their order.
+                    self._drop(key)
+                return
+
+    def _drop(self, key: str) -> None:
+        """Give up a lane and the tasks queued in it (caller holds the lock)."""
+        for queued in self._lanes.pop(key):
+            log.info("task %s: not started; it will be handed out again", queued.id)
+            del self._held[queued.id]
+        self._lock.notify_all()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every held task has ended (when stopping: every running one).
@@ -379,15 +391,15 @@ class Agent:
         with self._lock:
             return self._lock.wait_for(idle, timeout)
 
-    def run_task(self, task: LeasedTask) -> None:
-        """Execute one task and report it; Docker being down leaves it for a retry."""
+    def run_task(self, task: LeasedTask) -> bool:
+        """Execute one task and report it; False when Docker being down left it for a retry."""
         log.info("task %s: %s %s (revision %s)", task.id, task.kind, task.container, task.revision)
         try:
             container = self._execute(task)
         except TaskFailed as exc:
             log.warning("task %s: failed: %s", task.id, exc.message)
             self._report(task, TaskStatus.FAILED, error=exc.message)
-            return
+            return True
         except DockerUnavailable as exc:
             # Not the task's fault: its lease runs out and it is handed out again.
             log.warning("task %s: %s%s; left for a retry", task.id, exc.message, docker_detail(exc))
@@ -396,8 +408,9 @@ class Agent:
             log.exception("task %s: agent error", task.id)
             error = f"agent error ({type(exc).__name__}); see the agent's log on {self.node_id}"
             self._report(task, TaskStatus.FAILED, error=error)
-            return
+            return True
         self._report(task, TaskStatus.DONE, container=container)
+        return True
 
     def _execute(self, task: LeasedTask) -> dict[str, Any] | None:
         if task.kind == TaskKind.DEPLOY:
