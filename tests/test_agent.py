@@ -346,6 +346,9 @@ def test_the_agent_asks_only_for_what_it_has_room_for(odd_cp: Any, docker_client
         for n in range(8, 10):
             agent._held[n] = Held(queued, renew_at=time.monotonic() + 60)
     assert agent.poll_once() == 0 and len(paths) == 2  # no room: not even asked
+    agent.stop.set()
+    with agent._lock:  # nothing real to renew
+        agent._held.clear()
 
 
 @pytest.mark.docker
