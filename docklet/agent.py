@@ -1,9 +1,13 @@
 """The agent: one per Docker host; pulls its work from the control plane.
 
-Two loops share one registration: heartbeats (every container Docklet
-manages on this engine, and whether Docker answers at all) and tasks
-(long-poll, execute, report). Neither loop ever dies: a control plane or a
-Docker engine that does not answer is logged and retried with backoff.
+Three loops share one registration: heartbeats (every container Docklet
+manages on this engine, and whether Docker answers at all), the task poller
+(long-poll for as many tasks as there are free workers) and one lease
+renewer. Tasks run on a bounded pool of workers, one lane per container:
+tasks of the same container run one at a time in lease order, and a slow
+stop or pull of one app never holds up another app's deploy. No loop ever
+dies: a control plane or a Docker engine that does not answer is logged
+and retried with backoff.
 """
 
 from __future__ import annotations
@@ -11,23 +15,40 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from docklet import __version__, defaults, logs
+from docklet import config as settings_table
 from docklet.client import Client
+from docklet.config import AgentConfig
 from docklet.engine import Engine, TaskFailed
-from docklet.errors import APIError, CPUnreachable, DockerUnavailable, DockletError
+from docklet.errors import (
+    APIError,
+    BadRequest,
+    CPUnreachable,
+    DockerUnavailable,
+    DockletError,
+    StaleLease,
+)
+from docklet.protocol import LeasedTask, RegistrationReply, TaskBatch, parse
+from docklet.status import TaskKind, TaskStatus
 
 log = logging.getLogger(__name__)
+
+DOCKER_POOL_SPARE = 4  # Docker connections beyond one per worker: heartbeat, ping, info
 
 
 class Backoff:
     """Doubling waits, capped, reset by success."""
 
     def __init__(self, cap: float, first: float = 0.5) -> None:
-        self.cap, self.first, self.current = cap, first, first
+        self.cap, self.first, self.current = cap, min(first, cap), min(first, cap)
 
     def wait(self, stop: threading.Event) -> None:
         stop.wait(self.current)
@@ -37,64 +58,89 @@ class Backoff:
         self.current = self.first
 
 
+@dataclass
+class Held:
+    """A task this agent holds a lease on: running, or queued behind its container's lane."""
+
+    task: LeasedTask  # replaced when the CP leases the same task again (new token)
+    renew_at: float  # time.monotonic() of the next lease renewal
+    running: bool = False
+
+
+def docker_detail(exc: DockletError) -> str:
+    """The SDK's own words, for the agent's log only (people see `exc.message`)."""
+    detail = exc.details.get("detail")
+    return f" ({detail})" if detail else ""
+
+
 class Agent:
-    def __init__(
-        self,
-        cp_url: str,
-        *,
-        name: str | None = None,
-        engine: Engine | None = None,
-        heartbeat_interval: float | None = None,
-        poll_wait: float = defaults.LONG_POLL_WAIT,
-    ) -> None:
-        self.cp = Client(cp_url)
-        self.name = name
-        self.engine = engine or Engine()
-        self.interval_override = heartbeat_interval
-        self.heartbeat_interval = heartbeat_interval or defaults.HEARTBEAT_INTERVAL
-        self.poll_wait = poll_wait
+    def __init__(self, config: AgentConfig, *, engine: Engine | None = None) -> None:
+        self.config = config
+        self.cp = Client(config.cp)
+        self.engine = engine or Engine(
+            timeout=config.docker_timeout, max_pool_size=config.concurrency + DOCKER_POOL_SPARE
+        )
         self.node_id = ""
         self.cluster_id = ""
-        self.report_seq = 0
         self.stop = threading.Event()
-        self.busy = False  # executing a task: a shutdown waits for it to finish
+        self._cp_interval = defaults.HEARTBEAT_INTERVAL  # until registration says
+        self._generation = 0  # registrations so far: a refusal of an older one is moot
         self._registered = threading.Lock()
+        # Guards everything below; notified whenever a task starts or ends.
+        self._lock = threading.Condition()
+        self._report_seq = 0
+        self._held: dict[int, Held] = {}
+        self._lanes: dict[str, deque[LeasedTask]] = {}
+        self._renewer: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="task")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.config.heartbeat_interval or self._cp_interval
+
+    @property
+    def report_seq(self) -> int:
+        with self._lock:
+            return self._report_seq
+
+    def _next_seq(self) -> int:
+        with self._lock:
+            self._report_seq += 1
+            return self._report_seq
 
     # -- registration --------------------------------------------------------
 
     def register(self) -> None:
         """Register (again), waiting out a Docker engine or CP that does not answer."""
-        backoff = Backoff(defaults.RETRY_MAX)
+        backoff = Backoff(self.config.retry_max)
         while not self.stop.is_set():
             try:
                 info = self.engine.info()
-                name = self.name or info["hostname"]
-                reply = Client(self.cp.base_url).post(
-                    "/api/agents/register",
-                    {
-                        "engine_id": info["engine_id"],
-                        "name": name,
-                        "info": {**info, "agent_version": __version__},
-                    },
-                )
-                self.node_id, self.cluster_id = reply["node_id"], reply["cluster_id"]
-                self.cp.token = reply["token"]
-                interval = float(reply["heartbeat_interval"])
-            except DockletError as exc:
-                log.warning("register: %s; retrying in %.1fs", exc.message, backoff.current)
-                backoff.wait(self.stop)
-                continue
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning(
-                    "register: unexpected answer from %s (%r); retrying in %.1fs",
+                reply = self._registration(info)
+            except BadRequest as exc:
+                log.error(
+                    "register: %s gave an answer this agent cannot use: %s; retrying in %.1fs",
                     self.cp.base_url,
-                    exc,
+                    exc.message,
                     backoff.current,
                 )
                 backoff.wait(self.stop)
                 continue
-            self.report_seq = 0
-            self.heartbeat_interval = self.interval_override or interval
+            except DockletError as exc:
+                log.warning(
+                    "register: %s%s; retrying in %.1fs",
+                    exc.message,
+                    docker_detail(exc),
+                    backoff.current,
+                )
+                backoff.wait(self.stop)
+                continue
+            with self._lock:
+                self.node_id, self.cluster_id = reply.node_id, reply.cluster_id
+                self.cp.token = reply.token
+                self._cp_interval = reply.heartbeat_interval
+                self._report_seq = 0  # the CP starts this node's count again too
+                self._generation += 1
             log.info(
                 "registered as node %s with %s (Docker %s)",
                 self.node_id,
@@ -103,27 +149,39 @@ class Agent:
             )
             return
 
-    def _reregister_if_refused(self, exc: APIError) -> bool:
+    def _registration(self, info: dict[str, Any]) -> RegistrationReply:
+        body = {
+            "engine_id": info["engine_id"],
+            "name": self.config.node_name or info["hostname"],
+            "info": {**info, "agent_version": __version__},
+        }
+        # No token: the one this agent holds may be the one being refused.
+        return parse(RegistrationReply, Client(self.cp.base_url).post("/api/agents/register", body))
+
+    def _reregister_if_refused(self, exc: APIError, generation: int) -> bool:
         """React to the CP refusing this agent's token; True when handled.
 
         404: the CP no longer knows the node (its data was reset): register
         again. 401: another agent registered for this Docker engine since, so
         this one is the stale one: it stops rather than fight over the node.
+        A refusal of a token this agent has already replaced itself is moot.
         """
-        if exc.status == 404 and exc.code == "not_found":
-            with self._registered:
+        if exc.status not in (401, 404) or (exc.status == 404 and exc.code != "not_found"):
+            return False
+        with self._registered:
+            if generation != self._generation:
+                return True  # another loop registered again meanwhile
+            if exc.status == 404:
                 log.warning("node %s: %s; registering again", self.node_id, exc.message)
                 self.register()
-            return True
-        if exc.status == 401:
-            log.error(
-                "node %s: %s; another agent now serves this Docker engine, so this one stops",
-                self.node_id,
-                exc.message,
-            )
-            self.stop.set()
-            return True
-        return False
+                return True
+        log.error(
+            "node %s: %s; another agent now serves this Docker engine, so this one stops",
+            self.node_id,
+            exc.message,
+        )
+        self.stop.set()
+        return True
 
     # -- heartbeats ----------------------------------------------------------
 
@@ -135,17 +193,18 @@ class Agent:
             body["docker_ok"] = True
         except DockletError as exc:
             # Never report "no containers" because the list call failed.
-            log.warning("node %s: %s", self.node_id, exc.message)
+            log.warning("node %s: %s%s", self.node_id, exc.message, docker_detail(exc))
             body.update(docker_ok=False, docker_error=exc.message)
         self.cp.post(f"/api/agents/{self.node_id}/heartbeat", body)
 
     def heartbeat_loop(self, max_iterations: int | None = None) -> None:
         done = 0
         while not self.stop.is_set() and (max_iterations is None or done < max_iterations):
+            generation = self._generation
             try:
                 self.heartbeat_once()
             except APIError as exc:
-                if not self._reregister_if_refused(exc):
+                if not self._reregister_if_refused(exc, generation):
                     log.warning("heartbeat refused: %s", exc.message)
             except CPUnreachable as exc:
                 log.warning("heartbeat: %s", exc.message)
@@ -154,42 +213,93 @@ class Agent:
             done += 1
             self.stop.wait(self.heartbeat_interval)
 
-    # -- tasks -----------------------------------------------------------------
+    # -- leasing tasks ---------------------------------------------------------
+
+    def free_capacity(self) -> int:
+        """Workers not spoken for: tasks held (running or queued) each take one."""
+        with self._lock:
+            return self.config.concurrency - len(self._held)
 
     def poll_once(self) -> int:
-        """Long-poll for tasks and run each; returns how many ran."""
+        """Long-poll for as many tasks as there are free workers and start them.
+
+        Returns how many were leased; they run in the background (see `drain`).
+        """
+        free = self.free_capacity()
+        if free <= 0:
+            return 0
+        wait = self.config.poll_wait
         reply = self.cp.get(
-            f"/api/agents/{self.node_id}/tasks?wait={self.poll_wait:g}",
-            timeout=self.poll_wait + defaults.HTTP_TIMEOUT,
+            f"/api/agents/{self.node_id}/tasks?wait={wait:g}&max={free}",
+            timeout=wait + self.cp.timeout,
         )
-        ran = 0
-        for task in reply["tasks"]:
-            if self.stop.is_set():
-                break  # shutting down: the CP hands these out again when we re-register
-            self.busy = True
+        leased = self._parse_tasks(reply)
+        if self.stop.is_set():
+            return 0  # shutting down: the CP hands these out again when we re-register
+        self._accept(leased)
+        return len(leased)
+
+    def _parse_tasks(self, reply: Any) -> list[LeasedTask]:
+        """The leased tasks; one this agent cannot read is failed at once, not left to expire."""
+        try:
+            return list(parse(TaskBatch, reply).tasks)
+        except BadRequest:
+            if not isinstance(reply, dict) or not isinstance(reply.get("tasks"), list):
+                raise
+        usable = []
+        for item in reply["tasks"]:
             try:
-                self.run_task(task)
-            finally:
-                self.busy = False
-            ran += 1
-        return ran
+                usable.append(parse(LeasedTask, item))
+            except BadRequest as exc:
+                self._refuse(item, exc.message)
+        return usable
+
+    def _refuse(self, item: Any, problem: str) -> None:
+        log.error("the control plane leased a task this agent cannot use: %s", problem)
+        task_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(task_id, int) or not isinstance(item.get("lease_token"), str):
+            return  # nothing to report it under: its lease runs out
+        body = {
+            "status": TaskStatus.FAILED,
+            "lease_token": item["lease_token"],
+            "error": f"agent {__version__} cannot run this task: {problem}",
+        }
+        try:
+            self.cp.post(f"/api/agents/{self.node_id}/tasks/{task_id}", body)
+        except DockletError as exc:
+            log.warning("task %s: report refused: %s", task_id, exc.message)
 
     def task_loop(self, max_iterations: int | None = None) -> None:
-        backoff = Backoff(defaults.RETRY_MAX)
+        backoff = Backoff(self.config.retry_max)
         done = 0
         while not self.stop.is_set() and (max_iterations is None or done < max_iterations):
             done += 1
+            if not self._wait_for_capacity():
+                break
+            generation = self._generation
             try:
                 self.engine.ping()  # no lease while Docker is down: the work would only wait
                 self.poll_once()
                 backoff.reset()
             except APIError as exc:
-                if not self._reregister_if_refused(exc):
+                if not self._reregister_if_refused(exc, generation):
                     log.warning("task poll refused: %s", exc.message)
                     backoff.wait(self.stop)
+            except BadRequest as exc:
+                log.error(
+                    "task poll: %s gave an answer this agent cannot use: %s; retrying in %.1fs",
+                    self.cp.base_url,
+                    exc.message,
+                    backoff.current,
+                )
+                backoff.wait(self.stop)
             except DockerUnavailable as exc:
                 log.warning(
-                    "node %s: %s; retrying in %.1fs", self.node_id, exc.message, backoff.current
+                    "node %s: %s%s; retrying in %.1fs",
+                    self.node_id,
+                    exc.message,
+                    docker_detail(exc),
+                    backoff.current,
                 )
                 backoff.wait(self.stop)
             except CPUnreachable as exc:
@@ -199,137 +309,237 @@ class Agent:
                 log.exception("task loop: unexpected error; retrying in %.1fs", backoff.current)
                 backoff.wait(self.stop)
 
-    def run_task(self, task: dict[str, Any]) -> None:
-        """Execute one task and report it; Docker being down leaves it for a retry."""
-        log.info(
-            "task %s: %s %s (revision %s)",
-            task["id"],
-            task["kind"],
-            task["container"],
-            task.get("revision"),
-        )
-        renew = threading.Event()
-        threading.Thread(target=self._renew_lease, args=(task, renew), daemon=True).start()
+    def _wait_for_capacity(self) -> bool:
+        """Block until a worker is free; False when the agent is stopping instead."""
+        with self._lock:
+            while len(self._held) >= self.config.concurrency:
+                if self.stop.is_set():
+                    return False
+                self._lock.wait(timeout=1.0)  # `stop` is an Event: look at it now and then
+        return not self.stop.is_set()
+
+    # -- running tasks -----------------------------------------------------------
+
+    def _accept(self, leased: list[LeasedTask]) -> None:
+        """Queue each task on its container's lane, in lease order, and keep its lease."""
+        now = time.monotonic()
+        with self._lock:
+            for task in leased:
+                if task.id in self._held:
+                    # Leased again (after a re-registration): report under the new token.
+                    self._held[task.id].task = task
+                    continue
+                self._held[task.id] = Held(task, now + task.lease_seconds / 3)
+                lane = self._lanes.get(task.slot_key)
+                if lane is not None:
+                    lane.append(task)  # its container is busy: wait for the task ahead
+                    continue
+                self._lanes[task.slot_key] = deque([task])
+                self._pool.submit(self._run_lane, task.slot_key)
+            if self._held and self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew_leases, daemon=True, name="lease-renewer"
+                )
+                self._renewer.start()
+            self._lock.notify_all()
+
+    def _run_lane(self, key: str) -> None:
+        """Run one container's tasks one after another until its lane is empty."""
+        while True:
+            with self._lock:
+                lane = self._lanes[key]
+                if not lane or self.stop.is_set():
+                    # Shutting down: queued tasks never start; the CP hands them out again.
+                    self._drop(key)
+                    return
+                task = lane.popleft()
+                self._held[task.id].running = True
+            ended = False
+            try:
+                ended = self.run_task(task)
+            except Exception:  # run_task reports its own failures; this is a last guard
+                log.exception("task %s: agent error", task.id)
+            finally:
+                with self._lock:
+                    del self._held[task.id]
+                    self._lock.notify_all()
+            if not ended:
+                with self._lock:
+                    # The task comes back after its lease runs out; the ones behind
+                    # it come back with it, so this container's tasks keep their order.
+                    self._drop(key)
+                return
+
+    def _drop(self, key: str) -> None:
+        """Give up a lane and the tasks queued in it (caller holds the lock)."""
+        for queued in self._lanes.pop(key):
+            log.info("task %s: not started; it will be handed out again", queued.id)
+            del self._held[queued.id]
+        self._lock.notify_all()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every held task has ended (when stopping: every running one).
+
+        Returns False if some are still going after `timeout` seconds.
+        """
+
+        def idle() -> bool:
+            if self.stop.is_set():
+                return not any(h.running for h in self._held.values())
+            return not self._held
+
+        with self._lock:
+            return self._lock.wait_for(idle, timeout)
+
+    def run_task(self, task: LeasedTask) -> bool:
+        """Execute one task and report it; False when Docker being down left it for a retry."""
+        log.info("task %s: %s %s (revision %s)", task.id, task.kind, task.container, task.revision)
         try:
             container = self._execute(task)
         except TaskFailed as exc:
-            log.warning("task %s: failed: %s", task["id"], exc.message)
-            self._report(task, "failed", error=exc.message)
+            log.warning("task %s: failed: %s", task.id, exc.message)
+            self._report(task, TaskStatus.FAILED, error=exc.message)
+            return True
+        except DockerUnavailable as exc:
+            # Not the task's fault: its lease runs out and it is handed out again.
+            log.warning("task %s: %s%s; left for a retry", task.id, exc.message, docker_detail(exc))
             return
-        except DockerUnavailable:
-            raise  # not the task's fault: its lease runs out and it is retried
         except Exception as exc:  # a bug here must fail one task, not the agent
-            log.exception("task %s: agent error", task["id"])
-            self._report(task, "failed", error=f"agent error: {exc!r}")
-            return
-        finally:
-            renew.set()
-        self._report(task, "done", container=container)
+            log.exception("task %s: agent error", task.id)
+            error = f"agent error ({type(exc).__name__}); see the agent's log on {self.node_id}"
+            self._report(task, TaskStatus.FAILED, error=error)
+            return True
+        self._report(task, TaskStatus.DONE, container=container)
+        return True
 
-    def _execute(self, task: dict[str, Any]) -> dict[str, Any] | None:
-        kind = task["kind"]
-        if kind == "deploy":
+    def _execute(self, task: LeasedTask) -> dict[str, Any] | None:
+        if task.kind == TaskKind.DEPLOY:
             return self.engine.deploy(task, self.node_id, self.cluster_id)
-        if kind == "stop":
+        if task.kind == TaskKind.STOP:
             return self.engine.stop(task, self.cluster_id)
-        if kind == "remove":
+        if task.kind == TaskKind.REMOVE:
             self.engine.remove(task, self.cluster_id)
             return None
-        raise TaskFailed(f"this agent ({__version__}) does not know task kind {kind!r}")
+        raise TaskFailed(f"this agent ({__version__}) does not know task kind {task.kind!r}")
 
-    def _renew_lease(self, task: dict[str, Any], done: threading.Event) -> None:
-        """Keep the lease while a long pull runs, so the task is not handed out again."""
-        while not done.wait(task["lease_seconds"] / 3):
-            try:
-                self.cp.post(
-                    f"/api/agents/{self.node_id}/tasks/{task['id']}",
-                    {"status": "running", "lease_token": task["lease_token"]},
-                )
-            except DockletError as exc:
-                log.warning("task %s: lease renewal failed: %s", task["id"], exc.message)
+    def _current(self, task: LeasedTask) -> LeasedTask:
+        """The task under its newest lease (the CP may have leased it again meanwhile)."""
+        with self._lock:
+            held = self._held.get(task.id)
+            return held.task if held else task
 
     def _report(
         self,
-        task: dict[str, Any],
-        status: str,
+        task: LeasedTask,
+        status: TaskStatus,
         *,
         error: str | None = None,
         container: dict[str, Any] | None = None,
     ) -> None:
-        self.report_seq += 1
+        task = self._current(task)
+        # Numbered after the Docker work ended: a heartbeat that read an equal or
+        # higher number listed containers after this task's change.
         body = {
             "status": status,
-            "lease_token": task["lease_token"],
-            "seq": self.report_seq,
+            "lease_token": task.lease_token,
+            "seq": self._next_seq(),
             "error": error,
             "container": container,
             "container_id": container["id"] if container else None,
         }
         try:
-            self.cp.post(f"/api/agents/{self.node_id}/tasks/{task['id']}", body)
+            self.cp.post(f"/api/agents/{self.node_id}/tasks/{task.id}", body)
         except APIError as exc:
             # A stale lease: the task was handed out again and will be run again.
-            log.warning("task %s: report refused: %s", task["id"], exc.message)
+            log.warning("task %s: report refused: %s", task.id, exc.message)
         except CPUnreachable as exc:
-            log.warning(
-                "task %s: report lost (%s); the task will be retried", task["id"], exc.message
+            log.warning("task %s: report lost (%s); the task will be retried", task.id, exc.message)
+
+    # -- lease renewal -------------------------------------------------------------
+
+    def _renew_leases(self) -> None:
+        """Keep every held lease, running or queued, so none is handed out again.
+
+        One thread for all: it sleeps until the earliest renewal is due and
+        ends when nothing is held (the next accepted task starts another). Once
+        the agent is stopping, queued tasks are given up: only running ones count.
+        """
+        while True:
+            with self._lock:
+                kept = self._kept()
+                if not kept:
+                    self._renewer = None
+                    return
+                now = time.monotonic()
+                due = [h.task for h in kept if h.renew_at <= now]
+                for task in due:
+                    self._held[task.id].renew_at = now + task.lease_seconds / 3
+            for task in due:
+                self._renew(task)
+            with self._lock:
+                kept = self._kept()
+                if kept:
+                    earliest = min(h.renew_at for h in kept)
+                    self._lock.wait(timeout=max(0.05, earliest - time.monotonic()))
+
+    def _kept(self) -> list[Held]:
+        """The leases worth keeping (caller holds the lock)."""
+        if self.stop.is_set():
+            return [h for h in self._held.values() if h.running]
+        return list(self._held.values())
+
+    def _renew(self, task: LeasedTask) -> None:
+        task = self._current(task)
+        try:
+            self.cp.post(
+                f"/api/agents/{self.node_id}/tasks/{task.id}",
+                {"status": TaskStatus.RUNNING, "lease_token": task.lease_token},
             )
+        except DockletError as exc:
+            # Stale: the task ended meanwhile, or was handed out again after a re-registration.
+            level = logging.INFO if exc.code == StaleLease.code else logging.WARNING
+            log.log(level, "task %s: lease not renewed: %s", task.id, exc.message)
 
     # -- the whole agent -------------------------------------------------------
 
     def run(self) -> None:
+        """Register, then heartbeat and run tasks until `stop`; then let running tasks end."""
         self.register()
-        beats = threading.Thread(target=self.heartbeat_loop, daemon=True, name="heartbeat")
-        beats.start()
-        self.task_loop()
-        beats.join(timeout=2)
+        if self.stop.is_set():
+            return
+        for loop in (self.heartbeat_loop, self.task_loop):
+            threading.Thread(target=loop, daemon=True, name=loop.__name__).start()
+        while not self.stop.wait(1.0):
+            pass
+        # The poller may sit in a long poll: it is a daemon and is left there;
+        # whatever it leases now is not started (see poll_once).
+        with self._lock:
+            running = sum(h.running for h in self._held.values())
+        if running:
+            log.info("stopping: waiting for %d running task(s) to finish", running)
+        self.drain()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--cp",
-    "cp_url",
-    envvar="DOCKLET_CP",
-    default=defaults.CP_URL,
-    show_default=True,
-    help="The control plane's URL.",
-)
-@click.option(
-    "--name",
-    envvar="DOCKLET_NODE_NAME",
-    default=None,
-    help="Node name. Default: the Docker host's name.",
-)
-@click.option(
-    "--heartbeat-interval",
-    envvar="DOCKLET_HEARTBEAT_INTERVAL",
-    type=float,
-    default=None,
-    help="Seconds between heartbeats. Default: what the CP says.",
-)
-@click.option(
-    "--log-level",
-    envvar="DOCKLET_LOG_LEVEL",
-    default="INFO",
-    show_default=True,
-    help="DEBUG, INFO, WARNING or ERROR.",
-)
+@settings_table.options(AgentConfig)
 @click.version_option(__version__, prog_name="docklet-agent")
-def main(cp_url: str, name: str | None, heartbeat_interval: float | None, log_level: str) -> None:
+def main(**options: Any) -> None:
     """Run the Docklet agent on this Docker host.
 
     Example: DOCKLET_CP=http://cp.example:8080 docklet-agent
     """
-    logs.setup(log_level)
-    agent = Agent(cp_url, name=name, heartbeat_interval=heartbeat_interval)
+    config = settings_table.build(AgentConfig, options)
+    logs.setup(config.log_level)
+    agent = Agent(config)
 
     def shutdown(*_: object) -> None:
+        if agent.stop.is_set():
+            raise SystemExit(1)  # asked twice: do not wait for running tasks
         agent.stop.set()
-        if not agent.busy:  # waiting in a long poll: leave now rather than when it ends
-            raise SystemExit(0)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, shutdown)
-    log.info("agent %s starting; control plane %s", __version__, cp_url)
+    log.info("agent %s starting; control plane %s", __version__, config.cp)
     agent.run()
     log.info("agent stopped")

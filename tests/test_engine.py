@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import docker
+import dockerlab
 import pytest
+from conftest import RUN_ID
 
 from docklet.engine import Engine, TaskFailed
 from docklet.errors import DockerUnavailable
+from docklet.protocol import ContainerSpec, LeasedTask
+from docklet.status import TaskKind
 
 pytestmark = pytest.mark.docker
+
+DEAD_DOCKER = "unix:///tmp/docklet-no-such-docker.sock"
+# A process that ignores SIGTERM: `docker stop` waits out the whole grace period.
+IGNORE_TERM = ["sh", "-c", "trap '' TERM; exec httpd -f -p 80 -h /www"]
+
+
+@contextlib.contextmanager
+def slow_stop_image(docker_client: Any, web_image: str) -> Iterator[str]:
+    """The web image, but stopped with SIGTERM (the test image's own STOPSIGNAL is SIGKILL)."""
+    tag = f"docklet-test/slow-stop:{RUN_ID}"
+    dockerfile = f"FROM {web_image}\nSTOPSIGNAL SIGTERM\n".encode()
+    docker_client.images.build(
+        fileobj=io.BytesIO(dockerfile), tag=tag, labels={"docklet.test-run": RUN_ID}, pull=False
+    )
+    try:
+        yield tag
+    finally:
+        dockerlab.remove_image(docker_client, tag)
+
+
+@pytest.fixture(scope="module")
+def slow_image(docker_client: Any, web_image: str) -> Iterator[str]:
+    with slow_stop_image(docker_client, web_image) as tag:
+        yield tag
 
 
 @pytest.fixture
@@ -23,7 +53,7 @@ def cluster_id(docker_client: Any) -> Iterator[str]:
         c.remove(force=True)
 
 
-def deploy_task(image: str, task_id: int = 1, **spec: Any) -> dict[str, Any]:
+def deploy_task(image: str, task_id: int = 1, **spec: Any) -> LeasedTask:
     payload = {
         "image": image,
         "env": {"GREETING": "hi"},
@@ -37,15 +67,17 @@ def deploy_task(image: str, task_id: int = 1, **spec: Any) -> dict[str, Any]:
         **spec,
     }
     app = f"e{uuid.uuid4().hex[:6]}"
-    return {
-        "id": task_id,
-        "kind": "deploy",
-        "app": app,
-        "slot": 1,
-        "revision": 1,
-        "container": f"docklet.{app}.1",
-        "payload": payload,
-    }
+    return LeasedTask(
+        id=task_id,
+        kind=TaskKind.DEPLOY,
+        app=app,
+        slot=1,
+        revision=1,
+        container=f"docklet.{app}.1",
+        payload=ContainerSpec.model_validate(payload),
+        lease_token="lease",
+        lease_seconds=60,
+    )
 
 
 def test_deploy_is_idempotent(docker_client: Any, web_image: str, cluster_id: str) -> None:
@@ -80,8 +112,9 @@ def test_a_changed_spec_replaces_the_container(
     engine = Engine(docker_client)
     task = deploy_task(web_image)
     old = engine.deploy(task, "node-1", cluster_id)
-    task["payload"] = {**task["payload"], "env": {"GREETING": "bye"}, "container_hash": "hash-b"}
-    new = engine.deploy(task, "node-1", cluster_id)
+    assert task.payload is not None
+    spec = task.payload.model_copy(update={"env": {"GREETING": "bye"}, "container_hash": "hash-b"})
+    new = engine.deploy(task.model_copy(update={"payload": spec}), "node-1", cluster_id)
     assert new["id"] != old["id"]
     assert len(engine.list_managed(cluster_id)) == 1
 
@@ -105,7 +138,7 @@ def test_a_container_docklet_does_not_own_is_never_touched(
 ) -> None:
     engine = Engine(docker_client)
     task = deploy_task(web_image)
-    foreign = docker_client.containers.create(web_image, name=task["container"])
+    foreign = docker_client.containers.create(web_image, name=task.container)
     try:
         with pytest.raises(TaskFailed, match="does not manage"):
             engine.deploy(task, "node-1", cluster_id)
@@ -134,6 +167,25 @@ def test_a_failed_start_leaves_no_container(
 
 
 def test_an_unreachable_engine_is_unavailable_not_empty() -> None:
-    dead = docker.DockerClient(base_url="unix:///tmp/docklet-no-such.sock", version="1.41")
-    with pytest.raises(DockerUnavailable, match="unreachable"):
-        Engine(dead).list_managed("any")
+    with pytest.raises(DockerUnavailable) as caught:
+        Engine(url=DEAD_DOCKER).list_managed("any")
+    # What a person reads says where Docker was expected; the SDK's words are a detail.
+    assert caught.value.message == f"Docker engine not answering at {DEAD_DOCKER}"
+    assert "FileNotFoundError" in str(caught.value.details["detail"])
+
+
+def test_the_default_engine_is_named_by_docker_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", DEAD_DOCKER)
+    with pytest.raises(DockerUnavailable, match=f"not answering at {DEAD_DOCKER}$"):
+        Engine().ping()
+
+
+def test_a_stop_may_take_longer_than_one_docker_call(
+    docker_client: Any, slow_image: str, cluster_id: str
+) -> None:
+    """A grace period beyond the call timeout is the stop working, not Docker hanging."""
+    task = deploy_task(slow_image, command=IGNORE_TERM, stop_grace_period="12s")
+    Engine(docker_client).deploy(task, "node-1", cluster_id)
+    started = time.monotonic()
+    assert Engine(timeout=1).stop(task, cluster_id)["state"] == "exited"  # type: ignore[index]
+    assert time.monotonic() - started >= 11  # the process ignored SIGTERM: SIGKILL ended it
