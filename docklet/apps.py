@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from docklet import defaults, spec
 from docklet.errors import Conflict, InvalidSpec, NotFound
 from docklet.gitrepo import Changes
@@ -48,12 +46,12 @@ def _the_file(files: dict[str, bytes], name: str) -> str:
 
 
 def _read(files: dict[str, bytes], path: str) -> dict[str, Any]:
-    """The file as data; the spec it holds need not be valid (the edit may fix it)."""
+    """The file as data, read as the sync reads it; it need not be valid (the edit may fix it)."""
     try:
-        data = yaml.safe_load(files[path])
-    except yaml.YAMLError:
+        data = spec.parse(files[path], source=path)
+    except InvalidSpec as exc:
         raise InvalidSpec(
-            f"{path} is not valid YAML; fix it with a commit, or remove the app (docklet rm)"
+            f"{exc.message}; fix it with a commit, or remove the app (docklet rm)"
         ) from None
     return data if isinstance(data, dict) else {}
 

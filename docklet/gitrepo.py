@@ -21,6 +21,7 @@ import pygit2
 
 from docklet import defaults
 from docklet.errors import RefMoved, RepoError
+from docklet.spec import size_text
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,9 @@ def _not_a_spec(entry: pygit2.Object, name: str, utf8: bool) -> str | None:
         return "ignored: a submodule or other non-file entry"
     if not name.endswith(defaults.SPEC_SUFFIXES):
         return f"ignored: spec files end in {' or '.join(defaults.SPEC_SUFFIXES)}"
-    if entry.size > defaults.MAX_SPEC_BYTES:
-        return (
-            f"{entry.size / 1024:.0f} KiB is over the {defaults.MAX_SPEC_BYTES // 1024} KiB"
-            " limit for a spec file"
-        )
+    if entry.size > defaults.MAX_SPEC_BYTES:  # refused before its bytes are even read
+        limit = size_text(defaults.MAX_SPEC_BYTES)
+        return f"{size_text(entry.size)} is over the {limit} limit for a spec file"
     return None
 
 

@@ -16,16 +16,14 @@ from docklet.controlplane import ControlPlane
 log = logging.getLogger(__name__)
 
 
-def serve(config: CPConfig) -> None:
-    from waitress import create_server
+def create_server(cp: ControlPlane) -> Any:
+    """The HTTP server for `cp`'s API (waitress), not yet running."""
+    import waitress
 
     from docklet.api import make_app
 
-    cp = ControlPlane(config)
-    stop = threading.Event()
-    for target in (cp.run_controller, cp.watch_repo):
-        threading.Thread(target=target, args=(stop,), daemon=True, name=target.__name__).start()
-    server = create_server(
+    config = cp.config
+    return waitress.create_server(
         make_app(cp),
         host=config.host,
         port=config.port,
@@ -36,6 +34,14 @@ def serve(config: CPConfig) -> None:
         # spool up to 1 GiB to disk before the API could say no.
         max_request_body_size=config.max_body,
     )
+
+
+def serve(config: CPConfig) -> None:
+    cp = ControlPlane(config)
+    stop = threading.Event()
+    for target in (cp.run_controller, cp.watch_repo):
+        threading.Thread(target=target, args=(stop,), daemon=True, name=target.__name__).start()
+    server = create_server(cp)
     log.info(
         "control plane %s listening on http://%s:%s (data in %s, cluster %s)",
         __version__,

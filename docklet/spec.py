@@ -346,11 +346,6 @@ def with_default_tag(image: str) -> str:
     return f"{image}:latest"
 
 
-def dump(data: dict[str, Any]) -> bytes:
-    """A spec file's bytes from its data."""
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
-
-
 FORMATS = {
     "name": "use a-z, 0-9 and '-', starting and ending with a letter or digit, at most 63",
     "image": "expected an image reference such as nginx:1.25 or registry.example.com/team/app:v2",
@@ -481,7 +476,7 @@ class _Loader(yaml.SafeLoader):
 def _parse(content: bytes | str, source: str) -> tuple[Any, Node | None]:
     raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
     if len(raw) > MAX_SPEC_BYTES:
-        size, limit = _size(len(raw)), _size(MAX_SPEC_BYTES)
+        size, limit = size_text(len(raw)), size_text(MAX_SPEC_BYTES)
         raise InvalidSpec(f"{source}: {size} is over the {limit} limit for a spec file")
     text = _decode(raw, source)
     try:
@@ -498,7 +493,7 @@ def _parse(content: bytes | str, source: str) -> tuple[Any, Node | None]:
         raise _yaml_error(exc, text, source) from None
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     """'3.2 MiB', '256 KiB': rounded up, so a file just over a limit never reads as at it."""
     for unit, name in ((1024 * 1024, "MiB"), (1024, "KiB")):
         if n >= unit:
@@ -569,7 +564,7 @@ def _check_expansion(root: Node, source: str) -> None:
         return total
 
     if size(root) > budget:
-        limit = _size(MAX_SPEC_EXPANDED)
+        limit = size_text(MAX_SPEC_EXPANDED)
         raise InvalidSpec(f"{source}: expands to more than {limit} (YAML aliases?)")
 
 

@@ -130,11 +130,10 @@ def api(cp: ControlPlane) -> WSGIClient:
 @pytest.fixture
 def served_cp(cp: ControlPlane) -> Iterator[str]:
     """The in-process CP behind a real HTTP server on loopback, with its controller loop."""
-    from waitress import create_server
+    from docklet.server import create_server
 
-    from docklet.api import make_app
-
-    server = create_server(make_app(cp), host="127.0.0.1", port=0, threads=16)
+    cp.config = CPConfig(**{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 16})
+    server = create_server(cp)
     stop = threading.Event()
 
     def run_server() -> None:

@@ -11,6 +11,7 @@ import yaml
 from conftest import WSGIClient
 
 from docklet import API_VERSION, __version__, tasks
+from docklet.api import ROUTES, Route
 from docklet.client import Client
 from docklet.controlplane import ControlPlane
 from docklet.status import TaskKind
@@ -354,3 +355,30 @@ def test_an_app_whose_file_is_broken_yaml_can_still_be_removed(
     status, body = api.delete("/api/apps/web")
     assert status == 200, body
     assert repo_file(cp, "apps/web.yaml") is None
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
+def test_every_route_meets_bad_input_with_a_4xx_in_the_error_shape(
+    api: WSGIClient, route: Route
+) -> None:
+    """The contract over the route table itself: a route added later is checked too."""
+    create(api)
+    node, auth = register(api)
+    values = {"<name>": ["web", "gh%C3%B8st", "a" * 300], "<node_id>": [node, "ghost"]}
+    values["<task_id:int>"] = ["1", str(2**70)]
+    paths = [route.path]
+    for marker, options in values.items():
+        paths = (
+            [p.replace(marker, v) for p in paths for v in options]
+            if marker in route.path
+            else paths
+        )
+    bodies = [b"{", b"[]", b'{"image": 1e400}', b'{"status": "done", "containers": 7}', b"\xff"]
+    for path in paths:
+        for raw in bodies:
+            for headers in ({}, auth):
+                status, body = api.request(route.method, path, raw=raw, headers=headers)
+                assert status < 500, (path, raw, status, body)
+                if status >= 400:
+                    assert set(body) == {"error"}, body
+                    assert set(body["error"]) == {"code", "message", "status"}

@@ -220,7 +220,7 @@ def test_ps_shows_a_spec_that_does_not_validate_even_for_a_new_app(
     cp.commit(lambda f: {"apps/bad.yaml": b"name: bad\nimage: nginx\nreplica: 2\n"}, "x", "x <x@x>")
     code, out, _ = invoke(served_cp, "ps")
     assert code == ExitCode.OK
-    assert "✖ apps/bad.yaml: replica: unknown key" in out
+    assert "✖ apps/bad.yaml:3: replica: unknown key" in out
 
 
 def test_stopping_a_stopped_app_says_so(served_cp: str) -> None:

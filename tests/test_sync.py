@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from docklet.config import CPConfig
 from docklet.controlplane import ControlPlane
 from docklet.store import Store
@@ -105,7 +107,7 @@ def test_invalid_file_is_a_sync_error_and_the_app_keeps_its_revision(cp: Control
     assert result is not None and result.new_revisions == {} and result.removed == []
     errors = sync_errors(cp.store)
     assert list(errors) == ["apps/web.yaml"]
-    assert errors["apps/web.yaml"].startswith("apps/web.yaml: replicas: ")
+    assert errors["apps/web.yaml"].startswith("apps/web.yaml:4: replicas: ")
     assert cp.store.one("SELECT commit_sha FROM sync_errors") == {"commit_sha": bad}
     assert app_row(cp.store, "web") == {"desired": "running", "current_revision": 1}
     assert [r["status"] for r in revisions(cp.store, "web")] == ["active"]
