@@ -31,7 +31,12 @@ def slow_stop_image(docker_client: Any, web_image: str) -> Iterator[str]:
     tag = f"docklet-test/slow-stop:{RUN_ID}"
     dockerfile = f"FROM {web_image}\nSTOPSIGNAL SIGTERM\n".encode()
     docker_client.images.build(
-        fileobj=io.BytesIO(dockerfile), tag=tag, labels={"docklet.test-run": RUN_ID}, pull=False
+        fileobj=io.BytesIO(dockerfile),
+        tag=tag,
+        labels={"docklet.test-run": RUN_ID},
+        pull=False,
+        rm=True,  # docker-py keeps the build's intermediate containers unless told
+        forcerm=True,
     )
     try:
         yield tag

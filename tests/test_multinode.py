@@ -90,7 +90,8 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
             30,
             "node-2's leftover container to be removed",
         )
-        assert cluster.app("spread")["nodes"] == ["node-1"]
+        # The agent's report of the removal may still be on its way.
+        wait_for(lambda: cluster.app("spread")["nodes"] == ["node-1"], 10, "node-2 to be empty")
         assert cluster.app("spread")["actual"] == "running"
     finally:
         agent2.stop()
