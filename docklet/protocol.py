@@ -29,6 +29,7 @@ Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,62}$"
 MAX_CONTAINERS = 5_000  # per heartbeat: far above one engine's practical load, far below limits
 MAX_INFO_KEYS = 64
+MAX_EVIDENCE = 4000  # characters of a health check's output or a container's last log lines
 
 
 class Label(StrEnum):
@@ -81,6 +82,11 @@ class ObservedContainer(Wire):
     labels: dict[str, Annotated[str, Field(max_length=1000)]] = Field(
         default_factory=dict, max_length=256
     )
+    # From `docker inspect`, which agents run only for young or failing containers:
+    # what the rollout health gate judges by, and the evidence a failed canary leaves.
+    started_at: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    health_log: Annotated[str, Field(max_length=MAX_EVIDENCE)] | None = None
+    logs: Annotated[str, Field(max_length=MAX_EVIDENCE)] | None = None
 
     @property
     def app(self) -> str | None:
@@ -93,7 +99,16 @@ class ObservedContainer(Wire):
 
     def fingerprint(self) -> tuple[Any, ...]:
         """What the CP stores of it: equal fingerprints need no write."""
-        return (self.id, self.state, self.health, self.exit_code, self.restarts)
+        return (
+            self.id,
+            self.state,
+            self.health,
+            self.exit_code,
+            self.restarts,
+            self.started_at,
+            self.health_log,
+            self.logs,
+        )
 
 
 class Heartbeat(Wire):
@@ -110,6 +125,8 @@ class TaskReport(Wire):
     error: Text | None = None
     container_id: Id | None = None
     container: ObservedContainer | None = None
+    # What a deploy ran: `repo@sha256:…` when the registry gave a digest, else the image id.
+    image_digest: Annotated[str, Field(max_length=300)] | None = None
 
     @field_validator("status")
     @classmethod
@@ -143,6 +160,11 @@ class ContainerSpec(Wire):
     stop_grace_period: float | str = "10s"
     healthcheck: dict[str, Any] | None = None
     pull: str = "missing"
+    # Containers of the same slot on this node to stop (not remove) right before the
+    # new one starts, after it is pulled and created: stop-first without ever
+    # stopping the old one for an image that is missing or a spec Docker refuses.
+    # If the new one then fails to start, they are started again.
+    replaces: list[Id] = Field(default_factory=list, max_length=10)
 
 
 class LeasedTask(Wire):
