@@ -194,6 +194,26 @@ def revisions(cp: ControlPlane, name: str) -> str:
     return _json(cp.revisions(name))
 
 
+def rollback(cp: ControlPlane, name: str) -> str:
+    data = body(cp)
+    to = data.get("to")
+    if to is not None and (not isinstance(to, str) or not re.fullmatch(r"v?[0-9]{1,9}", to)):
+        raise BadRequest("'to' is a revision such as \"v2\" (docklet history lists them)")
+    return _json(cp.rollback(name, int(to.lstrip("v")) if to else None, _author()))
+
+
+def retry_rollout(cp: ControlPlane, name: str) -> str:
+    return _json(cp.retry(name))
+
+
+def list_rollouts(cp: ControlPlane, name: str) -> str:
+    return _json(cp.rollouts(name))
+
+
+def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
+    return _json(cp.rollout(name, rollout_id))
+
+
 def register(cp: ControlPlane) -> str:
     return _json(cp.register(parse(Registration, body(cp))))
 
@@ -236,6 +256,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/apps/<name>/start", start_app),
     Route("DELETE", "/api/apps/<name>", delete_app),
     Route("GET", "/api/apps/<name>/revisions", revisions),
+    Route("POST", "/api/apps/<name>/rollback", rollback),
+    Route("POST", "/api/apps/<name>/rollouts/retry", retry_rollout),
+    Route("GET", "/api/apps/<name>/rollouts", list_rollouts),
+    Route("GET", "/api/apps/<name>/rollouts/<rollout_id:int>", get_rollout),
     Route("POST", "/api/agents/register", register),
     Route("POST", "/api/agents/<node_id>/heartbeat", heartbeat),
     Route("GET", "/api/agents/<node_id>/tasks", agent_tasks),

@@ -7,20 +7,22 @@ requests and shapes answers. The process entry point is `server.py`.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
 import time
 from typing import Any
 
-from docklet import apps, events, nodes, scheduler, spec, tasks
+from docklet import apps, events, nodes, rollout, scheduler, spec, tasks
 from docklet.apps import Edit
 from docklet.config import CPConfig
-from docklet.errors import NotFound
+from docklet.errors import Conflict, NotFound
 from docklet.gitrepo import GitRepo
 from docklet.protocol import Heartbeat, Registration, TaskReport
 from docklet.spec import SpecState
 from docklet.state import app_views, nodes_view, revisions_view
+from docklet.status import RevisionStatus, RolloutStatus, TaskStatus
 from docklet.store import Store, get_meta, set_meta
 from docklet.sync import SyncResult, sync
 
@@ -42,6 +44,10 @@ class ControlPlane:
         with self.store.write() as db:
             self.cluster_id = get_meta(db, "cluster_id") or secrets.token_hex(8)
             set_meta(db, "cluster_id", self.cluster_id)
+            # Deadlines that fell due while the CP was down get that time back.
+            last_pass = get_meta(db, "last_pass_at")
+            if last_pass:
+                rollout.resume(db, self.started_at - float(last_pass))
         self._wake = threading.Event()
         self._work = threading.Condition()
         # One sync at a time: a sync that read an older head must never write
@@ -68,6 +74,58 @@ class ControlPlane:
             apps.create(app_spec), f"Create app {app_spec.name} ({app_spec.image})", author
         )
         return {"app": app_spec.name, "commit": sha, **self.app(app_spec.name)}
+
+    def rollback(self, name: str, to: int | None, author: str) -> dict[str, Any]:
+        """Commit an older revision's spec back: a person's decision, recorded in Git."""
+        self.app(name)
+        row = self._rollback_target(name, to)
+        old = json.loads(row["spec"])
+
+        def restore(data: dict[str, Any]) -> dict[str, Any]:
+            return {**old, "state": data.get("state", old.get("state", "running"))}
+
+        message = f"Roll back app {name} to v{row['number']} ({row['commit_sha'][:8]})"
+        return self._edit(name, apps.change(name, restore), message, author)
+
+    def _rollback_target(self, name: str, to: int | None) -> dict[str, Any]:
+        if to is not None:
+            row = self.store.one("SELECT * FROM revisions WHERE app = ? AND number = ?", (name, to))
+            if row is None:
+                raise NotFound(f"app {name!r} has no revision v{to} (docklet history {name})")
+            return row
+        row = self.store.one(
+            "SELECT r.* FROM revisions r JOIN apps a ON a.name = r.app WHERE r.app = ?"
+            " AND r.number < a.current_revision AND r.status IN (?, ?)"
+            " ORDER BY r.number DESC LIMIT 1",
+            (name, RevisionStatus.STABLE, RevisionStatus.REPLACED),
+        )
+        if row is None:
+            raise Conflict(f"app {name!r} has no earlier stable revision to roll back to")
+        return row
+
+    def retry(self, name: str) -> dict[str, Any]:
+        """Roll out the held or failed target revision again, as a person asked."""
+        self.app(name)
+        with self.store.write() as db:
+            if not rollout.retry(db, name):
+                raise Conflict(f"app {name!r} has no held or failed revision to retry")
+        self.reconcile()
+        return {"app": name, "commit": None, **self.app(name)}
+
+    def rollouts(self, name: str) -> list[dict[str, Any]]:
+        self.app(name)
+        rows = self.store.query(
+            "SELECT * FROM rollouts WHERE app = ? ORDER BY id DESC LIMIT 100", (name,)
+        )
+        return [v for v in map(rollout.view, rows) if v]
+
+    def rollout(self, name: str, rollout_id: int) -> dict[str, Any]:
+        if not 0 < rollout_id < 2**63:
+            raise NotFound(f"app {name!r} has no rollout {rollout_id}")
+        row = self.store.one("SELECT * FROM rollouts WHERE app = ? AND id = ?", (name, rollout_id))
+        if row is None:
+            raise NotFound(f"app {name!r} has no rollout {rollout_id}")
+        return rollout.view(row) or {}
 
     def update_app(self, name: str, fields: dict[str, Any], author: str) -> dict[str, Any]:
         # Values stay out of the message (env may hold secrets); the image is what people scan for.
@@ -98,7 +156,31 @@ class ControlPlane:
         if queued:
             with self._work:
                 self._work.notify_all()
+        self._record_outcomes()
         return queued
+
+    def _record_outcomes(self) -> None:
+        """Write finished rollouts' outcomes to Git, outside any database transaction."""
+        for r in rollout.unrecorded(self.store._reader()):
+            status = RolloutStatus(r["status"])
+            deployed = {
+                RolloutStatus.STABLE: r["to_commit"],
+                RolloutStatus.ROLLED_BACK: r["from_commit"],
+            }.get(status)
+            note = None
+            if status in (
+                RolloutStatus.ROLLED_BACK,
+                RolloutStatus.ROLLBACK_FAILED,
+                RolloutStatus.FAILED,
+            ):
+                text = f"docklet: {r['app']} v{r['revision']} {status}: {r['reason']}\n"
+                note = (r["to_commit"], text)
+            try:
+                self.repo.record_outcome(r["app"], deployed, note)
+            except Exception:  # Git is where people look; the database stays the truth
+                log.exception("rollout %s: could not record its outcome in Git", r["id"])
+            with self.store.write() as db:
+                rollout.mark_recorded(db, r["id"])
 
     def wake(self) -> None:
         """Ask the controller loop for a pass now (a heartbeat or report changed things)."""
@@ -160,8 +242,10 @@ class ControlPlane:
     def report(self, node_id: str, task_id: int, report: TaskReport) -> dict[str, Any]:
         with self.store.write() as db:
             outcome = tasks.report(db, node_id, task_id, report, self.config.task_lease)
+            if report.image_digest and report.status == TaskStatus.DONE and outcome["revision"]:
+                rollout.record_digest(db, outcome["app"], outcome["revision"], report.image_digest)
         self.wake()
-        return outcome
+        return {"status": outcome["status"]}
 
     def lease_tasks(
         self, node_id: str, token: str, wait: float, limit: int = 10

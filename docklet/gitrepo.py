@@ -214,6 +214,22 @@ class GitRepo:
         # another writer's, so it is never touched again.
         os.replace(lock, ref_file)
 
+    def record_outcome(self, app: str, deployed: str | None, note: tuple[str, str] | None) -> None:
+        """Say in Git what runs and why a revision did not: refs people look at.
+
+        `refs/docklet/deployed/<app>` points at the commit that runs; a failed
+        rollout leaves a note on its commit under `refs/notes/docklet`. Neither
+        moves the branch, so neither is synced (and no revert commit is made:
+        peers that did so created sync loops).
+        """
+        with self._lock:
+            if deployed:
+                self.repo.references.create(deployed_ref(app), pygit2.Oid(hex=deployed), force=True)
+            if note:
+                commit, text = note
+                who = pygit2.Signature(*COMMITTER)
+                self.repo.create_note(text, who, who, commit, NOTES_REF, True)
+
     @staticmethod
     def _clear_stale_lock(lock: Path) -> None:
         try:
@@ -223,3 +239,11 @@ class GitRepo:
         if age > STALE_LOCK_AGE:
             log.warning("repo: removing stale lock %s (%.0fs old)", lock, age)
             lock.unlink(missing_ok=True)
+
+
+NOTES_REF = "refs/notes/docklet"
+DEPLOYED_REF = "refs/docklet/deployed/{app}"
+
+
+def deployed_ref(app: str) -> str:
+    return DEPLOYED_REF.format(app=app)

@@ -24,9 +24,10 @@ from typing import Any
 
 from docklet import events, nodes, tasks
 from docklet.config import CPConfig
-from docklet.spec import AppSpec
+from docklet.rollout import LIVE, Controller
+from docklet.spec import AppSpec, RolloutOrder, parse_port
 from docklet.status import ContainerState, DesiredState, EventKind, NodeStatus, TaskKind, TaskStatus
-from docklet.store import Store, savepoint
+from docklet.store import Store, savepoint, set_meta
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ Row = sqlite3.Row
 Open = dict[tuple[str, str], Any]  # (node, container) → open task (a Row, or a container row)
 
 
+Placed = tuple[str, int | None]  # (node, revision; None: the app's stable revision)
+
+
 @dataclass
 class World:
     """What one pass knows, read once at its start."""
@@ -49,20 +53,34 @@ class World:
     containers: dict[str, list[Row]]
     open: dict[str, Open]
     latest: dict[tuple[str, int, str], Row]
-    placements: dict[str, dict[int, str]]
-    revisions: dict[str, Row] = field(default_factory=dict)  # each app's current revision
+    placements: dict[str, dict[int, Placed]]
+    revisions: dict[tuple[str, int], Row] = field(default_factory=dict)
+    revision_status: dict[tuple[str, int], str] = field(default_factory=dict)
+    rollouts: dict[str, Row] = field(default_factory=dict)  # live rollouts by app
     load: Counter[str] = field(default_factory=Counter)  # slots per node, all apps
+    verified: dict[str, set[int]] = field(default_factory=dict)  # slots the gate passed
 
     @classmethod
     def read(cls, db: sqlite3.Connection, config: CPConfig, now: float) -> World:
         containers: dict[str, list[Row]] = defaultdict(list)
         for c in db.execute("SELECT * FROM containers ORDER BY app, slot, node_id"):
             containers[c["app"]].append(c)
-        placements: dict[str, dict[int, str]] = defaultdict(dict)
+        placements: dict[str, dict[int, Placed]] = defaultdict(dict)
         load: Counter[str] = Counter()
-        for p in db.execute("SELECT app, slot, node_id FROM placements"):
-            placements[p["app"]][p["slot"]] = p["node_id"]
+        for p in db.execute("SELECT app, slot, node_id, revision FROM placements"):
+            placements[p["app"]][p["slot"]] = (p["node_id"], p["revision"])
             load[p["node_id"]] += 1
+        rollouts = {r["app"]: r for r in db.execute(f"SELECT * FROM rollouts WHERE {LIVE}")}
+        # The revisions a pass can touch: each app's stable and target ones, and those
+        # of its live rollout.
+        revisions = {
+            (r["app"], r["number"]): r
+            for r in db.execute(
+                "SELECT r.* FROM revisions r JOIN apps a ON a.name = r.app"
+                " LEFT JOIN rollouts o ON o.app = r.app AND o." + LIVE + " WHERE r.number IN"
+                " (a.current_revision, a.target_revision, o.revision, o.from_revision)"
+            )
+        }
         return cls(
             config=config,
             now=now,
@@ -71,20 +89,56 @@ class World:
             open=tasks.open_tasks(db),
             latest=tasks.latest_per_slot(db),
             placements=placements,
-            revisions={
-                r["app"]: r
-                for r in db.execute(
-                    "SELECT r.app, r.number, r.spec, r.spec_hash, r.container_hash"
-                    " FROM revisions r JOIN apps a"
-                    " ON a.name = r.app AND a.current_revision = r.number"
-                )
-            },
+            revisions=revisions,
+            revision_status={k: r["status"] for k, r in revisions.items()},
+            rollouts=rollouts,
             load=load,
         )
 
     def reachable(self, node_id: str) -> bool:
         node = self.nodes.get(node_id)
         return node is not None and node["status"] != NodeStatus.OFFLINE
+
+    def revision_row(self, app: str, number: int) -> dict[str, Any]:
+        row = self.revisions[(app, number)]
+        return {**dict(row), "status": self.revision_status[(app, number)]}
+
+    def revision(self, app: str, number: int) -> Revision:
+        return Revision.of(self.revisions[(app, number)])
+
+    def eligible(self, spec: AppSpec) -> list[str]:
+        return [
+            n
+            for n, row in self.nodes.items()
+            if row["status"] == NodeStatus.ONLINE
+            and row["docker_ok"]
+            and (not spec.placement.nodes or n in spec.placement.nodes)
+        ]
+
+    def place_for(self, db: sqlite3.Connection, app: str, slot: int, number: int) -> str | None:
+        """Spread: the eligible node with the fewest of this app's slots, then fewest overall."""
+        eligible = self.eligible(self.revision(app, number).spec)
+        if not eligible:
+            return None
+        mine = Counter(p[0] for s, p in self.placements.get(app, {}).items() if s != slot)
+        node_id = min(eligible, key=lambda n: (mine[n], self.load[n], n))
+        self.load[node_id] += 1
+        previous = self.placements.get(app, {}).get(slot)
+        if previous:
+            self.load[previous[0]] -= 1
+            if previous[0] != node_id:  # work queued for the old node is moot now
+                tasks.cancel_pending(
+                    db, app, f"slot {slot} moved to {node_id}", slot=slot, node_id=previous[0]
+                )
+        moved = f" (moved from {previous[0]})" if previous else ""
+        events.record(
+            db,
+            EventKind.SLOT_PLACED,
+            f"app {app}: slot {slot} on {node_id}{moved}",
+            app=app,
+            node_id=node_id,
+        )
+        return node_id
 
 
 def reconcile(
@@ -106,6 +160,7 @@ def reconcile(
         return queued + _remove_orphans(db, world)
 
     def housekeeping(db: sqlite3.Connection) -> int:
+        set_meta(db, "last_pass_at", repr(now))  # a restart adds its downtime to deadlines
         events.prune(db, config.events_kept)
         tasks.prune(db, now - TASK_HISTORY)
         return 0
@@ -144,9 +199,13 @@ def _reconcile_app(db: sqlite3.Connection, app: Row, world: World) -> int:
     open_ = world.open.setdefault(name, {})
     if app["desired"] == DesiredState.RUNNING and app["current_revision"] is not None:
         tasks.cancel_pending(db, name, "app is running again", kind=TaskKind.STOP)
-        return _run(db, app, containers, open_, world)
+        controller = Controller(db, app, world)
+        live = controller.advance()
+        return _run(db, app, controller.current, live, containers, open_, world)
     tasks.cancel_pending(db, name, f"app is {app['desired']}", kind=TaskKind.DEPLOY)
     if app["desired"] == DesiredState.STOPPED:
+        if app["current_revision"] is not None:
+            Controller(db, app, world).advance()  # a new revision of a stopped app takes over
         return _for_each(db, name, containers, open_, TaskKind.STOP, only_running=True)
     # What only an offline node still holds need not keep the app: once the
     # node returns, its leftovers are orphans and are removed then.
@@ -163,11 +222,12 @@ _specs: dict[str, AppSpec] = {}
 
 @dataclass
 class Revision:
-    """The revision an app should run, with its spec parsed."""
+    """A revision with its spec parsed."""
 
     number: int
     container_hash: str
     spec: AppSpec
+    image: str  # what deploys run: the digest the first deploy pinned, else the spec's image
 
     @classmethod
     def of(cls, row: Row) -> Revision:
@@ -177,35 +237,44 @@ class Revision:
             if len(_specs) >= SPEC_CACHE_SIZE:
                 _specs.clear()
             spec = _specs[row["spec_hash"]] = AppSpec.model_validate(json.loads(row["spec"]))
-        return cls(row["number"], row["container_hash"], spec)
+        digest = row["image_digest"] or ""
+        # An image id (no registry digest) names bytes on one node only: other nodes use the tag.
+        image = digest if "@sha256:" in digest else spec.image
+        return cls(row["number"], row["container_hash"], spec, image)
 
 
-def _run(db: sqlite3.Connection, app: Row, containers: list[Row], open_: Open, world: World) -> int:
+def _run(
+    db: sqlite3.Connection,
+    app: Row,
+    current: int,
+    live: Row | None,
+    containers: list[Row],
+    open_: Open,
+    world: World,
+) -> int:
+    """Each slot runs its revision on its node; everything else of the app goes."""
     name = app["name"]
-    rev = Revision.of(world.revisions[name])
-    spec = rev.spec
     placements = world.placements.setdefault(name, {})
-    eligible = [
-        n
-        for n, row in world.nodes.items()
-        if row["status"] == NodeStatus.ONLINE
-        and row["docker_ok"]
-        and (not spec.placement.nodes or n in spec.placement.nodes)
-    ]
+    stable = world.revision(name, current)
+    slots = set(range(1, stable.spec.replicas + 1)) | {
+        s for s, p in placements.items() if p[1] is not None
+    }
     queued = 0
     unplaced = False
-    for slot in range(1, spec.replicas + 1):
-        node_id = placements.get(slot)
-        if node_id is None or _must_move(node_id, world, spec):
-            node_id = _place(db, name, slot, eligible, world)
-            if node_id is None:
-                unplaced = True
-                continue
-        cname = tasks.container_name(name, slot)
+    targets: dict[int, tuple[str, str]] = {}  # slot → (node, container name)
+    for slot in sorted(slots):
+        rev = world.revision(name, (placements.get(slot) or (None, None))[1] or current)
+        node_id = _node_for(db, name, slot, rev, world)
+        if node_id is None:
+            unplaced = True
+            continue
+        cname = tasks.container_name(name, slot, rev.container_hash)
+        targets[slot] = (node_id, cname)
         if (node_id, cname) in open_:
             continue
         here = [c for c in containers if c["node_id"] == node_id and c["name"] == cname]
         if _needs_deploy(app, rev, slot, here, world.nodes[node_id], world):
+            replaces = _replaces(rev, slot, node_id, cname, containers)
             tasks.create(
                 db,
                 node_id=node_id,
@@ -214,73 +283,88 @@ def _run(db: sqlite3.Connection, app: Row, containers: list[Row], open_: Open, w
                 container=cname,
                 slot=slot,
                 revision=rev.number,
-                payload=deploy_payload(spec, rev.container_hash),
+                payload=deploy_payload(rev, replaces),
             )
+            open_[(node_id, cname)] = True
             queued += 1
-    _set_error(db, name, app["last_error"], _unplaced_reason(spec) if unplaced else None)
-    for slot in [s for s in placements if s > spec.replicas]:
-        world.load[placements.pop(slot)] -= 1
-    db.execute("DELETE FROM placements WHERE app = ? AND slot > ?", (name, spec.replicas))
-    # Containers of slots that no longer exist, or that now live on another node.
+    _set_error(db, name, app["last_error"], _unplaced_reason(stable.spec) if unplaced else None)
+    for slot in [s for s in placements if s not in slots]:
+        world.load[placements.pop(slot)[0]] -= 1
+        db.execute("DELETE FROM placements WHERE app = ? AND slot = ?", (name, slot))
+    kept = _kept_hashes(name, live, world)
     for c in containers:
-        misplaced = (
-            c["slot"] is None
-            or c["slot"] > spec.replicas
-            or placements.get(c["slot"]) not in (None, c["node_id"])
+        if (c["node_id"], c["name"]) in open_ or targets.get(c["slot"]) == (
+            c["node_id"],
+            c["name"],
+        ):
+            continue
+        if c["container_hash"] in kept and c["slot"] in targets:
+            # A rollout keeps the old revision's container (a rollback restarts it);
+            # once its slot's new container passed the gate it is stopped, not removed.
+            if c["slot"] in world.verified.get(name, set()) and ContainerState.is_live(c["state"]):
+                kind = TaskKind.STOP
+            else:
+                continue
+        else:
+            kind = TaskKind.REMOVE
+        tasks.create(
+            db, node_id=c["node_id"], app=name, kind=kind, container=c["name"], slot=c["slot"]
         )
-        if misplaced and (c["node_id"], c["name"]) not in open_:
-            tasks.create(
-                db,
-                node_id=c["node_id"],
-                app=name,
-                kind=TaskKind.REMOVE,
-                container=c["name"],
-                slot=c["slot"],
-            )
-            open_[(c["node_id"], c["name"])] = c
-            queued += 1
+        open_[(c["node_id"], c["name"])] = c
+        queued += 1
     return queued
 
 
-def _must_move(node_id: str, world: World, spec: AppSpec) -> bool:
-    """A slot leaves its node only when the node is gone or no longer allowed."""
-    if not world.reachable(node_id):
-        return True
-    return bool(spec.placement.nodes) and node_id not in spec.placement.nodes
-
-
-def _place(
-    db: sqlite3.Connection, app: str, slot: int, eligible: list[str], world: World
+def _node_for(
+    db: sqlite3.Connection, app: str, slot: int, rev: Revision, world: World
 ) -> str | None:
-    """Spread: the eligible node with the fewest of this app's slots, then fewest overall."""
-    if not eligible:
+    """The slot's node; a slot leaves it only when it is gone or no longer allowed."""
+    placed = world.placements[app].get(slot)
+    if placed is not None:
+        node_id, number = placed
+        allowed = not rev.spec.placement.nodes or node_id in rev.spec.placement.nodes
+        if world.reachable(node_id) and allowed:
+            return node_id
+    else:
+        number = None
+    node_id = world.place_for(db, app, slot, rev.number)
+    if node_id is None:
         return None
-    placements = world.placements[app]
-    mine = Counter(n for s, n in placements.items() if s != slot)
-    node_id = min(eligible, key=lambda n: (mine[n], world.load[n], n))
+    world.placements[app][slot] = (node_id, number)
     db.execute(
-        "INSERT INTO placements (app, slot, node_id) VALUES (?, ?, ?)"
+        "INSERT INTO placements (app, slot, node_id, revision) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (app, slot) DO UPDATE SET node_id = excluded.node_id",
-        (app, slot, node_id),
-    )
-    previous = placements.get(slot)
-    if previous:
-        world.load[previous] -= 1
-    if previous and previous != node_id:  # work queued for the old node is moot now
-        tasks.cancel_pending(
-            db, app, f"slot {slot} moved to {node_id}", slot=slot, node_id=previous
-        )
-    placements[slot] = node_id
-    world.load[node_id] += 1
-    moved = f" (moved from {previous})" if previous else ""
-    events.record(
-        db,
-        EventKind.SLOT_PLACED,
-        f"app {app}: slot {slot} on {node_id}{moved}",
-        app=app,
-        node_id=node_id,
+        (app, slot, node_id, number),
     )
     return node_id
+
+
+def _kept_hashes(app: str, live: Row | None, world: World) -> set[str]:
+    if live is None:
+        return set()
+    return {
+        world.revisions[(app, n)]["container_hash"]
+        for n in (live["revision"], live["from_revision"])
+        if (app, n) in world.revisions
+    }
+
+
+def _replaces(
+    rev: Revision, slot: int, node_id: str, cname: str, containers: list[Row]
+) -> list[str]:
+    """Old containers of this slot on this node the new one must stop before it starts."""
+    order = rev.spec.rollout.order
+    host_ports = any(parse_port(p).host_port for p in rev.spec.ports)
+    if order == RolloutOrder.START_FIRST or (order == RolloutOrder.AUTO and not host_ports):
+        return []
+    return [
+        c["name"]
+        for c in containers
+        if c["node_id"] == node_id
+        and c["slot"] == slot
+        and c["name"] != cname
+        and ContainerState.is_live(c["state"])
+    ]
 
 
 def _needs_deploy(
@@ -310,9 +394,14 @@ def _needs_deploy(
     return world.now - down_since >= world.config.heal_delay or restarted > down_since
 
 
-def deploy_payload(spec: AppSpec, container_hash: str) -> dict[str, Any]:
+def deploy_payload(rev: Revision, replaces: list[str]) -> dict[str, Any]:
     """What an agent needs to create the container: the container part of the spec."""
-    return {**spec.container_spec(), "container_hash": container_hash}
+    return {
+        **rev.spec.container_spec(),
+        "image": rev.image,
+        "container_hash": rev.container_hash,
+        "replaces": replaces,
+    }
 
 
 def _for_each(

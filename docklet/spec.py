@@ -217,15 +217,32 @@ class Healthcheck(Strict):
     start_period: Duration = "0s"
 
 
+class RolloutOrder(StrEnum):
+    AUTO = "auto"  # start-first, unless a published host port forbids two at once
+    START_FIRST = "start-first"  # the new container starts before the old one stops
+    STOP_FIRST = "stop-first"  # pulled and created first, then the old stops, then it starts
+
+
 class Rollout(Strict):
-    canary: int = Field(1, ge=0, le=MAX_COUNT, description="Replicas updated first, on one node.")
-    max_parallel: int = Field(
-        1, ge=1, le=MAX_COUNT, description="Replicas replaced at a time after it."
+    """How a new revision replaces the running one (defaults close to Nomad's and Swarm's)."""
+
+    canary: int = Field(
+        1, ge=0, le=1, description="1: one replica is updated first, on one node, and verified."
     )
-    min_healthy_time: Duration = "10s"
-    healthy_deadline: Duration = "5m"
-    progress_deadline: Duration = "10m"
-    auto_revert: bool = True
+    max_parallel: int = Field(
+        1, ge=1, le=MAX_COUNT, description="Replicas replaced at a time after the canary."
+    )
+    min_healthy_time: Duration = Field(
+        "5s", description="How long a new container must run (and pass its health check)."
+    )
+    healthy_deadline: Duration = Field(
+        "5m", description="How long one step may take to become healthy before it fails."
+    )
+    progress_deadline: Duration = Field(
+        "10m", description="How long the whole rollout may take (lost nodes are retried within)."
+    )
+    auto_revert: bool = Field(True, description="Roll back to the last stable revision on failure.")
+    order: RolloutOrder = RolloutOrder.AUTO
 
 
 class Placement(Strict):
@@ -282,6 +299,14 @@ class AppSpec(Strict):
     def container_hash(self) -> str:
         """Hash of what shapes a container; equal hashes mean a container can be kept."""
         return _digest(self.model_dump(mode="json", include=CONTAINER_FIELDS))
+
+    def runtime_hash(self) -> str:
+        """Hash of what decides whether the container works: its fields but labels.
+
+        A revision whose runtime hash failed before is not rolled out again by
+        itself (a later commit that only changes a label keeps it held).
+        """
+        return _digest(self.model_dump(mode="json", include=CONTAINER_FIELDS - {"labels"}))
 
     def container_spec(self) -> dict[str, Any]:
         """What an agent needs to make the container: its fields and the pull policy."""

@@ -11,12 +11,15 @@ from typing import Any
 from docklet.apps import app_name
 from docklet.config import CPConfig
 from docklet.nodes import effective_last_seen, status_for
+from docklet.rollout import view as rollout_view
 from docklet.status import (
     ActualState,
     AppStatus,
     ContainerState,
     DesiredState,
     NodeStatus,
+    RevisionStatus,
+    RolloutStatus,
     TaskKind,
     TaskStatus,
 )
@@ -56,7 +59,8 @@ def nodes_view(store: Store, config: CPConfig, started_at: float = 0.0) -> list[
 class AppRows:
     """Everything the app views read, in one query per table rather than per app."""
 
-    revisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revisions: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest, per app
     containers: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     tasks: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     failures: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
@@ -69,11 +73,18 @@ class AppRows:
         where, params = ("WHERE app = ?", (name,)) if name else ("", ())
         for r in store.query(
             "SELECT r.* FROM revisions r JOIN apps a"
-            " ON a.name = r.app AND a.current_revision = r.number"
+            " ON a.name = r.app AND r.number IN (a.current_revision, a.target_revision)"
             + (" WHERE a.name = ?" if name else ""),
             params,
         ):
-            rows.revisions[r["app"]] = r
+            rows.revisions[(r["app"], r["number"])] = r
+        for r in store.query(
+            "SELECT * FROM rollouts WHERE id IN (SELECT MAX(id) FROM rollouts"
+            + (" WHERE app = ?" if name else "")
+            + " GROUP BY app)",
+            params,
+        ):
+            rows.rollouts[r["app"]] = r
         for c in store.query(f"SELECT * FROM containers {where} ORDER BY slot, node_id", params):
             rows.containers[c["app"]].append(c)
         for t in store.query(
@@ -109,12 +120,18 @@ def app_views(
 
 def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -> dict[str, Any]:
     name = app["name"]
-    rev = rows.revisions.get(name)
+    rev = rows.revisions.get((name, app["current_revision"]))
+    target = rows.revisions.get((name, app["target_revision"])) or rev
+    latest = rows.rollouts.get(name)
+    live = latest if latest and not RolloutStatus(latest["status"]).is_terminal else None
     spec = json.loads(rev["spec"]) if rev else {}
     open_tasks = rows.tasks.get(name, [])
     failures = [
-        f for f in rows.failures.get(name, []) if f.pop("revision") == app["current_revision"]
+        f
+        for f in rows.failures.get(name, [])
+        if f.pop("revision") == app["current_revision"] and not live
     ]
+    wanted = {r["container_hash"] for r in (rev, target if live else None) if r}
     instances = [
         {
             "slot": c["slot"],
@@ -130,7 +147,7 @@ def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -
             "health": c["health"],
             "exit_code": c["exit_code"],
             "revision": f"v{c['revision']}" if c["revision"] else None,
-            "up_to_date": bool(rev) and c["container_hash"] == rev["container_hash"],
+            "up_to_date": c["container_hash"] in wanted,
             "image": c["image"],
         }
         for c in rows.containers.get(name, [])
@@ -144,19 +161,29 @@ def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -
         instances,
         [node_status.get(n) for n in placements],
     )
-    status = (
-        AppStatus.DEPLOYING
-        if any(t["kind"] == TaskKind.DEPLOY for t in open_tasks)
-        else AppStatus.FAILED
-        if failures
-        else AppStatus.STABLE
-    )
+    if live:
+        status = (
+            AppStatus.ROLLING_BACK
+            if live["status"] == RolloutStatus.ROLLING_BACK
+            else AppStatus.ROLLING_UPDATE
+        )
+    elif any(t["kind"] == TaskKind.DEPLOY for t in open_tasks):
+        status = AppStatus.DEPLOYING
+    else:
+        status = AppStatus.FAILED if failures else AppStatus.STABLE
+    shown = target if live else rev
+    held = target["reason"] if target and target["status"] == RevisionStatus.HELD else None
     return {
         "name": name,
         "desired": app["desired"],
         "actual": actual,
         "status": status,
-        "revision": f"v{rev['number']}" if rev else None,
+        # While a rollout runs, the revision it rolls out; otherwise the one that runs.
+        "revision": f"v{shown['number']}" if shown else None,
+        "running_revision": f"v{rev['number']}" if rev else None,
+        "target_revision": f"v{target['number']}" if target else None,
+        "held": held,
+        "rollout": rollout_view(latest),
         "image": spec.get("image"),
         "replicas": replicas,
         "running": running,
@@ -221,15 +248,12 @@ def _actual(
 
 def revisions_view(store: Store, app: str) -> list[dict[str, Any]]:
     rows = store.query(
-        "SELECT number, spec_hash, commit_sha, author, message, status, reason, created_at, spec"
-        " FROM revisions WHERE app = ? ORDER BY number DESC",
+        "SELECT number, spec_hash, commit_sha, author, message, status, reason, created_at,"
+        " image_digest, spec FROM revisions WHERE app = ? ORDER BY number DESC LIMIT 1000",
         (app,),
     )
-    return [
-        {
-            "revision": f"v{r['number']}",
-            **{k: v for k, v in r.items() if k != "spec"},
-            "spec": json.loads(r["spec"]),
-        }
-        for r in rows
-    ]
+    views = []
+    for r in rows:
+        spec = json.loads(r.pop("spec"))
+        views.append({"revision": f"v{r['number']}", **r, "image": spec["image"], "spec": spec})
+    return views

@@ -22,16 +22,51 @@ class ActualState(StrEnum):
 
 
 class AppStatus(StrEnum):
-    """Where the app's current revision is in being deployed."""
+    """Where the app's revision is in being deployed."""
 
     STABLE = "stable"
-    DEPLOYING = "deploying"
+    DEPLOYING = "deploying"  # a first revision, or a slot being healed
+    ROLLING_UPDATE = "rolling_update"  # a rollout to a new revision is under way
+    ROLLING_BACK = "rolling_back"
     FAILED = "failed"
 
 
 class RevisionStatus(StrEnum):
-    ACTIVE = "active"
+    PENDING = "pending"  # synced; not rolled out yet (or being rolled out)
+    STABLE = "stable"  # rolled out and verified: what the app runs
+    REPLACED = "replaced"  # was stable; a newer revision is stable now
+    FAILED = "failed"  # its rollout failed (the reason is kept)
+    SUPERSEDED = "superseded"  # a newer revision came before it was stable
+    HELD = "held"  # the same container spec failed before: waits for `docklet rollout retry`
+
+
+class RolloutStatus(StrEnum):
+    PENDING = "pending"
+    CANARY = "canary"  # the canary's task is placed; waiting for its container
+    VERIFYING = "verifying"  # the canary runs; the health gate is watching it
+    PROMOTING = "promoting"  # the other replicas, max_parallel at a time
+    STABLE = "stable"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"  # the old revision could not be restored in time
+    FAILED = "failed"  # failed with auto_revert off: left as it is
     SUPERSEDED = "superseded"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_ROLLOUTS
+
+
+TERMINAL_ROLLOUTS = frozenset(
+    {
+        RolloutStatus.STABLE,
+        RolloutStatus.ROLLED_BACK,
+        RolloutStatus.ROLLBACK_FAILED,
+        RolloutStatus.FAILED,
+        RolloutStatus.SUPERSEDED,
+    }
+)
+LIVE_ROLLOUT_STATUSES = tuple(s.value for s in RolloutStatus if s not in TERMINAL_ROLLOUTS)
 
 
 class TaskKind(StrEnum):
@@ -105,3 +140,4 @@ class EventKind(StrEnum):
     NODE_UNKNOWN = "node_unknown"
     NODE_OFFLINE = "node_offline"
     CONTROLLER_ERROR = "controller_error"
+    ROLLOUT = "rollout"  # every transition of a rollout

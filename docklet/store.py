@@ -121,6 +121,46 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_app ON events(app, id);
     """,
+    # 2: rollouts. A slot runs the revision its placement names (the app's stable
+    # revision when none); the rollout controller moves slots between revisions.
+    """
+    ALTER TABLE apps ADD COLUMN target_revision INTEGER;
+    UPDATE apps SET target_revision = current_revision;
+    ALTER TABLE placements ADD COLUMN revision INTEGER;
+    ALTER TABLE revisions ADD COLUMN runtime_hash TEXT;
+    ALTER TABLE revisions ADD COLUMN image_digest TEXT;
+    ALTER TABLE revisions ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;
+    UPDATE revisions SET status = 'stable' WHERE status = 'active';
+    UPDATE revisions SET status = 'replaced' WHERE status = 'superseded';
+    ALTER TABLE containers ADD COLUMN started_at REAL;
+    ALTER TABLE containers ADD COLUMN health_log TEXT;
+    ALTER TABLE containers ADD COLUMN logs TEXT;
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+        revision INTEGER NOT NULL,
+        from_revision INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        canary_slot INTEGER,
+        canary_node TEXT,
+        saved TEXT NOT NULL DEFAULT '{}',
+        done INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL,
+        phase_started_at REAL NOT NULL,
+        deadline REAL,
+        progress_deadline REAL NOT NULL,
+        reason TEXT,
+        failed_phase TEXT,
+        evidence TEXT NOT NULL DEFAULT '{}',
+        recorded INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX rollouts_by_app ON rollouts(app, id);
+    CREATE UNIQUE INDEX one_live_rollout_per_app ON rollouts(app)
+        WHERE status IN ('pending', 'canary', 'verifying', 'promoting', 'rolling_back');
+    """,
 ]
 
 

@@ -175,10 +175,17 @@ def _record(db: sqlite3.Connection, commit: Commit, parsed: Parsed) -> SyncResul
 
 
 def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | None:
-    """Record one valid spec; returns the new revision's number if it made one."""
+    """Record one valid spec; returns the new revision's number if it made one.
+
+    A new app runs its first revision at once (there is nothing to protect);
+    a new revision of a running app becomes its target, which the rollout
+    controller canaries and promotes, or rolls back.
+    """
     now = time.time()
     name = app_spec.name
-    app = db.execute("SELECT desired FROM apps WHERE name = ?", (name,)).fetchone()
+    app = db.execute(
+        "SELECT desired, current_revision, target_revision FROM apps WHERE name = ?", (name,)
+    ).fetchone()
     if app is None:
         db.execute(
             "INSERT INTO apps (name, desired, created_at, updated_at) VALUES (?, ?, ?, ?)",
@@ -203,29 +210,35 @@ def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | N
     if latest is not None and latest["spec_hash"] == spec_hash:
         return None
     number = (latest["number"] if latest else 0) + 1
+    # A revision that was waiting to be rolled out is superseded by this one.
     db.execute(
-        "UPDATE revisions SET status = ? WHERE app = ? AND status = ?",
-        (RevisionStatus.SUPERSEDED, name, RevisionStatus.ACTIVE),
+        "UPDATE revisions SET status = ? WHERE app = ? AND status IN (?, ?)"
+        " AND number != COALESCE((SELECT current_revision FROM apps WHERE name = ?), 0)",
+        (RevisionStatus.SUPERSEDED, name, RevisionStatus.PENDING, RevisionStatus.HELD, name),
     )
     db.execute(
-        "INSERT INTO revisions (app, number, spec, spec_hash, container_hash, commit_sha,"
-        " author, message, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO revisions (app, number, spec, spec_hash, container_hash, runtime_hash,"
+        " commit_sha, author, message, status, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             name,
             number,
             dumps(app_spec.model_dump(mode="json")),
             spec_hash,
             app_spec.container_hash(),
+            app_spec.runtime_hash(),
             commit.sha,
             commit.author,
             commit.message,
-            RevisionStatus.ACTIVE,
+            RevisionStatus.PENDING,
             now,
         ),
     )
+    first = app is None or app["current_revision"] is None
     db.execute(
-        "UPDATE apps SET current_revision = ?, last_error = NULL, updated_at = ? WHERE name = ?",
-        (number, now, name),
+        "UPDATE apps SET target_revision = ?, last_error = NULL, updated_at = ?,"
+        " current_revision = CASE WHEN ? THEN ? ELSE current_revision END WHERE name = ?",
+        (number, now, first, number, name),
     )
     events.record(
         db,

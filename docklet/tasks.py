@@ -25,9 +25,14 @@ from docklet.store import dumps
 OPEN = f"status IN ({', '.join(repr(s) for s in OPEN_TASK_STATUSES)})"
 
 
-def container_name(app: str, slot: int) -> str:
-    """One name per slot: Docker itself then refuses a second container for it."""
-    return f"docklet.{app}.{slot}"
+def container_name(app: str, slot: int, container_hash: str) -> str:
+    """One name per slot and container spec: Docker itself then refuses a duplicate.
+
+    The spec's hash is in the name so that a slot can hold its old and its new
+    container at once during a rollout (start-first), and a rollback to a spec
+    that ran before finds its container again and only starts it.
+    """
+    return f"docklet.{app}.{slot}.{container_hash[:8]}"
 
 
 def create(
@@ -169,7 +174,7 @@ def report(
         node_id=node_id,
         task_id=task_id,
     )
-    return {"status": outcome.status}
+    return {"status": outcome.status, "app": row["app"], "revision": row["revision"]}
 
 
 def requeue_node(db: sqlite3.Connection, node_id: str) -> None:
@@ -243,7 +248,8 @@ def open_tasks(db: sqlite3.Connection) -> dict[str, dict[tuple[str, str], sqlite
 def latest_per_slot(db: sqlite3.Connection) -> dict[tuple[str, int, str], sqlite3.Row]:
     """The newest task that was not cancelled, per (app, slot, node): one query a pass."""
     rows = db.execute(
-        "SELECT t.app, t.slot, t.node_id, t.kind, t.status, t.revision, t.lost, t.finished_at"
+        "SELECT t.app, t.slot, t.node_id, t.kind, t.status, t.revision, t.lost, t.finished_at,"
+        " t.error"
         " FROM tasks t JOIN (SELECT MAX(id) AS id FROM tasks WHERE status != ? AND slot IS NOT"
         " NULL GROUP BY app, slot, node_id) m ON m.id = t.id",
         (TaskStatus.CANCELLED,),

@@ -67,6 +67,12 @@ class Agent:
             return None
         if task["kind"] == "stop":
             self.containers[name] = {**old, "state": "exited", "exit_code": 0}
+            return self.containers[name]
+        for replaced in task["payload"].get("replaces", []):  # stop-first
+            if replaced in self.containers:
+                self.containers[replaced] = {**self.containers[replaced], "state": "exited"}
+        if False:
+            pass
         elif old and old["labels"]["docklet.spec-hash"] == task["payload"]["container_hash"]:
             self.containers[name] = {**old, "state": "running", "exit_code": None}
         else:  # a new container, as Docker would create it
@@ -89,8 +95,9 @@ class Agent:
             }
         return self.containers[name]
 
-    def crash(self, name: str) -> None:
-        """The container dies on its own; the next heartbeat says so."""
+    def crash(self, slot_name: str) -> None:
+        """The slot's container (`docklet.web.1`) dies on its own; the next heartbeat says so."""
+        (name,) = [n for n in self.containers if n.startswith(slot_name + ".")]
         self.containers[name] = {**self.containers[name], "state": "exited", "exit_code": 137}
         self.heartbeat()
 
@@ -352,14 +359,15 @@ def test_scaling_up_keeps_slot_one_container(cp: ControlPlane) -> None:
     assert [c["state"] for c in after] == ["running"] * 3
 
 
-def test_image_change_queues_a_deploy_for_each_slot(cp: ControlPlane) -> None:
+def test_image_change_is_canaried_on_one_slot_first(cp: ControlPlane) -> None:
     agent = Agent(cp, "a")
     put_app(cp, "web", replicas=2)
     agent.work()
     agent.heartbeat()
+    cp.reconcile()  # v1 runs everywhere: stable
 
     put_app(cp, "web", replicas=2, image="nginx:1.27")
-    assert open_tasks(cp, "web") == [("deploy", 1, "a"), ("deploy", 2, "a")]
+    assert open_tasks(cp, "web") == [("deploy", 1, "a")]  # exactly one task: the canary
     leased = agent.work()
     assert {(t["revision"], t["payload"]["image"]) for t in leased} == {(2, "nginx:1.27")}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from docklet.store import Store, get_meta, set_meta
+from docklet.store import MIGRATIONS, Store, get_meta, set_meta
 
 
 @pytest.fixture
@@ -75,7 +75,8 @@ def test_migration_is_recorded_once_across_reopens(tmp_path: Path) -> None:
         s.close()
     s = Store(path)
     try:
-        assert [r["version"] for r in s.query("SELECT version FROM schema_migrations")] == [1]
+        versions = [r["version"] for r in s.query("SELECT version FROM schema_migrations")]
+        assert versions == list(range(1, len(MIGRATIONS) + 1))
     finally:
         s.close()
 

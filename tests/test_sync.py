@@ -50,7 +50,7 @@ def test_first_commit_creates_revision_v1(cp: ControlPlane) -> None:
     result = sync(cp.store, cp.repo)
     assert result is not None and result.new_revisions == {"web": 1}
     (v1,) = revisions(cp.store, "web")
-    assert (v1["number"], v1["status"], v1["commit_sha"]) == (1, "active", sha)
+    assert (v1["number"], v1["status"], v1["commit_sha"]) == (1, "pending", sha)
     assert (v1["author"], v1["message"]) == (ALICE, "Create app web")
     assert json.loads(v1["spec"])["image"] == "nginx:1.27"
     assert app_row(cp.store, "web") == {"desired": "running", "current_revision": 1}
@@ -74,17 +74,20 @@ def test_reformatted_spec_with_same_values_makes_no_revision(cp: ControlPlane) -
     assert [r["number"] for r in revisions(cp.store, "web")] == [1]
 
 
-def test_changed_image_makes_v2_and_supersedes_v1(cp: ControlPlane) -> None:
+def test_changed_image_makes_v2_the_target(cp: ControlPlane) -> None:
     push(cp, {"apps/web.yaml": WEB})
     sync(cp.store, cp.repo)
     sha = push(cp, {"apps/web.yaml": WEB.replace("1.27", "1.28")}, "Upgrade nginx")
     result = sync(cp.store, cp.repo)
     assert result is not None and result.new_revisions == {"web": 2}
     v1, v2 = revisions(cp.store, "web")
-    assert v1["status"] == "superseded"
-    assert (v2["status"], v2["commit_sha"], v2["message"]) == ("active", sha, "Upgrade nginx")
+    # Sync records; the rollout controller decides (v1 never ran: v2 simply takes over).
+    assert v1["status"] == "pending"
+    assert (v2["status"], v2["commit_sha"], v2["message"]) == ("pending", sha, "Upgrade nginx")
     assert json.loads(v2["spec"])["image"] == "nginx:1.28"
-    assert app_row(cp.store, "web") == {"desired": "running", "current_revision": 2}
+    assert app_row(cp.store, "web") == {"desired": "running", "current_revision": 1}
+    target = cp.store.one("SELECT target_revision FROM apps WHERE name = 'web'")
+    assert target == {"target_revision": 2}
 
 
 def test_changing_only_state_changes_desired_not_revision(cp: ControlPlane) -> None:
@@ -110,7 +113,7 @@ def test_invalid_file_is_a_sync_error_and_the_app_keeps_its_revision(cp: Control
     assert errors["apps/web.yaml"].startswith("apps/web.yaml:4: replicas: ")
     assert cp.store.one("SELECT commit_sha FROM sync_errors") == {"commit_sha": bad}
     assert app_row(cp.store, "web") == {"desired": "running", "current_revision": 1}
-    assert [r["status"] for r in revisions(cp.store, "web")] == ["active"]
+    assert [r["status"] for r in revisions(cp.store, "web")] == ["pending"]
     assert sync(cp.store, cp.repo) is None  # the bad commit counts as synced
 
 
@@ -215,7 +218,7 @@ def test_everything_survives_a_cp_restart(cp: ControlPlane, config: CPConfig) ->
     try:
         store = restarted.store
         assert (revisions(store, "web"), sync_errors(store), app_row(store, "api")) == before
-        assert [r["status"] for r in revisions(store, "web")] == ["superseded", "active"]
+        assert [r["status"] for r in revisions(store, "web")] == ["pending", "pending"]
         assert "image" in sync_errors(store)["apps/api.yaml"]
         assert restarted.cluster_id == cp.cluster_id
         assert sync(store, restarted.repo) is None  # nothing to redo
