@@ -292,8 +292,9 @@ class ControlPlane:
         repo = self.config.repo_path
 
         def is_ref(_change: object, path: str) -> bool:
+            # Branches only: the notes and deployed refs Docklet writes must not wake it.
             relative = path[len(str(repo)) + 1 :]
-            return relative.startswith("refs/") or relative == "packed-refs"
+            return relative.startswith("refs/heads/") or relative == "packed-refs"
 
         try:
             for _ in watch(

@@ -22,7 +22,7 @@ def test_run_ps_crash_recovery_stop_rm(cluster: Cluster, web_image: str) -> None
     # Docker really runs it, labelled and named for its slot, and it serves.
     (container,) = cluster.containers("web")
     assert container.status == "running"
-    assert container.name == "docklet.web.1"
+    assert container.name == f"docklet.web.1.{container.labels['docklet.spec-hash'][:8]}"
     assert container.labels["docklet.app"] == "web"
     assert container.labels["docklet.slot"] == "1"
     assert container.labels["docklet.revision"] == "1"
@@ -125,5 +125,5 @@ def test_agent_killed_mid_run_does_not_duplicate(cluster: Cluster, web_image: st
     cluster.agent.stop(signal.SIGKILL)
     cluster.start_agent()
     wait_for(lambda: cluster.app("twice")["actual"] == "running", 20, "twice to run")
-    names = sorted(c.name for c in cluster.containers("twice"))
+    names = sorted(c.name.rsplit(".", 1)[0] for c in cluster.containers("twice"))
     assert names == ["docklet.twice.1", "docklet.twice.2"]

@@ -78,7 +78,7 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
             n["node_id"]: n["status"] for n in json.loads(cluster.docklet("nodes", "--json").stdout)
         }
         assert nodes == {"node-1": "online", "node-2": "offline"}
-        assert sorted(c.name for c in cluster.containers("spread")) == [
+        assert sorted(c.name.rsplit(".", 1)[0] for c in cluster.containers("spread")) == [
             "docklet.spread.1",
             "docklet.spread.2",
         ]
