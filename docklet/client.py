@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 from docklet import defaults
 from docklet.errors import APIError, CPUnreachable
 
-# What a command needs from an answer: key -> a type, a tuple of types, [element] for a
-# list whose every element matches, or a nested Shape. A tiny checker instead of
-# pydantic, whose import would slow every `docklet` command down.
+# What a command needs from an answer: key -> a type, [element] for a list whose every
+# element matches, a nested Shape, or a tuple of alternatives (types, or at most one
+# Shape and one [element]: `(ROLLOUT, NULL)` is a rollout object or null). A tiny
+# checker instead of pydantic, whose import would slow every `docklet` command down.
 Shape: TypeAlias = Mapping[str, Any]
 NULL = type(None)
 NUMBER = (int, float)
@@ -145,12 +146,26 @@ def mismatch(value: Any, expected: Any, where: str = "") -> str | None:
             if problem:
                 return problem
         return None
-    types = expected if isinstance(expected, tuple) else (expected,)
+    alternatives = expected if isinstance(expected, tuple) else (expected,)
+    types = tuple(t for t in alternatives if isinstance(t, type))
     # JSON true is not a number, though Python's bool is an int.
     if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
         return None
-    wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+    for alternative in alternatives:  # an object or a list: what is wrong inside it
+        if isinstance(alternative, Mapping) and isinstance(value, dict):
+            return mismatch(value, alternative, where)
+        if isinstance(alternative, list) and isinstance(value, list):
+            return mismatch(value, alternative, where)
+    wanted = " or ".join(_wanted(t) for t in alternatives)
     return f"{_name(where)} is {_kind(value)}, not {wanted}"
+
+
+def _wanted(expected: Any) -> str:
+    if isinstance(expected, Mapping):
+        return "an object"
+    if isinstance(expected, list):
+        return "a list"
+    return _TYPE_NAMES.get(expected, expected.__name__)
 
 
 _TYPE_NAMES = {
