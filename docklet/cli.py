@@ -580,7 +580,11 @@ def rollback(
 def _previous_stable(ctx: Context, name: str) -> str | None:
     """The revision a rollback without --to goes to, as the CP decides it: named, not sent."""
     revisions = ctx.call("GET", _app_path(name, "/revisions"), [REVISION_STATUS])
-    for revision in revisions[1:]:  # newest first; the newest is the one rolled back
+    # Newest first: the stable one runs now; the CP goes to the next older that ran.
+    running = next((i for i, r in enumerate(revisions) if r["status"] == "stable"), None)
+    if running is None:
+        return None
+    for revision in revisions[running + 1 :]:
         if revision["status"] in ("stable", "replaced"):
             return str(revision["revision"])
     return None

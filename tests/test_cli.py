@@ -69,23 +69,6 @@ def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(docklet.cli, "POLL_INTERVAL", 0.01)
 
 
-@pytest.fixture(autouse=True)
-def rollout_fields(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until the rollout engine lands on this branch: the fields GET /api/state/apps
-    gains with it (a no-op once the real control plane answers them)."""
-    apps = ControlPlane.apps
-
-    def with_rollout_fields(self: ControlPlane) -> list[dict[str, Any]]:
-        rows = apps(self)
-        for row in rows:
-            row.setdefault("running_revision", row["revision"])
-            row.setdefault("held", None)
-            row.setdefault("rollout", None)
-        return rows
-
-    monkeypatch.setattr(ControlPlane, "apps", with_rollout_fields)
-
-
 Script = dict[tuple[str, str], list[tuple[int, Any]]]
 
 
