@@ -19,7 +19,7 @@ from docklet import tasks
 from docklet.agent import Agent, Held
 from docklet.client import Client
 from docklet.config import AgentConfig
-from docklet.engine import Engine
+from docklet.engine import Engine, Outcome
 from docklet.protocol import LeasedTask
 from docklet.status import TaskKind
 
@@ -250,7 +250,7 @@ class Recording(Engine):
             with self._mutex:
                 self.spans.append((task.container, task.id, began, time.monotonic()))
 
-    def deploy(self, task: LeasedTask, node_id: str, cluster_id: str) -> dict[str, Any]:
+    def deploy(self, task: LeasedTask, node_id: str, cluster_id: str) -> Outcome:
         return self._timed(task, lambda: super(Recording, self).deploy(task, node_id, cluster_id))
 
     def remove(self, task: LeasedTask, cluster_id: str) -> None:

@@ -88,8 +88,8 @@ def deploy_task(image: str, task_id: int = 1, **spec: Any) -> LeasedTask:
 def test_deploy_is_idempotent(docker_client: Any, web_image: str, cluster_id: str) -> None:
     engine = Engine(docker_client)
     task = deploy_task(web_image)
-    first = engine.deploy(task, "node-1", cluster_id)
-    second = engine.deploy(task, "node-1", cluster_id)
+    first = engine.deploy(task, "node-1", cluster_id).container
+    second = engine.deploy(task, "node-1", cluster_id).container
     assert first["id"] == second["id"] and second["state"] == "running"
     container = docker_client.containers.get(first["id"])
     assert container.labels["team"] == "web"
@@ -105,9 +105,9 @@ def test_deploy_restarts_a_stopped_container_instead_of_making_another(
 ) -> None:
     engine = Engine(docker_client)
     task = deploy_task(web_image)
-    first = engine.deploy(task, "node-1", cluster_id)
+    first = engine.deploy(task, "node-1", cluster_id).container
     docker_client.containers.get(first["id"]).kill()
-    again = engine.deploy(task, "node-1", cluster_id)
+    again = engine.deploy(task, "node-1", cluster_id).container
     assert again["id"] == first["id"] and again["state"] == "running"
 
 
@@ -116,10 +116,10 @@ def test_a_changed_spec_replaces_the_container(
 ) -> None:
     engine = Engine(docker_client)
     task = deploy_task(web_image)
-    old = engine.deploy(task, "node-1", cluster_id)
+    old = engine.deploy(task, "node-1", cluster_id).container
     assert task.payload is not None
     spec = task.payload.model_copy(update={"env": {"GREETING": "bye"}, "container_hash": "hash-b"})
-    new = engine.deploy(task.model_copy(update={"payload": spec}), "node-1", cluster_id)
+    new = engine.deploy(task.model_copy(update={"payload": spec}), "node-1", cluster_id).container
     assert new["id"] != old["id"]
     assert len(engine.list_managed(cluster_id)) == 1
 
