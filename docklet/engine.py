@@ -502,6 +502,10 @@ def _from_list(row: dict[str, Any]) -> dict[str, Any]:
         "exit_code": int(exit_code.group(1)) if exit_code else None,
         "restarts": 0,
         "labels": row.get("Labels") or {},
+        # Only inspect tells these (see Engine.observe).
+        "started_at": None,
+        "health_log": None,
+        "logs": None,
     }
 
 
