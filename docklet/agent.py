@@ -1,7 +1,9 @@
 """The agent: one per Docker host; pulls its work from the control plane.
 
 Three loops share one registration: heartbeats (every container Docklet
-manages on this engine, and whether Docker answers at all), the task poller
+manages on this engine, with start time, restarts, health output and last
+log lines for the young and failing ones a rollout judges, and whether Docker
+answers at all), the task poller
 (long-poll for as many tasks as there are free workers) and one lease
 renewer. Tasks run on a bounded pool of workers, one lane per container:
 tasks of the same container run one at a time in lease order, and a slow
