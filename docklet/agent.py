@@ -1,7 +1,9 @@
 """The agent: one per Docker host; pulls its work from the control plane.
 
 Three loops share one registration: heartbeats (every container Docklet
-manages on this engine, and whether Docker answers at all), the task poller
+manages on this engine, with start time, restarts, health output and last
+log lines for the young and failing ones a rollout judges, and whether Docker
+answers at all), the task poller
 (long-poll for as many tasks as there are free workers) and one lease
 renewer. Tasks run on a bounded pool of workers, one lane per container:
 tasks of the same container run one at a time in lease order, and a slow
@@ -27,7 +29,7 @@ from docklet import __version__, defaults, logs
 from docklet import config as settings_table
 from docklet.client import Client
 from docklet.config import AgentConfig
-from docklet.engine import Engine, TaskFailed
+from docklet.engine import Engine, Outcome, TaskFailed
 from docklet.errors import (
     APIError,
     BadRequest,
@@ -395,7 +397,7 @@ class Agent:
         """Execute one task and report it; False when Docker being down left it for a retry."""
         log.info("task %s: %s %s (revision %s)", task.id, task.kind, task.container, task.revision)
         try:
-            container = self._execute(task)
+            outcome = self._execute(task)
         except TaskFailed as exc:
             log.warning("task %s: failed: %s", task.id, exc.message)
             self._report(task, TaskStatus.FAILED, error=exc.message)
@@ -403,20 +405,22 @@ class Agent:
         except DockerUnavailable as exc:
             # Not the task's fault: its lease runs out and it is handed out again.
             log.warning("task %s: %s%s; left for a retry", task.id, exc.message, docker_detail(exc))
-            return
+            return False
         except Exception as exc:  # a bug here must fail one task, not the agent
             log.exception("task %s: agent error", task.id)
             error = f"agent error ({type(exc).__name__}); see the agent's log on {self.node_id}"
             self._report(task, TaskStatus.FAILED, error=error)
             return True
-        self._report(task, TaskStatus.DONE, container=container)
+        self._report(task, TaskStatus.DONE, outcome=outcome)
         return True
 
-    def _execute(self, task: LeasedTask) -> dict[str, Any] | None:
+    def _execute(self, task: LeasedTask) -> Outcome | None:
+        """Run the task in Docker; what it left behind (nothing, for a removal)."""
         if task.kind == TaskKind.DEPLOY:
             return self.engine.deploy(task, self.node_id, self.cluster_id)
         if task.kind == TaskKind.STOP:
-            return self.engine.stop(task, self.cluster_id)
+            container = self.engine.stop(task, self.cluster_id)
+            return Outcome(container) if container else None
         if task.kind == TaskKind.REMOVE:
             self.engine.remove(task, self.cluster_id)
             return None
@@ -434,9 +438,10 @@ class Agent:
         status: TaskStatus,
         *,
         error: str | None = None,
-        container: dict[str, Any] | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         task = self._current(task)
+        container = outcome.container if outcome else None
         # Numbered after the Docker work ended: a heartbeat that read an equal or
         # higher number listed containers after this task's change.
         body = {
@@ -446,6 +451,7 @@ class Agent:
             "error": error,
             "container": container,
             "container_id": container["id"] if container else None,
+            "image_digest": outcome.image_digest if outcome else None,
         }
         try:
             self.cp.post(f"/api/agents/{self.node_id}/tasks/{task.id}", body)

@@ -1,8 +1,9 @@
 """The agent's side of Docker: run tasks and list containers through the Engine API.
 
-Every container Docklet makes carries `docklet.*` labels and the slot's
-deterministic name, so a task run twice, or after an agent restart, finds
-the container it made before instead of making a second one.
+Every container Docklet makes carries `docklet.*` labels and the name the CP
+gave it (the slot and its spec's hash), so a task run twice, or after an agent
+restart, finds the container it made before instead of making a second one,
+and a rollback finds the old revision's container kept, stopped, to start again.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import docker
 import docker.errors
+import docker.utils
 
 from docklet import defaults
 from docklet.errors import DockerUnavailable, DockletError
-from docklet.protocol import ContainerSpec, Label, LeasedTask
+from docklet.protocol import MAX_EVIDENCE, ContainerSpec, Label, LeasedTask
 from docklet.spec import parse_duration, parse_port
 from docklet.status import ContainerState
 
@@ -28,6 +33,11 @@ log = logging.getLogger(__name__)
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"  # what the SDK uses without DOCKER_HOST
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
 _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+# Docker's RFC 3339 times carry nanoseconds; datetime takes at most microseconds.
+_NANOS = re.compile(r"(\.\d{6})\d+")
+YOUNG = 15 * 60  # seconds since creation during which a rollout may still be judging it
+MAX_INSPECTS = 50  # per heartbeat: the rest wait for the next one
+LOG_LINES = 20  # of an exited, restarting or unhealthy container, as evidence
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,6 +45,14 @@ R = TypeVar("R")
 
 class TaskFailed(DockletError):
     """Docker refused the task; the message is Docker's own words."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a task left in Docker: the container as observed; for a deploy, the image it runs."""
+
+    container: dict[str, Any]
+    image_digest: str | None = None
 
 
 def _docker_errors(
@@ -88,6 +106,9 @@ class Engine:
         self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
         self.timeout = timeout
         self.max_pool_size = max_pool_size
+        # Inspect evidence by container id, with the list `Status` it was read under.
+        # Only the heartbeat loop (one thread) lists containers.
+        self._evidence: dict[str, tuple[str, dict[str, Any]]] = {}
 
     @property
     def client(self) -> docker.DockerClient:
@@ -138,11 +159,67 @@ class Engine:
         rows = self.client.api.containers(
             all=True, filters={"label": f"{Label.CLUSTER}={cluster_id}"}
         )
-        return [_from_list(row) for row in rows]
+        return self.observe(rows, time.time())
+
+    def observe(self, rows: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """List rows as the CP records them, with inspect evidence where a rollout needs it.
+
+        A list row has no start time or restart count. Young containers (what a
+        health gate judges) and ones not running (what a failed canary leaves)
+        are inspected; old running ones are not, so a steady node costs one
+        list call per heartbeat. What was inspected is kept while the row's
+        `Status` text stays the same, and at most MAX_INSPECTS run per call.
+        """
+        wanted = sorted(
+            (r for r in rows if _worth_inspecting(r, now)),
+            key=lambda r: r.get("Created") or 0,
+            reverse=True,  # the newest first: a rollout is waiting on those
+        )
+        evidence: dict[str, tuple[str, dict[str, Any]]] = {}
+        inspected = 0
+        for row in wanted:
+            status = row.get("Status", "")
+            cached = self._evidence.get(row["Id"])
+            if cached is not None and cached[0] == status:
+                evidence[row["Id"]] = cached
+                continue
+            if inspected >= MAX_INSPECTS:
+                continue
+            inspected += 1
+            found = self._evidence_of(row["Id"])
+            if found is not None:
+                evidence[row["Id"]] = (status, found)
+        self._evidence = evidence  # only what this list still shows: gone ones are forgotten
+        return [{**_from_list(r), **evidence.get(r["Id"], ("", {}))[1]} for r in rows]
+
+    def _evidence_of(self, container_id: str) -> dict[str, Any] | None:
+        """What inspect (and, for a failing container, its last log lines) tell; None if gone."""
+        try:
+            attrs = self.client.api.inspect_container(container_id)
+            found = _inspected(attrs)
+            state = (attrs.get("State") or {}).get("Status")
+            if state in _FAILING or found["health"] == "unhealthy":
+                found["logs"] = self._last_logs(container_id)
+        except docker.errors.NotFound:
+            return None  # removed since the list call
+        except docker.errors.APIError as exc:
+            # One container Docker will not describe must not cost the node its heartbeat.
+            log.warning("inspect %s: %s", container_id[:12], _explain(exc))
+            return None
+        return found
+
+    def _last_logs(self, container_id: str) -> str | None:
+        raw = self.client.api.logs(container_id, stdout=True, stderr=True, tail=LOG_LINES)
+        return _evidence_text(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
 
     @_docker_errors
-    def deploy(self, task: LeasedTask, node_id: str, cluster_id: str) -> dict[str, Any]:
-        """Make the slot's container run this task's spec; returns it as observed."""
+    def deploy(self, task: LeasedTask, node_id: str, cluster_id: str) -> Outcome:
+        """Make this task's container run its spec; returns it as observed, and its image.
+
+        Ensure the image, create the container, stop what it replaces, start
+        it: an image that cannot be pulled or a spec Docker refuses stops
+        nothing, and a container that will not start is undone (see _switch).
+        """
         spec, name = task.payload, task.container
         if spec is None:
             raise TaskFailed(f"deploy task {task.id} carries no container spec")
@@ -150,32 +227,105 @@ class Engine:
         if existing is not None:
             self._check_ours(existing, cluster_id)
             if existing.labels.get(Label.SPEC_HASH) == spec.container_hash:
+                # Made before: by this task on an earlier attempt, or an older
+                # revision kept stopped that a rollback now starts without a pull.
                 if existing.status != ContainerState.RUNNING:
                     log.info("task %s: starting existing container %s", task.id, name)
-                    existing.start()
-                    existing.reload()
-                return observed(existing)
+                # A container that never ran is one a failed attempt half made.
+                fresh = _epoch(existing.attrs.get("State", {}).get("StartedAt")) is None
+                self._switch(task, existing, spec.replaces, cluster_id, discard=fresh)
+                return self._deployed(existing, spec.image)
+        self._ensure_image(task.id, spec.image, spec.pull)
+        if existing is not None:
+            # Same name, other spec: only a CP that does not put the hash in names
+            # sends this, so the old container goes before the new one is made.
             log.info("task %s: replacing %s (spec changed)", task.id, name)
             _stop(existing)
             existing.remove(force=True)
-        self._ensure_image(task.id, spec.image, spec.pull)
+        container = self._create(task, spec, node_id, cluster_id)
+        self._switch(task, container, spec.replaces, cluster_id, discard=True)
+        log.info("task %s: started %s (%s)", task.id, name, container.short_id)
+        return self._deployed(container, spec.image)
+
+    def _create(self, task: LeasedTask, spec: ContainerSpec, node_id: str, cluster_id: str) -> Any:
         api = self.client.api
         options = _create_options(task, spec, node_id, cluster_id)
         created = api.create_container(
             spec.image,
-            name=name,
+            name=task.container,
             host_config=api.create_host_config(**options.pop("host")),
             **options,
         )
-        container = self.client.containers.get(created["Id"])
+        return self.client.containers.get(created["Id"])
+
+    def _switch(
+        self, task: LeasedTask, new: Any, replaces: Iterable[str], cluster_id: str, *, discard: bool
+    ) -> None:
+        """Stop the containers `new` replaces, then start `new` (a no-op if it runs).
+
+        If Docker refuses either, `new` is removed when `discard` (it was
+        never of use), the replaced ones stopped here are started again, and
+        the task fails with Docker's words: the slot is left as it was.
+        """
+        stopped: list[Any] = []
         try:
-            container.start()
-        except docker.errors.APIError:
-            container.remove(force=True)  # a retry recreates it; nothing half-made stays
-            raise
-        container.reload()
-        log.info("task %s: started %s (%s)", task.id, name, container.short_id)
-        return observed(container)
+            for old in self._replaced(task, replaces, cluster_id):
+                log.info("task %s: stopping %s, which %s replaces", task.id, old.name, new.name)
+                _stop(old)
+                stopped.append(old)
+            new.start()
+        except docker.errors.APIError as exc:
+            raise TaskFailed(self._undo(task, new, stopped, _explain(exc), discard)) from None
+        new.reload()
+
+    def _replaced(self, task: LeasedTask, names: Iterable[str], cluster_id: str) -> list[Any]:
+        """The live containers to stop; a missing one is already out of the way."""
+        found = []
+        for name in names:
+            old = self._get(name) if name != task.container else None
+            if old is None or not ContainerState.is_live(old.status):
+                continue
+            if old.labels.get(Label.CLUSTER) != cluster_id:
+                log.warning("task %s: %s is not this Docklet's; left alone", task.id, name)
+                continue
+            found.append(old)
+        return found
+
+    def _undo(
+        self, task: LeasedTask, new: Any, stopped: list[Any], reason: str, discard: bool
+    ) -> str:
+        """Put the slot back as it was before a failed start; returns what to report."""
+        problems = [reason]
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            (f"start {old.name} again", old.start) for old in stopped
+        ]
+        if discard:
+            steps.insert(0, (f"remove {new.name}", lambda: new.remove(force=True)))
+        for what, step in steps:
+            try:
+                step()
+            except docker.errors.APIError as exc:
+                log.error("task %s: could not %s: %s", task.id, what, _explain(exc))
+                problems.append(f"could not {what}: {_explain(exc)}")
+        return "; ".join(problems)
+
+    def _deployed(self, container: Any, image: str) -> Outcome:
+        return Outcome(observed(container), self._digest(container, image))
+
+    def _digest(self, container: Any, image: str) -> str | None:
+        """`repo@sha256:…` of the image the container runs, else the image's id."""
+        image_id = container.attrs.get("Image") or None
+        if image_id is None:
+            return None
+        try:
+            attrs = self.client.api.inspect_image(image_id)
+        except docker.errors.NotFound:
+            return image_id  # removed since: the id is still what ran
+        repository = _repository(image)
+        for ref in attrs.get("RepoDigests") or []:
+            if _repository(ref) == repository:
+                return str(ref)
+        return str(attrs.get("Id") or image_id)
 
     @_docker_errors
     def stop(self, task: LeasedTask, cluster_id: str) -> dict[str, Any] | None:
@@ -215,7 +365,7 @@ class Engine:
     def _ensure_image(self, task_id: int, image: str, pull: str) -> None:
         if pull != "always":
             try:
-                self.client.images.get(image)
+                self.client.images.get(image)  # a `repo@sha256:…` is looked up by its digest
                 return
             except docker.errors.ImageNotFound:
                 if pull == "never":
@@ -223,8 +373,16 @@ class Engine:
                         f"image {image} is not on this node and the pull policy is 'never'"
                     ) from None
         log.info("task %s: pulling %s", task_id, image)
+        repository, tag = docker.utils.parse_repository_tag(image)
         try:
-            self.client.images.pull(image)
+            # Streamed so a failure reported mid-pull is seen: images.pull drops it.
+            progress = self.client.api.pull(
+                repository, tag=tag or "latest", stream=True, decode=True
+            )
+            for chunk in progress:
+                error = (chunk.get("errorDetail") or {}).get("message") or chunk.get("error")
+                if error:
+                    raise TaskFailed(f"pull {image}: {str(error).strip()}")
         except docker.errors.APIError as exc:
             raise TaskFailed(f"pull {image}: {_explain(exc)}") from None
 
@@ -311,10 +469,22 @@ def observed(container: Any) -> dict[str, Any]:
         "name": container.name,
         "image": container.attrs.get("Config", {}).get("Image", ""),
         "state": state.get("Status", container.status),
-        "health": (state.get("Health") or {}).get("Status"),
         "exit_code": state.get("ExitCode"),
-        "restarts": container.attrs.get("RestartCount", 0),
         "labels": container.labels,
+        **_inspected(container.attrs),
+    }
+
+
+def _inspected(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What only inspect tells of a container: when it started, restarts, health."""
+    state = attrs.get("State") or {}
+    health = state.get("Health") or {}
+    checks = health.get("Log") or []
+    return {
+        "started_at": _epoch(state.get("StartedAt")),
+        "restarts": attrs.get("RestartCount") or 0,
+        "health": health.get("Status"),
+        "health_log": _evidence_text(checks[-1].get("Output")) if checks else None,
     }
 
 
@@ -332,4 +502,45 @@ def _from_list(row: dict[str, Any]) -> dict[str, Any]:
         "exit_code": int(exit_code.group(1)) if exit_code else None,
         "restarts": 0,
         "labels": row.get("Labels") or {},
+        # Only inspect tells these (see Engine.observe).
+        "started_at": None,
+        "health_log": None,
+        "logs": None,
     }
+
+
+_FAILING = (ContainerState.EXITED, ContainerState.RESTARTING)
+
+
+def _worth_inspecting(row: dict[str, Any], now: float) -> bool:
+    """Young (a rollout may be judging it) or not running (its evidence may be wanted)."""
+    return row.get("State") != ContainerState.RUNNING or now - (row.get("Created") or 0) < YOUNG
+
+
+def _epoch(text: str | None) -> float | None:
+    """Docker's RFC 3339 time as epoch seconds; None for its zero time ("never")."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(_NANOS.sub(r"\1", text)).timestamp()
+    except ValueError:
+        log.debug("unreadable Docker time %r", text)
+        return None
+    return moment if moment > 0 else None
+
+
+def _evidence_text(text: str | None) -> str | None:
+    """Output kept as evidence: trimmed, its last MAX_EVIDENCE characters (the end says most)."""
+    text = (text or "").strip()
+    return text[-MAX_EVIDENCE:] or None
+
+
+def _repository(reference: str) -> str:
+    """The repository of an image reference, as Docker writes it in RepoDigests."""
+    name = reference.split("@", 1)[0]
+    head, colon, tail = name.rpartition(":")
+    if colon and "/" not in tail:  # a tag, not a registry's port
+        name = head
+    for prefix in ("docker.io/", "index.docker.io/"):
+        name = name.removeprefix(prefix)
+    return name.removeprefix("library/")

@@ -19,7 +19,7 @@ from docklet import tasks
 from docklet.agent import Agent, Held
 from docklet.client import Client
 from docklet.config import AgentConfig
-from docklet.engine import Engine
+from docklet.engine import Engine, Outcome
 from docklet.protocol import LeasedTask
 from docklet.status import TaskKind
 
@@ -250,7 +250,7 @@ class Recording(Engine):
             with self._mutex:
                 self.spans.append((task.container, task.id, began, time.monotonic()))
 
-    def deploy(self, task: LeasedTask, node_id: str, cluster_id: str) -> dict[str, Any]:
+    def deploy(self, task: LeasedTask, node_id: str, cluster_id: str) -> Outcome:
         return self._timed(task, lambda: super(Recording, self).deploy(task, node_id, cluster_id))
 
     def remove(self, task: LeasedTask, cluster_id: str) -> None:
@@ -372,3 +372,31 @@ def test_an_agent_forgotten_by_the_cp_registers_again(
     agent.heartbeat_loop(max_iterations=1)
     assert not agent.stop.is_set()
     assert [n["node_id"] for n in Client(served_cp).get("/api/state/nodes")] == ["node-a"]
+
+
+@pytest.mark.docker
+def test_reports_carry_what_a_rollout_judges_by(
+    agent: Agent, served_cp: str, web_image: str, docker_client: Any
+) -> None:
+    sent: list[tuple[str, Any]] = []
+    real_post = agent.cp.post
+
+    def post(path: str, body: Any = None, *args: Any, **kwargs: Any) -> Any:
+        sent.append((path, body))  # what went over the wire, then on to the real CP
+        return real_post(path, body, *args, **kwargs)
+
+    agent.cp.post = post  # type: ignore[method-assign]
+    Client(served_cp).post("/api/apps", {"name": "web", "image": web_image})
+    assert agent.poll_once() == 1
+    assert agent.drain(timeout=30)
+    agent.heartbeat_once()
+
+    (report,) = (body for path, body in sent if "/tasks/" in path)
+    assert report["status"] == "done"
+    assert report["image_digest"] == docker_client.images.get(web_image).id
+    assert report["container"]["started_at"] > time.time() - 60
+    assert report["container"]["restarts"] == 0
+    (beat,) = (body for path, body in sent if path.endswith("/heartbeat"))
+    (seen,) = beat["containers"]
+    assert seen["started_at"] == report["container"]["started_at"]  # young: inspected
+    assert running(served_cp, "web")  # and the CP takes both

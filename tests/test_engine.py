@@ -7,13 +7,15 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
+import docker.errors
 import dockerlab
 import pytest
-from conftest import RUN_ID
+from conftest import RUN_ID, wait_for
 
-from docklet.engine import Engine, TaskFailed
+from docklet.engine import YOUNG, Engine, TaskFailed
 from docklet.errors import DockerUnavailable
 from docklet.protocol import ContainerSpec, LeasedTask
 from docklet.status import TaskKind
@@ -58,7 +60,8 @@ def cluster_id(docker_client: Any) -> Iterator[str]:
         c.remove(force=True)
 
 
-def deploy_task(image: str, task_id: int = 1, **spec: Any) -> LeasedTask:
+def deploy_task(image: str, task_id: int = 1, *, hashed: bool = False, **spec: Any) -> LeasedTask:
+    """A deploy of a new app's slot 1; `hashed`: named as the CP names it, with the spec hash."""
     payload = {
         "image": image,
         "env": {"GREETING": "hi"},
@@ -78,7 +81,7 @@ def deploy_task(image: str, task_id: int = 1, **spec: Any) -> LeasedTask:
         app=app,
         slot=1,
         revision=1,
-        container=f"docklet.{app}.1",
+        container=f"docklet.{app}.1" + (f".{payload['container_hash']}" if hashed else ""),
         payload=ContainerSpec.model_validate(payload),
         lease_token="lease",
         lease_seconds=60,
@@ -88,8 +91,8 @@ def deploy_task(image: str, task_id: int = 1, **spec: Any) -> LeasedTask:
 def test_deploy_is_idempotent(docker_client: Any, web_image: str, cluster_id: str) -> None:
     engine = Engine(docker_client)
     task = deploy_task(web_image)
-    first = engine.deploy(task, "node-1", cluster_id)
-    second = engine.deploy(task, "node-1", cluster_id)
+    first = engine.deploy(task, "node-1", cluster_id).container
+    second = engine.deploy(task, "node-1", cluster_id).container
     assert first["id"] == second["id"] and second["state"] == "running"
     container = docker_client.containers.get(first["id"])
     assert container.labels["team"] == "web"
@@ -105,9 +108,9 @@ def test_deploy_restarts_a_stopped_container_instead_of_making_another(
 ) -> None:
     engine = Engine(docker_client)
     task = deploy_task(web_image)
-    first = engine.deploy(task, "node-1", cluster_id)
+    first = engine.deploy(task, "node-1", cluster_id).container
     docker_client.containers.get(first["id"]).kill()
-    again = engine.deploy(task, "node-1", cluster_id)
+    again = engine.deploy(task, "node-1", cluster_id).container
     assert again["id"] == first["id"] and again["state"] == "running"
 
 
@@ -116,10 +119,10 @@ def test_a_changed_spec_replaces_the_container(
 ) -> None:
     engine = Engine(docker_client)
     task = deploy_task(web_image)
-    old = engine.deploy(task, "node-1", cluster_id)
+    old = engine.deploy(task, "node-1", cluster_id).container
     assert task.payload is not None
     spec = task.payload.model_copy(update={"env": {"GREETING": "bye"}, "container_hash": "hash-b"})
-    new = engine.deploy(task.model_copy(update={"payload": spec}), "node-1", cluster_id)
+    new = engine.deploy(task.model_copy(update={"payload": spec}), "node-1", cluster_id).container
     assert new["id"] != old["id"]
     assert len(engine.list_managed(cluster_id)) == 1
 
@@ -194,3 +197,221 @@ def test_a_stop_may_take_longer_than_one_docker_call(
     started = time.monotonic()
     assert Engine(timeout=1).stop(task, cluster_id)["state"] == "exited"  # type: ignore[index]
     assert time.monotonic() - started >= 11  # the process ignored SIGTERM: SIGKILL ended it
+
+
+# -- rollouts: start-first names, stop-first replaces, digests, evidence ----------------
+
+
+def next_revision(task: LeasedTask, container_hash: str, **spec: Any) -> LeasedTask:
+    """The same slot at another spec: a new hash, so a second container beside the first."""
+    assert task.payload is not None
+    payload = task.payload.model_copy(update={"container_hash": container_hash, **spec})
+    name = f"docklet.{task.app}.{task.slot}.{container_hash}"
+    return task.model_copy(update={"id": task.id + 1, "container": name, "payload": payload})
+
+
+def docker_time(text: str) -> datetime:
+    """Docker's RFC 3339 time, nanoseconds cut to the microseconds datetime holds."""
+    head, dot, tail = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}{dot}{tail[:6]}+00:00")
+
+
+def state_of(docker_client: Any, name: str) -> str | None:
+    try:
+        return str(docker_client.containers.get(name).status)
+    except docker.errors.NotFound:
+        return None
+
+
+def test_replaces_stops_the_old_container_after_the_new_one_is_created(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    v1 = deploy_task(web_image, hashed=True)
+    old = engine.deploy(v1, "node-1", cluster_id).container
+    v2 = next_revision(v1, "hash-b", env={"GREETING": "bye"}, replaces=[v1.container])
+    new = engine.deploy(v2, "node-1", cluster_id).container
+    assert new["state"] == "running" and new["name"] == v2.container
+    stopped = docker_client.containers.get(old["id"])  # stopped, not removed: kept for a rollback
+    created = docker_client.containers.get(new["id"])
+    assert stopped.status == "exited"
+    # Created, then the old one stopped, then started: never two running, never none for nothing.
+    finished = docker_time(stopped.attrs["State"]["FinishedAt"])
+    assert docker_time(created.attrs["Created"]) <= finished
+    assert finished <= docker_time(created.attrs["State"]["StartedAt"])
+
+
+def test_an_image_that_cannot_be_pulled_or_a_refused_spec_stops_nothing(
+    docker_client: Any, web_image: str, registry: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    v1 = deploy_task(web_image, hashed=True)
+    engine.deploy(v1, "node-1", cluster_id)
+    absent = f"{registry}/docklet-test/absent:{uuid.uuid4().hex[:8]}"
+    missing = next_revision(v1, "hash-b", image=absent, pull="missing", replaces=[v1.container])
+    with pytest.raises(TaskFailed, match=f"pull {absent}"):
+        engine.deploy(missing, "node-1", cluster_id)
+    refused = next_revision(v1, "hash-c", restart="sometimes", replaces=[v1.container])
+    with pytest.raises(TaskFailed, match="sometimes"):
+        engine.deploy(refused, "node-1", cluster_id)
+    assert [(c["name"], c["state"]) for c in engine.list_managed(cluster_id)] == [
+        (v1.container, "running")
+    ]
+
+
+def test_a_new_container_that_will_not_start_gives_the_slot_back(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    v1 = deploy_task(web_image, hashed=True)
+    old = engine.deploy(v1, "node-1", cluster_id).container
+    broken = next_revision(v1, "hash-b", command=["/nonexistent"], replaces=[v1.container])
+    with pytest.raises(TaskFailed, match="no such file"):
+        engine.deploy(broken, "node-1", cluster_id)
+    # The old one was stopped for it, and runs again; nothing half-made stays.
+    (only,) = engine.list_managed(cluster_id)
+    assert (only["id"], only["state"]) == (old["id"], "running")
+    assert only["started_at"] > old["started_at"]
+
+
+def test_a_rollback_starts_the_kept_container_again(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    v1 = deploy_task(web_image, hashed=True)
+    old = engine.deploy(v1, "node-1", cluster_id).container
+    v2 = next_revision(v1, "hash-b", replaces=[v1.container])
+    new = engine.deploy(v2, "node-1", cluster_id).container
+    back = v1.model_copy(
+        update={"id": 9, "payload": v1.payload.model_copy(update={"replaces": [v2.container]})}  # type: ignore[union-attr]
+    )
+    again = engine.deploy(back, "node-1", cluster_id).container
+    # The same container, started without a pull; its report says when and how often.
+    assert (again["id"], again["state"], again["restarts"]) == (old["id"], "running", 0)
+    assert again["started_at"] > old["started_at"] > time.time() - 60
+    assert docker_client.containers.get(new["id"]).status == "exited"  # kept in turn
+
+
+def test_replaces_leaves_missing_and_foreign_containers_alone(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    foreign = docker_client.containers.run(
+        web_image, name=f"not-docklet-{uuid.uuid4().hex[:8]}", detach=True
+    )
+    try:
+        task = deploy_task(web_image, hashed=True, replaces=[foreign.name, "docklet.gone.1.x"])
+        assert engine.deploy(task, "node-1", cluster_id).container["state"] == "running"
+        foreign.reload()
+        assert foreign.status == "running"
+    finally:
+        foreign.remove(force=True)
+
+
+@pytest.fixture
+def pushed(docker_client: Any, web_image: str, registry: str) -> Iterator[str]:
+    """The web image in the registry under a fresh tag, and not on this node by that tag."""
+    repository = f"{registry}/docklet-test/digest-{RUN_ID}"
+    ref = dockerlab.push_to_registry(docker_client, web_image, repository.split("/", 1)[1], "v1")
+    digests = docker_client.images.get(ref).attrs["RepoDigests"]
+    dockerlab.remove_image(docker_client, ref)  # the deploy pulls it by tag
+    try:
+        yield ref
+    finally:
+        # Every reference this test made, so the session's image removal removes the image.
+        for extra in [ref, *digests, *docker_client.images.get(web_image).attrs["RepoDigests"]]:
+            if extra.startswith(repository):
+                dockerlab.remove_image(docker_client, extra)
+
+
+def test_a_deploy_reports_the_digest_it_runs(
+    docker_client: Any, web_image: str, pushed: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    by_tag = deploy_task(pushed, pull="missing", hashed=True)
+    digest = engine.deploy(by_tag, "node-1", cluster_id).image_digest
+    repository = pushed.rsplit(":", 1)[0]
+    assert digest is not None and digest.startswith(f"{repository}@sha256:")
+    # A digest reference is pulled by that digest when missing...
+    dockerlab.remove_image(docker_client, digest)  # only the reference: the image is in use
+    by_digest = next_revision(
+        by_tag, "hash-b", image=digest, pull="missing", replaces=[by_tag.container]
+    )
+    deployed = engine.deploy(by_digest, "node-1", cluster_id)
+    assert deployed.image_digest == digest and deployed.container["image"] == digest
+    # ...and found on the node by it when present.
+    again = next_revision(by_digest, "hash-c", pull="never", replaces=[by_digest.container])
+    assert engine.deploy(again, "node-1", cluster_id).image_digest == digest
+    # An image no registry gave a digest is reported by its id.
+    local = engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+    assert local.image_digest == docker_client.images.get(web_image).id
+
+
+def test_the_heartbeat_carries_evidence_of_young_and_failed_containers(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    young = engine.deploy(deploy_task(web_image), "node-1", cluster_id).container
+    crash = deploy_task(web_image, command=["sh", "-c", "echo boom; echo bang >&2; exit 3"])
+    crash = crash.model_copy(update={"payload": crash.payload.model_copy(update={"restart": "no"})})  # type: ignore[union-attr]
+    engine.deploy(crash, "node-1", cluster_id)
+    wait_for(lambda: state_of(docker_client, crash.container) == "exited", 10, "the crash")
+    seen = {c["name"]: c for c in engine.list_managed(cluster_id)}
+    running = seen[young["name"]]
+    assert running["started_at"] == pytest.approx(young["started_at"])
+    assert running["restarts"] == 0 and running["logs"] is None  # nothing wrong: no logs
+    exited = seen[crash.container]
+    assert (exited["state"], exited["exit_code"]) == ("exited", 3)
+    # Both streams; Docker does not keep their order when written in the same instant.
+    assert sorted(exited["logs"].splitlines()) == ["bang", "boom"]
+    assert exited["started_at"] > time.time() - 60
+
+
+def test_an_unhealthy_container_carries_its_health_check_output(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Engine(docker_client)
+    check = {
+        "test": "echo sick; exit 1",
+        "interval": "1s",
+        "timeout": "1s",
+        "retries": 1,
+        "start_period": "0s",
+    }
+    serve = ["sh", "-c", "echo serving; exec httpd -f -p 80 -h /www"]
+    task = deploy_task(web_image, healthcheck=check, command=serve)
+    engine.deploy(task, "node-1", cluster_id)
+
+    def unhealthy() -> dict[str, Any] | None:
+        (seen,) = engine.list_managed(cluster_id)
+        return seen if seen["health"] == "unhealthy" else None
+
+    seen = wait_for(unhealthy, 15, "the health check to fail")
+    assert seen["health_log"] == "sick"
+    assert seen["logs"] == "serving"
+
+
+class Counting(Engine):
+    """The real engine, counting the containers it inspects."""
+
+    inspected = 0
+
+    def _evidence_of(self, container_id: str) -> dict[str, Any] | None:
+        self.inspected += 1
+        return super()._evidence_of(container_id)
+
+
+def test_steady_containers_cost_no_inspect(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Counting(docker_client)
+    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+    rows = docker_client.api.containers(
+        all=True, filters={"label": f"docklet.cluster={cluster_id}"}
+    )
+    now = time.time()
+    assert engine.observe(rows, now)[0]["started_at"] is not None and engine.inspected == 1
+    engine.observe(rows, now + 5)  # the same `Status`: what was read is still true
+    assert engine.inspected == 1
+    (old,) = engine.observe(rows, now + YOUNG + 1)  # old and running: the list row is enough
+    assert engine.inspected == 1 and old["started_at"] is None and old["state"] == "running"
