@@ -821,9 +821,10 @@ def ps(ctx: Context, as_json: bool) -> None:
         if a["last_error"]:
             click.echo(f"{a['name']}: {a['last_error']}")
         failed = a["rollout"] is not None and a["rollout"]["status"] in FAILING
-        if failed and a["revision"] != a["running_revision"]:
+        desired = a.get("target_revision") or a["revision"]
+        if failed and desired != a["running_revision"]:
             running = a["running_revision"] or "nothing"
-            click.echo(f"{a['name']}: desired {a['revision']} failed, running {running}")
+            click.echo(f"{a['name']}: desired {desired} failed, running {running}")
         if a["held"]:
             click.echo(f"{a['name']}: {a['held']}")
     for error in sync["errors"]:  # also files of apps that never had a valid spec
