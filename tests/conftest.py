@@ -179,6 +179,15 @@ def web_image(docker_client: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def web_image_v2(docker_client: Any) -> Iterator[str]:
+    """A second, different build of the web image: what an update moves to."""
+    tag = f"docklet-test/web:v2-{RUN_ID}"
+    dockerlab.build_web_image(docker_client, tag, {"docklet.test-run": RUN_ID})
+    yield tag
+    dockerlab.remove_image(docker_client, tag)
+
+
+@pytest.fixture(scope="session")
 def registry() -> str:
     if not dockerlab.registry_available():
         if os.environ.get("CI"):

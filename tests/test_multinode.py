@@ -99,3 +99,85 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
             c.remove(force=True)
         dockerlab.remove_image(other, ref)
         dockerlab.remove_image(docker_client, ref)
+
+
+def test_a_canary_runs_on_exactly_one_node_as_one_task_then_promotes(
+    cluster: Cluster,
+    second_engine: dockerlab.ExtraEngine,
+    registry: str,
+    web_image: str,
+    web_image_v2: str,
+    docker_client: Any,
+    tmp_path: Path,
+) -> None:
+    v1 = dockerlab.push_to_registry(docker_client, web_image, "docklet-test/canary", f"a{RUN_ID}")
+    v2 = dockerlab.push_to_registry(
+        docker_client, web_image_v2, "docklet-test/canary", f"b{RUN_ID}"
+    )
+    other = second_engine.client()
+    agent2 = Process(
+        [str(BIN / "docklet-agent")],
+        tmp_path / "agent2.log",
+        env={
+            "DOCKLET_CP": cluster.url,
+            "DOCKLET_NODE_NAME": "node-2",
+            "DOCKER_HOST": second_engine.url,
+        },
+    )
+    mine = {"label": f"docklet.cluster={cluster.cluster_id}"}
+    try:
+        agent2.start()
+        wait_for(lambda: cluster.node_online("node-2"), 20, "node-2 to come online")
+        spec = {"name": "canary", "image": v1, "replicas": 2, "rollout": {"min_healthy_time": "3s"}}
+        cluster.client.post("/api/apps", spec)
+        wait_for(
+            lambda: any(
+                h["status"] == "stable" for h in cluster.client.get("/api/apps/canary/revisions")
+            ),
+            60,
+            "v1 to be stable on both nodes",
+        )
+        first_task = max(
+            t["task_id"] or 0 for t in cluster.client.get("/api/events?app=canary&limit=1000")
+        )
+        cluster.client.post("/api/apps/canary/update", {"image": v2})
+        rollouts = wait_for(
+            lambda: [
+                r
+                for r in cluster.client.get("/api/apps/canary/rollouts")
+                if r["status"] == "verifying"
+            ],
+            60,
+            "the canary to run",
+        )
+        canary = rollouts[0]
+        deploys = [
+            e
+            for e in cluster.client.get("/api/events?app=canary&limit=1000")
+            if e["kind"] == "task_created" and (e["task_id"] or 0) > first_task
+        ]
+        assert len(deploys) == 1 and f"on {canary['canary_node']}" in deploys[0]["message"]
+        done = wait_for(
+            lambda: [
+                r
+                for r in cluster.client.get("/api/apps/canary/rollouts")
+                if r["status"] == "stable"
+            ],
+            60,
+            "the rollout to be stable",
+        )
+        assert done[0]["done"] == 2
+        revisions = sorted(
+            c.labels["docklet.revision"]
+            for engine in (docker_client, other)
+            for c in engine.containers.list(filters=mine)
+            if c.labels.get("docklet.app") == "canary"
+        )
+        assert revisions == ["2", "2"]
+    finally:
+        agent2.stop()
+        for c in other.containers.list(all=True, filters=mine):
+            c.remove(force=True)
+        for ref in (v1, v2):
+            dockerlab.remove_image(other, ref)
+            dockerlab.remove_image(docker_client, ref)

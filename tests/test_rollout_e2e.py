@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
-import dockerlab
 import pytest
 from conftest import RUN_ID, Cluster, free_port, wait_for
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def web_image_v2(docker_client: Any) -> Iterator[str]:
-    """A second, different build of the web image: what `docklet update --image` moves to."""
-    tag = f"docklet-test/web:v2-{RUN_ID}"
-    dockerlab.build_web_image(docker_client, tag, {"docklet.test-run": RUN_ID})
-    yield tag
-    dockerlab.remove_image(docker_client, tag)
 
 
 class Poller:
@@ -108,3 +99,91 @@ def test_seed_steps_6_to_8_update_canary_and_automatic_rollback(
     history = cluster.docklet("history", "web").stdout
     assert "v3" in history and "failed" in history and "stable" in history
     assert cluster.client.get("/api/health") == {"status": "ok"}
+
+
+def wait_rollout(cluster: Cluster, app: str, statuses: set[str], timeout: float = 60) -> Any:
+    def done() -> Any:
+        rollouts = cluster.client.get(f"/api/apps/{app}/rollouts")
+        return rollouts[0] if rollouts and rollouts[0]["status"] in statuses else None
+
+    return wait_for(done, timeout, f"{app}'s rollout to be {' or '.join(sorted(statuses))}")
+
+
+def run_stable(cluster: Cluster, image: str, name: str, **spec: Any) -> None:
+    cluster.client.post("/api/apps", {"name": name, "image": image, **spec})
+    wait_for(lambda: cluster.app(name)["status"] == "stable", 30, f"{name} to be stable")
+    wait_for(
+        lambda: any(
+            h["status"] == "stable" for h in cluster.client.get(f"/api/apps/{name}/revisions")
+        ),
+        30,
+        f"{name} v1 to be verified",
+    )
+
+
+FAST = {"min_healthy_time": "1s"}
+
+
+def test_a_canary_that_exits_after_a_second_is_rolled_back_with_its_exit_code(
+    cluster: Cluster, web_image: str
+) -> None:
+    run_stable(cluster, web_image, "crashy", rollout=FAST)
+    cluster.client.post(
+        "/api/apps/crashy/update",
+        {"command": ["sh", "-c", "echo boom >&2; sleep 1; exit 3"], "restart": "no"},
+    )
+    r = wait_rollout(cluster, "crashy", {"rolled_back", "rollback_failed"})
+    assert r["status"] == "rolled_back"
+    assert r["reason"].startswith("exited with code 3 after")
+    assert r["evidence"]["exit_code"] == 3 and "boom" in (r["evidence"]["logs"] or "")
+    status = cluster.docklet("rollout", "status", "crashy").stdout
+    assert "rolled_back" in status and "boom" in status
+    running = [c for c in cluster.containers("crashy") if c.status == "running"]
+    assert [c.labels["docklet.revision"] for c in running] == ["1"]
+
+
+def test_a_git_push_that_changes_the_image_is_rolled_out(
+    cluster: Cluster, web_image: str, web_image_v2: str, tmp_path: Any
+) -> None:
+    import subprocess
+
+    run_stable(cluster, web_image, "pushed", rollout=FAST)
+    work = tmp_path / "clone"
+    git = ["git", "-c", "user.name=Bob", "-c", "user.email=bob@example.com"]
+    subprocess.run([*git, "clone", "-q", str(tmp_path / "cp" / "repo.git"), str(work)], check=True)
+    spec = (work / "apps" / "pushed.yaml").read_text().replace(web_image, web_image_v2)
+    (work / "apps" / "pushed.yaml").write_text(spec)
+    subprocess.run([*git, "-C", str(work), "commit", "-qam", "Bump pushed"], check=True)
+    subprocess.run([*git, "-C", str(work), "push", "-q", "origin", "main"], check=True)
+    r = wait_rollout(cluster, "pushed", {"stable", "rolled_back"})
+    assert (r["status"], r["revision"]) == ("stable", "v2")
+    history = cluster.client.get("/api/apps/pushed/revisions")
+    assert history[0]["message"] == "Bump pushed" and history[0]["author"].startswith("Bob")
+
+
+def test_a_control_plane_killed_while_verifying_resumes_and_finishes(
+    cluster: Cluster, web_image: str, web_image_v2: str
+) -> None:
+    run_stable(cluster, web_image, "resumed", rollout={"min_healthy_time": "4s"})
+    cluster.client.post("/api/apps/resumed/update", {"image": web_image_v2})
+    wait_rollout(cluster, "resumed", {"verifying"}, 30)
+    cluster.cp.stop(signal.SIGKILL)
+    cluster.start_cp()
+    r = wait_rollout(cluster, "resumed", {"stable", "rolled_back", "rollback_failed"}, 60)
+    assert r["status"] == "stable"
+    containers = cluster.containers("resumed")
+    assert len(containers) == 1 and containers[0].labels["docklet.revision"] == "2"
+
+
+def test_one_apps_long_rollout_does_not_delay_another(
+    cluster: Cluster, web_image: str, web_image_v2: str
+) -> None:
+    run_stable(cluster, web_image, "slow", rollout={"min_healthy_time": "60s"})
+    run_stable(cluster, web_image, "quick", rollout=FAST)
+    cluster.client.post("/api/apps/slow/update", {"image": web_image_v2})
+    wait_rollout(cluster, "slow", {"verifying"}, 30)
+    started = time.monotonic()
+    result = cluster.docklet("update", "quick", "--image", web_image_v2, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+    assert cluster.client.get("/api/apps/slow/rollouts")[0]["status"] == "verifying"
