@@ -20,9 +20,7 @@ def control_plane(
     data_dir: str, *args: str, log: IO[bytes] | None = None
 ) -> Iterator[tuple[str, int]]:
     """Run `docklet-cp` on a free loopback port until the block ends; yields (URL, pid)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cp = subprocess.Popen(
         [
@@ -52,3 +50,10 @@ def control_plane(
     finally:
         cp.terminate()
         cp.wait()
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
