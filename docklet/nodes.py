@@ -114,17 +114,9 @@ def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
     if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
         return changed
     stored = {
-        r["container_id"]: (
-            r["container_id"],
-            r["state"],
-            r["health"],
-            r["exit_code"],
-            r["restarts"],
-        )
+        r[0]: tuple(r)
         for r in db.execute(
-            "SELECT container_id, state, health, exit_code, restarts FROM containers"
-            " WHERE node_id = ?",
-            (node_id,),
+            f"SELECT {', '.join(FINGERPRINT)} FROM containers WHERE node_id = ?", (node_id,)
         )
     }
     seen: set[str] = set()
@@ -140,15 +132,31 @@ def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
     return changed or bool(gone)
 
 
+# The columns that hold what ObservedContainer.fingerprint() holds, in its order.
+FINGERPRINT = (
+    "container_id",
+    "state",
+    "health",
+    "exit_code",
+    "restarts",
+    "started_at",
+    "health_log",
+    "logs",
+)
+
+
 def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: float) -> None:
     """Upsert one container as an agent saw it; remember since when it is down."""
     db.execute(
         "INSERT INTO containers (node_id, container_id, name, app, revision, slot,"
-        " container_hash, image, state, health, exit_code, restarts, observed_at, down_since)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " container_hash, image, state, health, exit_code, restarts, observed_at, down_since,"
+        " started_at, health_log, logs)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (node_id, container_id) DO UPDATE SET state = excluded.state,"
         " health = excluded.health, exit_code = excluded.exit_code,"
         " restarts = excluded.restarts, observed_at = excluded.observed_at,"
+        " started_at = excluded.started_at, health_log = excluded.health_log,"
+        " logs = excluded.logs,"
         " down_since = CASE WHEN excluded.down_since IS NULL THEN NULL"
         " ELSE COALESCE(containers.down_since, excluded.down_since) END",
         (
@@ -166,6 +174,9 @@ def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: flo
             c.restarts,
             now,
             None if c.state == ContainerState.RUNNING else now,
+            c.started_at,
+            c.health_log,
+            c.logs,
         ),
     )
 

@@ -68,7 +68,7 @@ def judge(world: World, app: str, slot: int, node_id: str | None, rev: Revision)
     if node_id is None or not world.reachable(node_id):
         return WAIT  # no node, or a lost one: placed again, not the revision's fault
     name = container_name(app, slot, rev.container_hash)
-    task = world.latest.get((app, slot, node_id))
+    task = world.latest.get((node_id, name))
     ours = task is not None and task["kind"] == TaskKind.DEPLOY and task["revision"] == rev.number
     c = next(
         (c for c in world.containers.get(app, []) if c["node_id"] == node_id and c["name"] == name),

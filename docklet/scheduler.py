@@ -52,7 +52,7 @@ class World:
     nodes: dict[str, Row]
     containers: dict[str, list[Row]]
     open: dict[str, Open]
-    latest: dict[tuple[str, int, str], Row]
+    latest: dict[tuple[str, str], Row]  # the newest task per (node, container)
     placements: dict[str, dict[int, Placed]]
     revisions: dict[tuple[str, int], Row] = field(default_factory=dict)
     revision_status: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -87,7 +87,7 @@ class World:
             nodes={r["node_id"]: r for r in db.execute("SELECT * FROM nodes")},
             containers=containers,
             open=tasks.open_tasks(db),
-            latest=tasks.latest_per_slot(db),
+            latest=tasks.latest_per_container(db),
             placements=placements,
             revisions=revisions,
             revision_status={k: r["status"] for k, r in revisions.items()},
@@ -373,7 +373,9 @@ def _needs_deploy(
     current = [c for c in here if c["container_hash"] == rev.container_hash]
     if any(c["state"] == ContainerState.RUNNING for c in current):
         return False
-    last = world.latest.get((app["name"], slot, node["node_id"]))
+    last = world.latest.get(
+        (node["node_id"], tasks.container_name(app["name"], slot, rev.container_hash))
+    )
     if last is None or last["kind"] != TaskKind.DEPLOY or last["revision"] != rev.number:
         return True  # never deployed here, or Docklet itself stopped it: start it now
     if last["status"] == TaskStatus.FAILED:

@@ -245,16 +245,16 @@ def open_tasks(db: sqlite3.Connection) -> dict[str, dict[tuple[str, str], sqlite
     return out
 
 
-def latest_per_slot(db: sqlite3.Connection) -> dict[tuple[str, int, str], sqlite3.Row]:
-    """The newest task that was not cancelled, per (app, slot, node): one query a pass."""
+def latest_per_container(db: sqlite3.Connection) -> dict[tuple[str, str], sqlite3.Row]:
+    """The newest task that was not cancelled, per (node, container): one query a pass."""
     rows = db.execute(
-        "SELECT t.app, t.slot, t.node_id, t.kind, t.status, t.revision, t.lost, t.finished_at,"
-        " t.error"
-        " FROM tasks t JOIN (SELECT MAX(id) AS id FROM tasks WHERE status != ? AND slot IS NOT"
-        " NULL GROUP BY app, slot, node_id) m ON m.id = t.id",
+        "SELECT t.app, t.slot, t.node_id, t.container, t.kind, t.status, t.revision, t.lost,"
+        " t.finished_at, t.error"
+        " FROM tasks t JOIN (SELECT MAX(id) AS id FROM tasks WHERE status != ?"
+        " GROUP BY node_id, container) m ON m.id = t.id",
         (TaskStatus.CANCELLED,),
     )
-    return {(r["app"], r["slot"], r["node_id"]): r for r in rows}
+    return {(r["node_id"], r["container"]): r for r in rows}
 
 
 def forget_app(db: sqlite3.Connection, app: str) -> None:
@@ -262,10 +262,10 @@ def forget_app(db: sqlite3.Connection, app: str) -> None:
 
 
 def prune(db: sqlite3.Connection, before: float) -> None:
-    """Finished tasks are history; keep the newest per slot (the scheduler reads it) and recent."""
+    """Finished tasks are history; keep the newest per container (the scheduler reads it)."""
     db.execute(
         "DELETE FROM tasks WHERE status IN (?, ?, ?) AND finished_at < ? AND id NOT IN"
-        " (SELECT MAX(id) FROM tasks WHERE status != ? GROUP BY app, slot, node_id)",
+        " (SELECT MAX(id) FROM tasks WHERE status != ? GROUP BY node_id, container)",
         (
             TaskStatus.DONE,
             TaskStatus.FAILED,

@@ -127,7 +127,7 @@ FAST = {"min_healthy_time": "1s"}
 def test_a_canary_that_exits_after_a_second_is_rolled_back_with_its_exit_code(
     cluster: Cluster, web_image: str
 ) -> None:
-    run_stable(cluster, web_image, "crashy", rollout=FAST)
+    run_stable(cluster, web_image, "crashy", rollout={"min_healthy_time": "4s"})
     cluster.client.post(
         "/api/apps/crashy/update",
         {"command": ["sh", "-c", "echo boom >&2; sleep 1; exit 3"], "restart": "no"},
