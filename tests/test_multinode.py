@@ -167,13 +167,17 @@ def test_a_canary_runs_on_exactly_one_node_as_one_task_then_promotes(
             "the rollout to be stable",
         )
         assert done[0]["done"] == 2
-        revisions = sorted(
-            c.labels["docklet.revision"]
-            for engine in (docker_client, other)
-            for c in engine.containers.list(filters=mine)
-            if c.labels.get("docklet.app") == "canary"
-        )
-        assert revisions == ["2", "2"]
+
+        def revisions() -> list[str]:
+            return sorted(
+                c.labels["docklet.revision"]
+                for engine in (docker_client, other)
+                for c in engine.containers.list(all=True, filters=mine)
+                if c.labels.get("docklet.app") == "canary"
+            )
+
+        # Once stable, the kept v1 containers are removed.
+        wait_for(lambda: revisions() == ["2", "2"], 30, "only v2 containers to be left")
     finally:
         agent2.stop()
         for c in other.containers.list(all=True, filters=mine):
