@@ -212,3 +212,37 @@ def test_rollback_commits_the_old_spec_and_rolls_out_fast(cp: ControlPlane) -> N
         step(cp, a)
     assert cp.app("web")["running_revision"] == "v3"
     assert sorted(running(a).values()) == [3, 3] or sorted(running(a).values()) == [1, 1]
+
+
+def test_a_canary_whose_health_check_turns_unhealthy_is_rolled_back_with_its_output(
+    cp: ControlPlane,
+) -> None:
+    a = Agent(cp, "a")
+    stable_v1(cp, a)
+    hc = {"test": ["wget", "-q", "-O-", "http://localhost/"], "interval": "1s"}
+    put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=FAST, healthcheck=hc)
+    a.work()
+    for c in a.containers.values():
+        if c["labels"]["docklet.revision"] == "2":
+            c.update(health="unhealthy", health_log="wget: server returned error: 500")
+    a.heartbeat()
+    cp.reconcile()
+    r = latest(cp)
+    assert r["status"] in ("rolling_back", "rolled_back")
+    assert r["reason"] == "unhealthy: wget: server returned error: 500"
+    assert r["evidence"]["health"] == "wget: server returned error: 500"
+
+
+def test_a_lost_canary_node_is_not_the_revisions_fault(cp: ControlPlane) -> None:
+    a, b = Agent(cp, "a"), Agent(cp, "b")
+    stable_v1(cp, a, b)
+    put_app(cp, "web", replicas=2, image="nginx:1.27", rollout={"min_healthy_time": "1h"})
+    canary = latest(cp)["canary_node"]
+    with cp.store.write() as db:  # the canary's node goes silent for an hour
+        db.execute("UPDATE nodes SET last_seen = ? WHERE node_id = ?", (time.time() - 3600, canary))
+    cp.started_at = time.time() - 7200
+    cp.reconcile()  # the slot moves to b…
+    cp.reconcile()  # …and the rollout follows it, with a fresh deadline
+    r = latest(cp)
+    assert r["status"] in ("canary", "verifying")  # placed again, not failed
+    assert r["canary_node"] != canary
