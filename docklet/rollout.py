@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 LIVE = f"status IN ({', '.join(repr(s) for s in LIVE_ROLLOUT_STATUSES)})"
 Row = sqlite3.Row
+EVIDENCE = ("error", "exit_code", "health", "logs")  # what a failed rollout keeps
 
 
 @dataclass
@@ -492,7 +493,7 @@ def view(row: dict[str, Any] | None) -> dict[str, Any] | None:
         "progress_deadline": row["progress_deadline"],
         "reason": row["reason"],
         "failed_phase": row["failed_phase"],
-        "evidence": json.loads(row["evidence"] or "{}"),
+        "evidence": {**dict.fromkeys(EVIDENCE), **json.loads(row["evidence"] or "{}")},
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "finished_at": row["finished_at"],

@@ -83,6 +83,12 @@ def test_a_canary_docker_refuses_is_rolled_back_and_the_old_revision_never_stops
     r = latest(cp)
     assert r["status"] == "rolled_back" and r["failed_phase"] == "canary"
     assert r["reason"] == "pull nginx:does-not-exist: manifest unknown"
+    assert r["evidence"] == {
+        "error": "pull nginx:does-not-exist: manifest unknown",
+        "exit_code": None,
+        "health": None,
+        "logs": None,
+    }
     assert running(a) == before  # never interrupted
     view = cp.app("web")
     assert (view["status"], view["revision"], view["actual"]) == ("stable", "v1", "running")
