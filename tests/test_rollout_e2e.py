@@ -187,3 +187,20 @@ def test_one_apps_long_rollout_does_not_delay_another(
     assert result.returncode == 0, result.stdout + result.stderr
     assert time.monotonic() - started < 30
     assert cluster.client.get("/api/apps/slow/rollouts")[0]["status"] == "verifying"
+
+
+def test_an_agent_killed_during_the_canary_does_not_fail_the_rollout(
+    cluster: Cluster, web_image: str, web_image_v2: str
+) -> None:
+    run_stable(cluster, web_image, "agentkill", rollout={"min_healthy_time": "4s"})
+    cluster.client.post("/api/apps/agentkill/update", {"image": web_image_v2})
+    wait_rollout(cluster, "agentkill", {"verifying"}, 30)
+    cluster.agent.stop(signal.SIGKILL)
+    cluster.start_agent()
+    r = wait_rollout(cluster, "agentkill", {"stable", "rolled_back", "rollback_failed"}, 60)
+    assert r["status"] == "stable"
+    wait_for(
+        lambda: [c.labels["docklet.revision"] for c in cluster.containers("agentkill")] == ["2"],
+        30,
+        "one v2 container and no duplicate",
+    )
