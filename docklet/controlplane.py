@@ -48,6 +48,7 @@ class ControlPlane:
             last_pass = get_meta(db, "last_pass_at")
             if last_pass:
                 rollout.resume(db, self.started_at - float(last_pass))
+                set_meta(db, "last_pass_at", repr(self.started_at))  # given back once
         self._wake = threading.Event()
         self._work = threading.Condition()
         # One sync at a time: a sync that read an older head must never write
@@ -94,8 +95,11 @@ class ControlPlane:
                 raise NotFound(f"app {name!r} has no revision v{to} (docklet history {name})")
             return row
         row = self.store.one(
+            # The stable revision itself while another is being (or failed to be) rolled
+            # out; otherwise the one that ran before it.
             "SELECT r.* FROM revisions r JOIN apps a ON a.name = r.app WHERE r.app = ?"
-            " AND r.number < a.current_revision AND r.status IN (?, ?)"
+            " AND (r.number < a.current_revision OR (r.number = a.current_revision"
+            " AND a.target_revision != a.current_revision)) AND r.status IN (?, ?)"
             " ORDER BY r.number DESC LIMIT 1",
             (name, RevisionStatus.STABLE, RevisionStatus.REPLACED),
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,15 +60,17 @@ class Verdict:
     reason: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     running: bool = False
+    lost: bool = False  # no node, or a silent one: waiting is not the revision's fault
 
 
 WAIT = Verdict("wait")
+LOST = Verdict("wait", lost=True)
 
 
 def judge(world: World, app: str, slot: int, node_id: str | None, rev: Revision) -> Verdict:
     """Is the slot's container of `rev` on `node_id` healthy for long enough?"""
     if node_id is None or not world.reachable(node_id):
-        return WAIT  # no node, or a lost one: placed again, not the revision's fault
+        return LOST  # placed again by the scheduler; its deadline starts again
     name = container_name(app, slot, rev.container_hash)
     task = world.latest.get((node_id, name))
     ours = task is not None and task["kind"] == TaskKind.DEPLOY and task["revision"] == rev.number
@@ -121,8 +124,9 @@ class Controller:
         self._settle_first_revision()
         live = self.world.rollouts.get(self.name)
         target = self.app["target_revision"]
-        if live is not None and live["revision"] != target:
-            self._end_superseded(live)
+        stopped = self.app["desired"] != DesiredState.RUNNING
+        if live is not None and (live["revision"] != target or stopped):
+            self._end_superseded(live, stopped=stopped)
             live = None
         if live is None and target is not None and target != self.current:
             live = self._begin(target)
@@ -143,6 +147,8 @@ class Controller:
         stable = cur is not None and self._status(self.current) == RevisionStatus.STABLE
         if self.app["desired"] != DesiredState.RUNNING or not stable:
             # Nothing verified runs to protect: the new revision simply takes over.
+            if stable:
+                self._set_revision(self.current, RevisionStatus.REPLACED)
             self._set_current(target)
             return None
         if cur is not None and cur.container_hash == tgt.container_hash:
@@ -185,11 +191,16 @@ class Controller:
         return row
 
     def _failed_before(self, tgt: Revision) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM revisions WHERE app = ? AND status = ? AND runtime_hash = ? LIMIT 1",
-            (self.name, RevisionStatus.FAILED, tgt.spec.runtime_hash()),
-        ).fetchone()
-        return row is not None
+        statuses = {
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT status FROM revisions WHERE app = ? AND runtime_hash = ?",
+                (self.name, tgt.spec.runtime_hash()),
+            )
+        }
+        # Failed once, and never ran verified since (a retry that worked clears it).
+        ran = RevisionStatus.STABLE in statuses or RevisionStatus.REPLACED in statuses
+        return RevisionStatus.FAILED in statuses and not ran
 
     def _known_good(self, tgt: Revision) -> bool:
         """Its containers ran verified before (a rollback by commit): no canary needed."""
@@ -244,6 +255,8 @@ class Controller:
         if node != r["canary_node"]:  # its node was lost: placed again, with a fresh deadline
             r = self._update(r, canary_node=node, deadline=self._deadline(tgt))
         verdict = judge(self.world, self.name, slot, node, tgt)
+        if verdict.lost:
+            return self._update(r, deadline=self._deadline(tgt))
         if verdict.state == "fail":
             return self._fail(r, verdict.reason, verdict.evidence)
         if verdict.state == "ok":
@@ -260,12 +273,15 @@ class Controller:
         tgt = self.world.revision(self.name, r["revision"])
         slots = range(1, tgt.spec.replicas + 1)
         moved = [s for s in slots if self._revision_of(s) == r["revision"]]
-        verified, waiting = [], []
+        verified, waiting, lost = [], [], False
         for s in moved:
             verdict = judge(self.world, self.name, s, self.placements[s][0], tgt)
             if verdict.state == "fail":
                 return self._fail(r, f"slot {s}: {verdict.reason}", verdict.evidence)
             (verified if verdict.state == "ok" else waiting).append(s)
+            lost = lost or verdict.lost
+        if lost:  # a slot is being placed again: its step gets a fresh deadline
+            r = self._update(r, deadline=self._deadline(tgt))
         self.world.verified.setdefault(self.name, set()).update(verified)
         if waiting:
             if self.world.now > r["deadline"]:
@@ -308,6 +324,9 @@ class Controller:
         self._set_revision(r["revision"], RevisionStatus.FAILED, reason)
         fields = {"reason": reason, "failed_phase": phase, "evidence": json.dumps(evidence)}
         if not tgt.spec.rollout.auto_revert:
+            # Left as it is, but never broken: slots whose new container passed the
+            # gate keep it; the others go back to what they ran.
+            self._restore(r, keep=self.world.verified.get(self.name, set()))
             return self._end(r, RolloutStatus.FAILED, **fields)
         self._restore(r)
         frm = self.world.revision(self.name, r["from_revision"])
@@ -327,20 +346,27 @@ class Controller:
                 self._move(slot, self.placements[slot][0], None)
         return self._end(r, RolloutStatus.STABLE, done=tgt.spec.replicas)
 
-    def _end_superseded(self, r: Row) -> None:
+    def _end_superseded(self, r: Row, stopped: bool = False) -> None:
         self._restore(r)
-        if self._status(r["revision"]) == RevisionStatus.PENDING:
-            self._set_revision(r["revision"], RevisionStatus.SUPERSEDED)
-        self._end(r, RolloutStatus.SUPERSEDED, reason="a newer revision arrived")
+        if stopped:  # not the revision's fault: it stays the target
+            reason = "the app was stopped"
+        else:
+            reason = "a newer revision arrived"
+            if self._status(r["revision"]) == RevisionStatus.PENDING:
+                self._set_revision(r["revision"], RevisionStatus.SUPERSEDED)
+        self._end(r, RolloutStatus.SUPERSEDED, reason=reason)
 
-    def _restore(self, r: Row) -> None:
+    def _restore(self, r: Row, keep: set[int] | None = None) -> None:
         """Every slot back where it was, on the revision it ran (kept containers restart)."""
         saved = {int(s): p for s, p in json.loads(r["saved"]).items()}
+        keep = keep or set()
         for slot in list(self.placements):
-            if slot not in saved:
+            if slot not in saved and slot not in keep:
                 self._drop(slot)
-        for slot, (node, _rev) in saved.items():
-            self._move(slot, node, None)
+        for slot, (node, rev) in saved.items():
+            if slot in keep:
+                continue
+            self._move(slot, node, None if rev == self.current else rev)
 
     def _end(self, r: Row, status: RolloutStatus, **fields: Any) -> Row:
         if status in (RolloutStatus.ROLLED_BACK, RolloutStatus.ROLLBACK_FAILED):
@@ -451,6 +477,8 @@ def resume(db: sqlite3.Connection, downtime: float) -> None:
 
 def retry(db: sqlite3.Connection, app: str) -> bool:
     """`docklet rollout retry`: the held (or failed) target may be rolled out again."""
+    # A newer change to the app, as a stop and start is: a deploy Docker refused is tried again.
+    db.execute("UPDATE apps SET updated_at = ? WHERE name = ?", (time.time(), app))
     cursor = db.execute(
         "UPDATE revisions SET status = ?, reason = NULL, forced = 1 WHERE app = ? AND number ="
         " (SELECT target_revision FROM apps WHERE name = ?) AND status IN (?, ?)"

@@ -71,14 +71,15 @@ class World:
             placements[p["app"]][p["slot"]] = (p["node_id"], p["revision"])
             load[p["node_id"]] += 1
         rollouts = {r["app"]: r for r in db.execute(f"SELECT * FROM rollouts WHERE {LIVE}")}
-        # The revisions a pass can touch: each app's stable and target ones, and those
-        # of its live rollout.
+        # The revisions a pass can touch: each app's stable and target ones, those of
+        # its live rollout, and any a slot still runs.
         revisions = {
             (r["app"], r["number"]): r
             for r in db.execute(
                 "SELECT r.* FROM revisions r JOIN apps a ON a.name = r.app"
                 " LEFT JOIN rollouts o ON o.app = r.app AND o." + LIVE + " WHERE r.number IN"
                 " (a.current_revision, a.target_revision, o.revision, o.from_revision)"
+                " OR r.number IN (SELECT p.revision FROM placements p WHERE p.app = r.app)"
             )
         }
         return cls(
@@ -273,7 +274,7 @@ def _run(
         if (node_id, cname) in open_:
             continue
         here = [c for c in containers if c["node_id"] == node_id and c["name"] == cname]
-        if _needs_deploy(app, rev, slot, here, world.nodes[node_id], world):
+        if _needs_deploy(app, rev, slot, here, world.nodes[node_id], world, live is not None):
             replaces = _replaces(rev, slot, node_id, cname, containers)
             tasks.create(
                 db,
@@ -368,11 +369,16 @@ def _replaces(
 
 
 def _needs_deploy(
-    app: Row, rev: Revision, slot: int, here: list[Row], node: Row, world: World
+    app: Row, rev: Revision, slot: int, here: list[Row], node: Row, world: World, rolling: bool
 ) -> bool:
     current = [c for c in here if c["container_hash"] == rev.container_hash]
     if any(c["state"] == ContainerState.RUNNING for c in current):
         return False
+    if rolling and current and current[0]["state"] != ContainerState.RESTARTING:
+        # A rollout moves slots on purpose (a stop-first deploy stopped this one): no heal
+        # delay. A container that crashes is the health gate's to judge, not healed here.
+        last = world.latest.get((node["node_id"], current[0]["name"]))
+        return last is None or last["status"] != TaskStatus.FAILED
     last = world.latest.get(
         (node["node_id"], tasks.container_name(app["name"], slot, rev.container_hash))
     )

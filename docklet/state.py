@@ -123,7 +123,13 @@ def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -
     rev = rows.revisions.get((name, app["current_revision"]))
     target = rows.revisions.get((name, app["target_revision"])) or rev
     latest = rows.rollouts.get(name)
-    live = latest if latest and not RolloutStatus(latest["status"]).is_terminal else None
+    live = (
+        latest
+        if latest
+        and not RolloutStatus(latest["status"]).is_terminal
+        and app["desired"] == DesiredState.RUNNING
+        else None
+    )
     spec = json.loads(rev["spec"]) if rev else {}
     open_tasks = rows.tasks.get(name, [])
     failures = [

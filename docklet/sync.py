@@ -216,10 +216,16 @@ def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | N
         " AND number != COALESCE((SELECT current_revision FROM apps WHERE name = ?), 0)",
         (RevisionStatus.SUPERSEDED, name, RevisionStatus.PENDING, RevisionStatus.HELD, name),
     )
+    # The same container spec ran before (a rollback by commit): the same bytes, exactly.
+    pinned = db.execute(
+        "SELECT image_digest FROM revisions WHERE app = ? AND container_hash = ?"
+        " AND image_digest IS NOT NULL ORDER BY number DESC LIMIT 1",
+        (name, app_spec.container_hash()),
+    ).fetchone()
     db.execute(
         "INSERT INTO revisions (app, number, spec, spec_hash, container_hash, runtime_hash,"
-        " commit_sha, author, message, status, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " commit_sha, author, message, status, created_at, image_digest)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             name,
             number,
@@ -232,6 +238,7 @@ def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | N
             commit.message,
             RevisionStatus.PENDING,
             now,
+            pinned["image_digest"] if pinned else None,
         ),
     )
     first = app is None or app["current_revision"] is None
