@@ -50,6 +50,7 @@ def serve(config: CPConfig) -> None:
         config.data_dir,
         cp.cluster_id,
     )
+    cp.announce_bootstrap(f"http://{config.host}:{server.effective_port}")
     try:
         server.run()
     finally:

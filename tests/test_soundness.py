@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import WSGIClient
+from conftest import ADMIN_TOKEN, WSGIClient
 
 from docklet import defaults
 from docklet.client import Client
@@ -161,7 +161,7 @@ def test_concurrent_creates_each_see_their_own_app(served_cp: str) -> None:
             with urllib.request.urlopen(request, timeout=30) as resp:
                 results[f"cc-{n}"] = (resp.status, "")
             # The CLI's wait that follows reads the app at once.
-            Client(served_cp).get(f"/api/apps/cc-{n}")
+            Client(served_cp, token=ADMIN_TOKEN).get(f"/api/apps/cc-{n}")
         except urllib.error.HTTPError as exc:
             results[f"cc-{n}"] = (exc.code, exc.read().decode())
 
@@ -332,4 +332,4 @@ def test_a_body_over_the_limit_is_refused_by_the_server(served_cp: str) -> None:
         assert exc.code == 413
     except (ConnectionError, urllib.error.URLError):
         pass  # waitress may close the connection while the client still sends: refused too
-    assert Client(served_cp).get("/api/health") == {"status": "ok"}
+    assert Client(served_cp, token=ADMIN_TOKEN).get("/api/health") == {"status": "ok"}
