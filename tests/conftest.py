@@ -101,6 +101,7 @@ class WSGIClient:
         *,
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
+        environ: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         data = (
             raw
@@ -108,22 +109,26 @@ class WSGIClient:
             else (json.dumps(json_body).encode() if json_body is not None else b"")
         )
         path, _, query = path.partition("?")
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_NAME": "test",
-            "SERVER_PORT": "80",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(data),
-            "CONTENT_LENGTH": str(len(data)),
-            "CONTENT_TYPE": "application/json",
-            "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
+        extra_environ, environ = (
+            environ,
+            {
+                "REQUEST_METHOD": method,
+                "PATH_INFO": path,
+                "QUERY_STRING": query,
+                "SERVER_NAME": "test",
+                "SERVER_PORT": "80",
+                "wsgi.url_scheme": "http",
+                "wsgi.input": io.BytesIO(data),
+                "CONTENT_LENGTH": str(len(data)),
+                "CONTENT_TYPE": "application/json",
+                "wsgi.errors": sys.stderr,
+                "wsgi.version": (1, 0),
+                "wsgi.multithread": True,
+                "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            },
+        )
+        environ.update(extra_environ or {})
         headers = dict(headers or {})
         if self.token and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -133,7 +138,12 @@ class WSGIClient:
             if value is not None:
                 environ["HTTP_" + name.upper().replace("-", "_")] = value
         status: list[str] = []
-        chunks = self.app(environ, lambda s, h, *a: status.append(s))
+
+        def start_response(s: str, h: list[tuple[str, str]], *a: Any) -> None:
+            status.append(s)
+            self.last_headers = dict(h)
+
+        chunks = self.app(environ, start_response)
         body = b"".join(chunks)
         text = body.decode()
         return int(status[0].split()[0]), json.loads(text) if text else None

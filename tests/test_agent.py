@@ -61,7 +61,7 @@ def polling(agent: Agent) -> Iterator[Agent]:
 
 
 def app_state(url: str, name: str) -> dict[str, Any]:
-    return Client(url).get(f"/api/apps/{name}")
+    return Client(url, token=ADMIN_TOKEN).get(f"/api/apps/{name}")
 
 
 def running(url: str, name: str) -> bool:
@@ -369,6 +369,8 @@ def test_an_agent_forgotten_by_the_cp_registers_again(
 ) -> None:
     with cp.store.write() as db:  # the CP lost its data, say
         db.execute("DELETE FROM nodes")
+    # Its node token means nothing now, and the bootstrap window is spent: it needs the join token.
+    agent.config = agent.config.model_copy(update={"join_token": cp.join_token()})
     agent.heartbeat_loop(max_iterations=1)
     assert not agent.stop.is_set()
     assert [n["node_id"] for n in Client(served_cp, token=ADMIN_TOKEN).get("/api/state/nodes")] == [

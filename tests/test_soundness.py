@@ -155,7 +155,7 @@ def test_concurrent_creates_each_see_their_own_app(served_cp: str) -> None:
             f"{served_cp}/api/apps",
             data=json.dumps({"name": f"cc-{n}", "image": "nginx:1.25"}).encode(),
             method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:
@@ -234,7 +234,9 @@ def test_a_heartbeat_over_the_container_limit_is_refused(api: WSGIClient) -> Non
 def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(
     cp: ControlPlane,
 ) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"))["node_id"]
+    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
+        "node_id"
+    ]
 
     def beat(n: int) -> None:
         containers = [
@@ -269,7 +271,7 @@ def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(
 def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
     cp: ControlPlane, api: WSGIClient
 ) -> None:
-    cp.register(Registration(engine_id="e1", name="n1"))
+    cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())
     create(api, "bad")
     with cp.store.write() as db:  # a revision this CP cannot read (a bug, a bad migration)
         db.execute("UPDATE revisions SET spec = '{\"oops\": 1}' WHERE app = 'bad'")
@@ -285,7 +287,9 @@ def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
 
 
 def test_a_failing_sync_does_not_stop_the_reconcile(cp: ControlPlane, monkeypatch: Any) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"))["node_id"]
+    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
+        "node_id"
+    ]
     with cp.store.write() as db:
         db.execute("UPDATE nodes SET last_seen = 0")
     cp.started_at = 0
@@ -301,7 +305,9 @@ def test_a_failing_sync_does_not_stop_the_reconcile(cp: ControlPlane, monkeypatc
 
 
 def test_a_cp_restart_gives_nodes_a_fresh_grace(cp: ControlPlane, config: Any) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"))["node_id"]
+    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
+        "node_id"
+    ]
     with cp.store.write() as db:  # the CP was down for five minutes
         db.execute("UPDATE nodes SET last_seen = ?", (time.time() - 300,))
     restarted = ControlPlane(config)
