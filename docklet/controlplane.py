@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from docklet import apps, auth, events, nodes, rollout, scheduler, spec, tasks, tokens
+from docklet import apps, auth, events, hooks, nodes, rollout, scheduler, spec, tasks, tokens
 from docklet.apps import Edit
 from docklet.config import CPConfig
 from docklet.errors import Conflict, NotFound, Unauthorized
@@ -41,6 +41,7 @@ class ControlPlane:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db_path)
         self.repo = GitRepo(config.repo_path)
+        hooks.install(config.repo_path)  # pushes with invalid specs are refused
         with self.store.write() as db:
             self.cluster_id = get_meta(db, "cluster_id") or secrets.token_hex(8)
             set_meta(db, "cluster_id", self.cluster_id)

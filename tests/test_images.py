@@ -14,6 +14,7 @@ import docker.errors
 import pytest
 from conftest import BIN, RUN_ID, free_port, wait_for
 
+from docklet import credentials
 from docklet.client import Client
 
 pytestmark = pytest.mark.docker
@@ -88,7 +89,11 @@ def test_control_plane_and_agent_run_as_containers(
             timeout=90,
         )
         assert run.returncode == 0, run.stderr
-        agent.restart()
+        # A fresh cluster: the CLI's first command claimed the admin token and kept it.
+        assert "First use of this cluster: logged in" in run.stderr
+        client.token = credentials.load(url)
+        assert client.token and client.token not in run.stdout + run.stderr
+        agent.restart()  # keeps its node token in the container: rejoins without a join token
         nodes = wait_for(lambda: client.get("/api/state/nodes"), 30, "nodes")
         assert [n["node_id"] for n in nodes] == [node["node_id"]]  # the same node again
         wait_for(lambda: client.get("/api/apps/web")["actual"] == "running", 30, "web running")

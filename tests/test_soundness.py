@@ -41,7 +41,13 @@ def git(repo: Path, *args: str, **kw: Any) -> str:
 
 
 def push(cp: ControlPlane, work: Path, files: dict[bytes, bytes], *config: str) -> None:
-    """Commit `files` (raw names, raw bytes) with the real git CLI and push to the CP's repo."""
+    """Commit `files` (raw names, raw bytes) with the real git CLI and push to the CP's repo.
+
+    The pre-receive hook would refuse these (tests/test_hooks.py): it is taken
+    away here, to test the sync's own defences against what reaches the
+    repository some other way (written by hand, or before the hook existed).
+    """
+    (cp.config.repo_path / "hooks" / "pre-receive").unlink(missing_ok=True)
     if not (work / ".git").exists():
         work.mkdir(parents=True)
         git(work, "init", "-q", "-b", "main")
