@@ -39,6 +39,7 @@ ADMIN_TOKEN = f"dku_test-admin-{RUN_ID}-{uuid.uuid4().hex}"
 _SCRATCH = Path(tempfile.mkdtemp(prefix="docklet-test-"))
 os.environ["XDG_CONFIG_HOME"] = str(_SCRATCH / "config")
 os.environ["XDG_STATE_HOME"] = str(_SCRATCH / "state")
+os.environ["DOCKLET_STATE_DIR"] = str(_SCRATCH / "state" / "docklet-agent")  # even in a container
 os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 os.environ.pop("DOCKLET_TOKEN", None)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +35,8 @@ def slow_image(docker_client: Any, web_image: str) -> Iterator[str]:
 
 
 def make_agent(url: str, docker_client: Any, **settings: Any) -> Agent:
+    state = Path(os.environ["DOCKLET_STATE_DIR"])  # never the host's /var/lib/docklet-agent
+    settings = {"state_dir": state, **settings}
     config = AgentConfig(cp=url, node_name="node-a", poll_wait=1, retry_max=1, **settings)
     return Agent(config, engine=Engine(docker_client))
 

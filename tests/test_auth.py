@@ -370,3 +370,25 @@ def test_no_secret_reaches_a_log_the_repo_or_the_database(
                 for secret in (*secrets.values(), env_canary):
                     assert secret not in text, f"{table}.{column} holds a secret"
     db.close()
+
+
+@pytest.mark.docker
+def test_no_secret_in_the_cp_or_agent_logs_of_real_processes(cluster: Any, web_image: str) -> None:
+    """The CP and the agent as processes: their logs hold no token of any kind."""
+    import re
+
+    join = cluster.join_token()
+    env_canary = f"CANARY-ENV-{uuid.uuid4().hex}"
+    run = cluster.docklet("run", web_image, "--name", "web", "-e", f"PASS={env_canary}")
+    assert run.returncode == 0, run.stderr
+    cluster.agent.stop()  # a restart: it rejoins with the node token it kept
+    cluster.agent.start()
+    cluster.client.get("/api/state/apps")
+    state = Path(os.environ["DOCKLET_STATE_DIR"])
+    (saved,) = [p for p in state.glob("node-*.json") if cluster.url in p.read_text()]
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    node_token = json.loads(saved.read_text())["token"]
+    text = cluster.cp.log.read_text() + cluster.agent.log.read_text() + run.stdout + run.stderr
+    for secret in (cluster.client.token, join, node_token, env_canary):
+        assert secret not in text
+    assert not re.search(r"dk[unj]_[A-Za-z0-9_-]{16,}", text)
