@@ -32,7 +32,7 @@ if [ "$base" = "$offline_base" ] && ! docker image inspect "$base" >/dev/null 2>
     rootfs=$(mktemp -d)
     trap 'rm -rf "$rootfs"' EXIT
     echo "building $base with debootstrap from $mirror ..."
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,git \
         bookworm "$rootfs" "$mirror" >/dev/null
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" -c . | docker import \

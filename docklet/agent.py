@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from docklet import __version__, defaults, logs
+from docklet import __version__, defaults, identity, logs
 from docklet import config as settings_table
 from docklet.client import Client
 from docklet.config import AgentConfig
@@ -143,6 +143,7 @@ class Agent:
                 self._cp_interval = reply.heartbeat_interval
                 self._report_seq = 0  # the CP starts this node's count again too
                 self._generation += 1
+            identity.save(self.config.state_dir, self.config.cp, reply.node_id, reply.token)
             log.info(
                 "registered as node %s with %s (Docker %s)",
                 self.node_id,
@@ -157,8 +158,15 @@ class Agent:
             "name": self.config.node_name or info["hostname"],
             "info": {**info, "agent_version": __version__},
         }
-        # No token: the one this agent holds may be the one being refused.
-        return parse(RegistrationReply, Client(self.cp.base_url).post("/api/agents/register", body))
+        return parse(RegistrationReply, self._joining_client().post("/api/agents/register", body))
+
+    def _joining_client(self) -> Client:
+        """A client with what proves this agent may register: its node token, the join token."""
+        saved = self.cp.token or identity.load(self.config.state_dir, self.config.cp)
+        client = Client(self.cp.base_url, token=saved or None)
+        if self.config.join_token:
+            client.headers["X-Docklet-Join-Token"] = self.config.join_token
+        return client
 
     def _reregister_if_refused(self, exc: APIError, generation: int) -> bool:
         """React to the CP refusing this agent's token; True when handled.

@@ -19,11 +19,12 @@ from typing import Any, NamedTuple
 
 from bottle import Bottle, HTTPError, HTTPResponse, request, response
 
-from docklet import API_VERSION, __version__, spec
+from docklet import API_VERSION, __version__, auth, spec
 from docklet.controlplane import ControlPlane
-from docklet.errors import BadRequest, DockletError, InvalidSpec, TooLarge
+from docklet.errors import BadRequest, DockletError, InvalidSpec, TooLarge, Unauthorized
 from docklet.protocol import Heartbeat, Registration, TaskReport, parse
 from docklet.spec import SpecState
+from docklet.status import Access, TokenScope
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def json_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return callback(*args, **kwargs)
         except DockletError as exc:
+            if "retry_after" in exc.details:
+                response.set_header("Retry-After", str(exc.details["retry_after"]))
             return _error_body(exc.status, exc.code, exc.message)
         except HTTPResponse:
             raise
@@ -137,7 +140,14 @@ def health(cp: ControlPlane) -> str:
 
 
 def version(cp: ControlPlane) -> str:
-    return _json({"version": __version__, "api": API_VERSION, "cluster_id": cp.cluster_id})
+    return _json(
+        {
+            "version": __version__,
+            "api": API_VERSION,
+            "cluster_id": cp.cluster_id,
+            "bootstrap": cp.bootstrap_windows(),
+        }
+    )
 
 
 def state_nodes(cp: ControlPlane) -> str:
@@ -215,7 +225,49 @@ def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
 
 
 def register(cp: ControlPlane) -> str:
-    return _json(cp.register(parse(Registration, body(cp))))
+    reg = parse(Registration, body(cp))
+    node_token = auth.bearer(header("Authorization"))
+    return _json(cp.register(reg, node_token=node_token, join_token=header(JOIN_HEADER)))
+
+
+# -- credentials ----------------------------------------------------------------------
+
+JOIN_HEADER = "X-Docklet-Join-Token"
+
+
+def bootstrap_login(cp: ControlPlane) -> str:
+    name = body(cp).get("name") or "admin"
+    secret = cp.bootstrap_admin(str(name), _author())
+    return _json({"name": name, "scope": TokenScope.ADMIN, "token": secret})
+
+
+def whoami(cp: ControlPlane) -> str:
+    caller: auth.Caller = request.environ["docklet.caller"]
+    return _json({"name": caller.name, "scope": caller.scope})
+
+
+def list_tokens(cp: ControlPlane) -> str:
+    return _json(cp.tokens())
+
+
+def create_token(cp: ControlPlane) -> str:
+    data = body(cp)
+    scope = data.get("scope", TokenScope.READ)
+    if scope not in tuple(TokenScope):
+        raise BadRequest("'scope' is read or admin")
+    secret = cp.create_token(data.get("name"), TokenScope(scope), _author())
+    response.status = 201
+    return _json({"name": data["name"], "scope": scope, "token": secret})
+
+
+def revoke_token(cp: ControlPlane, name: str) -> str:
+    cp.revoke_token(name, _author())
+    return _json({"name": name, "revoked": True})
+
+
+def join_token(cp: ControlPlane) -> str:
+    rotate = body(cp).get("rotate") is True
+    return _json({"token": cp.join_token(rotate=rotate), "rotated": rotate})
 
 
 def heartbeat(cp: ControlPlane, node_id: str) -> str:
@@ -240,38 +292,86 @@ class Route(NamedTuple):
     method: str
     path: str
     handler: Callable[..., str]
+    access: Access  # who may call it; `guarded` enforces it
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/api/health", health),
-    Route("GET", "/api/version", version),
-    Route("GET", "/api/state/nodes", state_nodes),
-    Route("GET", "/api/state/apps", state_apps),
-    Route("GET", "/api/state/sync", state_sync),
-    Route("GET", "/api/events", list_events),
-    Route("POST", "/api/apps", create_app),
-    Route("GET", "/api/apps/<name>", get_app),
-    Route("POST", "/api/apps/<name>/update", update_app),
-    Route("POST", "/api/apps/<name>/stop", stop_app),
-    Route("POST", "/api/apps/<name>/start", start_app),
-    Route("DELETE", "/api/apps/<name>", delete_app),
-    Route("GET", "/api/apps/<name>/revisions", revisions),
-    Route("POST", "/api/apps/<name>/rollback", rollback),
-    Route("POST", "/api/apps/<name>/rollouts/retry", retry_rollout),
-    Route("GET", "/api/apps/<name>/rollouts", list_rollouts),
-    Route("GET", "/api/apps/<name>/rollouts/<rollout_id:int>", get_rollout),
-    Route("POST", "/api/agents/register", register),
-    Route("POST", "/api/agents/<node_id>/heartbeat", heartbeat),
-    Route("GET", "/api/agents/<node_id>/tasks", agent_tasks),
-    Route("POST", "/api/agents/<node_id>/tasks/<task_id:int>", agent_report),
+    Route("GET", "/api/health", health, Access.PUBLIC),
+    Route("GET", "/api/version", version, Access.PUBLIC),
+    Route("GET", "/api/state/nodes", state_nodes, Access.NODES_STATE),
+    Route("GET", "/api/state/apps", state_apps, Access.READ),
+    Route("GET", "/api/state/sync", state_sync, Access.READ),
+    Route("GET", "/api/events", list_events, Access.READ),
+    Route("POST", "/api/apps", create_app, Access.ADMIN),
+    Route("GET", "/api/apps/<name>", get_app, Access.READ),
+    Route("POST", "/api/apps/<name>/update", update_app, Access.ADMIN),
+    Route("POST", "/api/apps/<name>/stop", stop_app, Access.ADMIN),
+    Route("POST", "/api/apps/<name>/start", start_app, Access.ADMIN),
+    Route("DELETE", "/api/apps/<name>", delete_app, Access.ADMIN),
+    Route("GET", "/api/apps/<name>/revisions", revisions, Access.READ),
+    Route("POST", "/api/apps/<name>/rollback", rollback, Access.ADMIN),
+    Route("POST", "/api/apps/<name>/rollouts/retry", retry_rollout, Access.ADMIN),
+    Route("GET", "/api/apps/<name>/rollouts", list_rollouts, Access.READ),
+    Route("GET", "/api/apps/<name>/rollouts/<rollout_id:int>", get_rollout, Access.READ),
+    Route("POST", "/api/agents/register", register, Access.JOIN),
+    Route("POST", "/api/agents/<node_id>/heartbeat", heartbeat, Access.NODE),
+    Route("GET", "/api/agents/<node_id>/tasks", agent_tasks, Access.NODE),
+    Route("POST", "/api/agents/<node_id>/tasks/<task_id:int>", agent_report, Access.NODE),
+    Route("POST", "/api/auth/bootstrap", bootstrap_login, Access.PUBLIC),
+    Route("GET", "/api/auth/whoami", whoami, Access.READ),
+    Route("GET", "/api/tokens", list_tokens, Access.ADMIN),
+    Route("POST", "/api/tokens", create_token, Access.ADMIN),
+    Route("DELETE", "/api/tokens/<name>", revoke_token, Access.ADMIN),
+    Route("POST", "/api/nodes/join-token", join_token, Access.ADMIN),
 )
+
+
+def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
+    """The route's handler behind the check its `access` names.
+
+    Wrong credentials (never missing ones: those are no guess) count against
+    the caller's address, and are logged without the credential itself.
+    """
+    handler = functools.partial(route.handler, cp)
+    access = route.access
+    if access == Access.NODES_STATE and cp.config.public_node_state:
+        access = Access.PUBLIC
+    if access == Access.NODES_STATE:
+        access = Access.READ
+
+    @functools.wraps(route.handler)
+    def check(**kwargs: Any) -> str:
+        if access == Access.PUBLIC:
+            return handler(**kwargs)
+        address = request.environ.get("REMOTE_ADDR") or "unknown"
+        auth.refuse_if_limited(cp.limiter, address)
+        secret = auth.bearer(header("Authorization"))
+        try:
+            if access in (Access.READ, Access.ADMIN):
+                if not secret:
+                    raise auth.missing(access)
+                request.environ["docklet.caller"] = cp.authenticate_user(secret, access)
+            elif access == Access.NODE:
+                if not secret:
+                    raise auth.missing(access)
+                cp.authenticate(kwargs["node_id"], secret)
+            return handler(**kwargs)
+        except Unauthorized as exc:
+            if secret or access == Access.JOIN:
+                cp.limiter.fail(address)
+            log.warning(
+                "auth: %s %s from %s refused: %s", request.method, request.path, address, exc
+            )
+            raise
+
+    return check
 
 
 def make_app(cp: ControlPlane) -> Bottle:
     app = Bottle()
     app.install(json_errors)
     for route in ROUTES:
-        app.route(route.path, route.method, functools.partial(route.handler, cp))
+        app.route(route.path, route.method, guarded(cp, route))
 
     def http_error(err: HTTPError) -> str:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
@@ -283,6 +383,6 @@ def make_app(cp: ControlPlane) -> Bottle:
         }.get(err.status_code, str(err.body))
         return _error_body(err.status_code, code, message)
 
-    for status in (400, 404, 405, 413, 500):
+    for status in (400, 401, 403, 404, 405, 413, 429, 500):
         app.error_handler[status] = http_error
     return app

@@ -80,6 +80,7 @@ class DockletGroup(click.Group):
 class Context:
     def __init__(self, cp: str) -> None:
         self.cp = cp
+        self.token_source = ""  # "env", "stored" or "" (none yet)
 
     @cached_property
     def client(self) -> Client:
@@ -89,11 +90,19 @@ class Context:
             raise click.BadParameter(problem, param_hint="'--cp' / DOCKLET_CP")
         user = f"{getpass.getuser()}@{socket.gethostname()}"
         # Sent as an HTTP header, which is ASCII: "josé" is recorded as "jos_".
-        return Client(self.cp, user=re.sub(r"[^\w.@+-]", "_", user, flags=re.ASCII)[:64])
+        client = Client(self.cp, user=re.sub(r"[^\w.@+-]", "_", user, flags=re.ASCII)[:64])
+        client.token, self.token_source = cli_auth.stored_token(self.cp)
+        return client
 
     def call(self, method: str, path: str, expect: Any, body: Any = None) -> Any:
         """The answer, checked against `expect` (a Shape, or [Shape] for a list)."""
-        return self.client.request(method, path, body, expect=expect)
+        try:
+            return self.client.request(method, path, body, expect=expect)
+        except APIError as exc:
+            # No credential yet: a fresh cluster's first command logs in by itself.
+            if exc.status != 401 or self.token_source or not cli_auth.auto_login(self):
+                raise
+            return self.client.request(method, path, body, expect=expect)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -221,6 +230,7 @@ def version(ctx: Context, as_json: bool) -> None:
         return
     click.echo(f"docklet CLI     {__version__}")
     click.echo(f"control plane   {cp['version']} (API {cp['api']}) at {ctx.client.base_url}")
+    cli_auth.show_bootstrap(cp.get("bootstrap"))
 
 
 CREATED: Shape = {"name": str, "tasks": list, "last_error": (str, NULL)}
@@ -841,14 +851,17 @@ NODES: Shape = {
 }
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @json_option
-@pass_ctx
-def nodes(ctx: Context, as_json: bool) -> None:
+@click.pass_context
+def nodes(click_ctx: click.Context, as_json: bool) -> None:
     """List nodes and when each was last heard from.
 
     Example: docklet nodes
     """
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
     rows = ctx.call("GET", "/api/state/nodes", [NODES])
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -946,6 +959,9 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(v)) for v in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         click.echo("   ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
+
+
+from docklet import cli_auth  # noqa: E402  (its commands join the group defined above)
 
 
 def main() -> None:

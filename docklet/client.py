@@ -35,6 +35,7 @@ class Client:
         self.token = token
         self.user = user
         self.timeout = timeout
+        self.headers: dict[str, str] = {}  # sent with every request (e.g. a join token)
 
     def get(self, path: str, timeout: float | None = None, *, expect: Any = None) -> Any:
         return self.request("GET", path, timeout=timeout, expect=expect)
@@ -81,6 +82,8 @@ class Client:
             req.add_header("Authorization", f"Bearer {self.token}")
         if self.user:
             req.add_header("X-Docklet-User", self.user)
+        for name, value in self.headers.items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 raw = resp.read()

@@ -27,6 +27,14 @@ def default_data_dir() -> Path:
     return Path(base) / "docklet"
 
 
+def default_agent_state_dir() -> Path:
+    """Where the agent keeps its node token: a volume path in a container, else XDG state."""
+    if Path("/.dockerenv").exists():
+        return Path(defaults.AGENT_STATE_DIR)
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "docklet-agent"
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -97,6 +105,24 @@ class CPConfig(Settings):
         pattern="^(?i:debug|info|warning|error)$",
         description=("DEBUG, INFO, WARNING or ERROR."),
     )
+    bootstrap_window: float = Field(
+        defaults.BOOTSTRAP_WINDOW,
+        ge=0,
+        le=7 * 86400,
+        description="Seconds after the first start in which the first login gets an admin"
+        " token and the first agent joins without a join token (0: never).",
+    )
+    public_node_state: bool = Field(
+        True,
+        description="Let GET /api/state/nodes answer without a token (node names, status,"
+        " Docker versions; no secrets).",
+    )
+    auth_failures: int = Field(
+        defaults.AUTH_FAILURES,
+        ge=1,
+        le=1_000_000,
+        description="Failed credentials one address may send per minute before 429.",
+    )
 
     @property
     def unknown_seconds(self) -> float:
@@ -139,6 +165,15 @@ class AgentConfig(Settings):
         le=3600,
         description="Longest backoff while the CP or Docker does not answer.",
     )
+    join_token: str | None = Field(
+        None,
+        description="The cluster's join token (docklet nodes join-token); set it in the"
+        " environment, not on the command line.",
+    )
+    state_dir: Path = Field(
+        default_factory=default_agent_state_dir,
+        description="Where the agent keeps its node token across restarts.",
+    )
     log_level: str = Field(
         "INFO",
         pattern="^(?i:debug|info|warning|error)$",
@@ -155,7 +190,7 @@ def settings(model: type[Settings]) -> list[tuple[str, Any, Any, str]]:
     for name, info in model.model_fields.items():
         default = info.get_default(call_default_factory=True)
         kind: Any = info.annotation
-        if kind not in (int, float, str, Path):  # `float | None`, `str | None`
+        if kind not in (int, float, str, Path, bool):  # `float | None`, `str | None`
             kind = float if "float" in str(kind) else str
         rows.append((name, kind, default, info.description or ""))
     return rows

@@ -14,15 +14,15 @@ import threading
 import time
 from typing import Any
 
-from docklet import apps, events, nodes, rollout, scheduler, spec, tasks
+from docklet import apps, auth, events, hooks, nodes, rollout, scheduler, spec, tasks, tokens
 from docklet.apps import Edit
 from docklet.config import CPConfig
-from docklet.errors import Conflict, NotFound
+from docklet.errors import Conflict, NotFound, Unauthorized
 from docklet.gitrepo import GitRepo
 from docklet.protocol import Heartbeat, Registration, TaskReport
 from docklet.spec import SpecState
 from docklet.state import app_views, nodes_view, revisions_view
-from docklet.status import RevisionStatus, RolloutStatus, TaskStatus
+from docklet.status import Access, RevisionStatus, RolloutStatus, TaskStatus, TokenScope
 from docklet.store import Store, get_meta, set_meta
 from docklet.sync import SyncResult, sync
 
@@ -41,9 +41,11 @@ class ControlPlane:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db_path)
         self.repo = GitRepo(config.repo_path)
+        hooks.install(config.repo_path)  # pushes with invalid specs are refused
         with self.store.write() as db:
             self.cluster_id = get_meta(db, "cluster_id") or secrets.token_hex(8)
             set_meta(db, "cluster_id", self.cluster_id)
+            tokens.first_start(db, self.started_at)  # the bootstrap windows count from here
             # Deadlines that fell due while the CP was down get that time back.
             last_pass = get_meta(db, "last_pass_at")
             if last_pass:
@@ -54,6 +56,7 @@ class ControlPlane:
         # One sync at a time: a sync that read an older head must never write
         # after one that read a newer head (it would undo the newer commit).
         self._sync_lock = threading.Lock()
+        self.limiter = auth.FailureLimiter(config.auth_failures)
 
     # -- desired state: each write is a commit, visible when the call returns ----
 
@@ -224,8 +227,35 @@ class ControlPlane:
     def authenticate(self, node_id: str, token: str) -> None:
         nodes.authenticate(self.store, node_id, token)
 
-    def register(self, reg: Registration) -> dict[str, Any]:
+    def register(
+        self, reg: Registration, *, node_token: str = "", join_token: str = ""
+    ) -> dict[str, Any]:
+        """A node's token, for an agent that proves it may have one.
+
+        A known engine presents its node token (kept in the agent's state file)
+        or the join token; a new engine the join token, or it is the cluster's
+        first agent inside the bootstrap window. The engine id alone, which
+        GET /api/state/nodes shows, is never enough.
+        """
         with self.store.write() as db:
+            known_hash = db.execute(
+                "SELECT token_hash FROM nodes WHERE engine_id = ?", (reg.engine_id,)
+            ).fetchone()
+            admitted = (
+                (known_hash and node_token and nodes.token_matches(known_hash[0], node_token))
+                or tokens.join_token_ok(self.config.data_dir, join_token)
+                or (
+                    not known_hash
+                    and tokens.claim_node(db, self.config.bootstrap_window, reg.engine_id)
+                )
+            )
+            if not admitted:
+                raise Unauthorized(
+                    "this agent may not join: give it the cluster's join token as"
+                    " DOCKLET_JOIN_TOKEN (docklet nodes join-token), or its own node token"
+                    " in its state file (--state-dir)"
+                )
+            tokens.close_node_window(db)
             node_id, token, known = nodes.register(db, reg)
             if known:  # the agent that held this node's leases is gone
                 tasks.requeue_node(db, node_id)
@@ -265,6 +295,52 @@ class ControlPlane:
                 return leased
             with self._work:
                 self._work.wait(min(remaining, POLL_SLICE))
+
+    # -- credentials ------------------------------------------------------------------
+
+    def authenticate_user(self, secret: str, access: Access) -> auth.Caller:
+        row = tokens.lookup(self.store, secret)
+        caller = auth.user(row, secret, access)
+        now = time.time()
+        if row is not None and tokens.needs_touch(row, now):
+            with self.store.write() as db:
+                tokens.touch(db, caller.name, now)
+        return caller
+
+    def bootstrap_windows(self) -> dict[str, Any]:
+        return tokens.windows(self.store, self.config.bootstrap_window)
+
+    def bootstrap_admin(self, name: str, by: str) -> str:
+        with self.store.write() as db:
+            return tokens.claim_admin(db, name, self.config.bootstrap_window, by)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return tokens.listing(self.store)
+
+    def create_token(self, name: Any, scope: TokenScope, by: str) -> str:
+        with self.store.write() as db:
+            return tokens.create(db, tokens.check_name(name), scope, by)
+
+    def revoke_token(self, name: str, by: str) -> None:
+        with self.store.write() as db:
+            tokens.revoke(db, name, by)
+
+    def join_token(self, *, rotate: bool = False) -> str:
+        secret = tokens.join_token(self.config.data_dir, rotate=rotate)
+        if rotate:
+            log.warning("join token rotated: agents joining from now on need the new one")
+        return secret
+
+    def announce_bootstrap(self, url: str) -> None:
+        """Say loudly, at start, which bootstrap window is open and until when."""
+        state = self.bootstrap_windows()
+        for who, what in (
+            ("admin", f"the first `docklet login --cp {url}` gets an admin token"),
+            ("nodes", "the first agent joins without a join token"),
+        ):
+            if state[who]["open"]:
+                left = state[who]["closes_at"] - time.time()
+                log.warning("BOOTSTRAP window open for %.0f more seconds: %s", left, what)
 
     # -- the controller loop -------------------------------------------------------
 

@@ -42,5 +42,14 @@ DOCKER_TIMEOUT = 60.0  # one Docker API call (a stop waits its grace period insi
 AGENT_CONCURRENCY = 32
 RETRY_MAX = 15.0  # agent backoff cap while the control plane or Docker does not answer
 
+# Authentication. The bootstrap windows (first admin login, first agent without a
+# join token) close at their first use, or this long after the CP's very first start:
+# long enough for the seed's steps, short enough that a forgotten CP is not left open.
+BOOTSTRAP_WINDOW = 15 * 60.0
+AUTH_FAILURES = 10  # failed credentials per address per AUTH_FAILURE_PERIOD, then 429
+AUTH_FAILURE_PERIOD = 60.0
+TOKEN_TOUCH_EVERY = 60.0  # a token's last_used_at is written at most this often
+AGENT_STATE_DIR = "/var/lib/docklet-agent"  # inside the agent's container, or as a service
+
 RUN_WAIT = 120.0  # how long `docklet run` waits for the app to run
 HTTP_TIMEOUT = 10.0

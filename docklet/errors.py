@@ -31,10 +31,24 @@ class InvalidSpec(BadRequest):
 
 
 class Unauthorized(DockletError):
-    """An agent call without a valid node token."""
+    """A call without valid credentials: an API, node or join token."""
 
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(DockletError):
+    """A valid API token whose scope does not allow the call."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(DockletError):
+    """Too many failed credentials from one address; `retry_after` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class NotFound(DockletError):

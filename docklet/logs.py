@@ -8,6 +8,8 @@ import sys
 
 # Bearer tokens, and anything that looks like a token=… or "token": … pair.
 _SECRET = re.compile(r"(Bearer\s+|token[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9_\-\.]{8,}", re.I)
+# Docklet's own secrets (API, node and join tokens) wherever they appear in a line.
+_DOCKLET_SECRET = re.compile(r"\bdk[unj]_[A-Za-z0-9_\-]{16,}")
 
 
 class RedactSecrets(logging.Filter):
@@ -15,7 +17,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _SECRET.sub(r"\1[redacted]", message)
+        redacted = _DOCKLET_SECRET.sub("[redacted]", _SECRET.sub(r"\1[redacted]", message))
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import sqlite3
 import time
 from typing import Any
 
-from docklet import events
+from docklet import events, tokens
 from docklet.config import CPConfig
 from docklet.errors import NotFound, Unauthorized
 from docklet.protocol import Heartbeat, Label, ObservedContainer, Registration
@@ -29,10 +28,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_matches(token_hash: str, token: str) -> bool:
+    return hmac.compare_digest(token_hash, hash_token(token))
+
+
 def register(db: sqlite3.Connection, reg: Registration) -> tuple[str, str, bool]:
     """(node_id, token, known) for the agent on this engine; the same node_id on every restart."""
     now = time.time()
-    token = secrets.token_urlsafe(32)
+    token = tokens.new_secret(tokens.NODE_PREFIX)
     row = db.execute("SELECT node_id FROM nodes WHERE engine_id = ?", (reg.engine_id,)).fetchone()
     if row is not None:
         node_id = row["node_id"]

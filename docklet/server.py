@@ -21,10 +21,11 @@ def create_server(cp: ControlPlane) -> Any:
     import waitress
 
     from docklet.api import make_app
+    from docklet.githttp import GitHTTP
 
     config = cp.config
     return waitress.create_server(
-        make_app(cp),
+        GitHTTP(cp, make_app(cp)),  # /git/apps.git: clone and push over HTTP
         host=config.host,
         port=config.port,
         threads=config.threads,
@@ -50,6 +51,7 @@ def serve(config: CPConfig) -> None:
         config.data_dir,
         cp.cluster_id,
     )
+    cp.announce_bootstrap(f"http://{config.host}:{server.effective_port}")
     try:
         server.run()
     finally:

@@ -141,3 +141,20 @@ class EventKind(StrEnum):
     NODE_OFFLINE = "node_offline"
     CONTROLLER_ERROR = "controller_error"
     ROLLOUT = "rollout"  # every transition of a rollout
+    TOKEN = "token"  # an API token created or revoked, a bootstrap window used
+
+
+class Access(StrEnum):
+    """Who may call a route: each `api.Route` names one, and one check enforces it."""
+
+    PUBLIC = "public"
+    NODES_STATE = "nodes_state"  # public with --public-node-state (the default), else read
+    JOIN = "join"  # registration: the join token, the node's own token, or the bootstrap window
+    NODE = "node"  # the node's own token, for the node in the URL
+    READ = "read"  # an API token of either scope
+    ADMIN = "admin"  # an API token of scope admin
+
+
+class TokenScope(StrEnum):
+    READ = "read"
+    ADMIN = "admin"

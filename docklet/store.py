@@ -161,6 +161,17 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX one_live_rollout_per_app ON rollouts(app)
         WHERE status IN ('pending', 'canary', 'verifying', 'promoting', 'rolling_back');
     """,
+    # 3: API tokens (users'), stored only as SHA-256; the secret is shown once, at creation.
+    """
+    CREATE TABLE api_tokens (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_used_at REAL
+    );
+    """,
 ]
 
 

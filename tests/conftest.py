@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +31,17 @@ from docklet.controlplane import ControlPlane
 
 RUN_ID = uuid.uuid4().hex[:8]
 BIN = Path(sys.executable).parent
+# The admin token the in-process CP fixture is seeded with (the CLI reads DOCKLET_TOKEN).
+ADMIN_TOKEN = f"dku_test-admin-{RUN_ID}-{uuid.uuid4().hex}"
+
+# Credentials and agent state of this run stay in a scratch directory, never the
+# user's keyring or home: subprocesses inherit these too.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="docklet-test-"))
+os.environ["XDG_CONFIG_HOME"] = str(_SCRATCH / "config")
+os.environ["XDG_STATE_HOME"] = str(_SCRATCH / "state")
+os.environ["DOCKLET_STATE_DIR"] = str(_SCRATCH / "state" / "docklet-agent")  # even in a container
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+os.environ.pop("DOCKLET_TOKEN", None)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -59,17 +71,28 @@ def config(tmp_path: Path) -> CPConfig:
 
 
 @pytest.fixture
-def cp(config: CPConfig) -> Iterator[ControlPlane]:
+def cp(config: CPConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControlPlane]:
+    from docklet import tokens
+    from docklet.status import TokenScope
+
     plane = ControlPlane(config)
+    with plane.store.write() as db:
+        tokens.create(db, "test-admin", TokenScope.ADMIN, "conftest", secret=ADMIN_TOKEN)
+    monkeypatch.setenv("DOCKLET_TOKEN", ADMIN_TOKEN)
     yield plane
     plane.store.close()
 
 
 class WSGIClient:
-    """Calls the Bottle app directly through WSGI: no sockets, real request handling."""
+    """Calls the Bottle app directly through WSGI: no sockets, real request handling.
 
-    def __init__(self, app: Any) -> None:
+    Sends the admin token unless a request names its own Authorization (or None).
+    """
+
+    def __init__(self, app: Any, token: str | None = ADMIN_TOKEN, join_token: str = "") -> None:
         self.app = app
+        self.token = token
+        self.join_token = join_token
 
     def request(
         self,
@@ -79,6 +102,7 @@ class WSGIClient:
         *,
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
+        environ: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         data = (
             raw
@@ -86,26 +110,41 @@ class WSGIClient:
             else (json.dumps(json_body).encode() if json_body is not None else b"")
         )
         path, _, query = path.partition("?")
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_NAME": "test",
-            "SERVER_PORT": "80",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(data),
-            "CONTENT_LENGTH": str(len(data)),
-            "CONTENT_TYPE": "application/json",
-            "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        for name, value in (headers or {}).items():
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
+        extra_environ, environ = (
+            environ,
+            {
+                "REQUEST_METHOD": method,
+                "PATH_INFO": path,
+                "QUERY_STRING": query,
+                "SERVER_NAME": "test",
+                "SERVER_PORT": "80",
+                "wsgi.url_scheme": "http",
+                "wsgi.input": io.BytesIO(data),
+                "CONTENT_LENGTH": str(len(data)),
+                "CONTENT_TYPE": "application/json",
+                "wsgi.errors": sys.stderr,
+                "wsgi.version": (1, 0),
+                "wsgi.multithread": True,
+                "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            },
+        )
+        environ.update(extra_environ or {})
+        headers = dict(headers or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.join_token and "X-Docklet-Join-Token" not in headers:
+            headers["X-Docklet-Join-Token"] = self.join_token
+        for name, value in headers.items():
+            if value is not None:
+                environ["HTTP_" + name.upper().replace("-", "_")] = value
         status: list[str] = []
-        chunks = self.app(environ, lambda s, h, *a: status.append(s))
+
+        def start_response(s: str, h: list[tuple[str, str]], *a: Any) -> None:
+            status.append(s)
+            self.last_headers = dict(h)
+
+        chunks = self.app(environ, start_response)
         body = b"".join(chunks)
         text = body.decode()
         return int(status[0].split()[0]), json.loads(text) if text else None
@@ -124,7 +163,7 @@ class WSGIClient:
 def api(cp: ControlPlane) -> WSGIClient:
     from docklet.api import make_app
 
-    return WSGIClient(make_app(cp))
+    return WSGIClient(make_app(cp), join_token=cp.join_token())
 
 
 @pytest.fixture
@@ -261,6 +300,11 @@ class Cluster:
         self.cp.start()
         wait_for(self._healthy, 20, "the control plane to answer /api/health")
         self.cluster_id = self.client.get("/api/version")["cluster_id"]
+        if not self.client.token:  # the fresh cluster's bootstrap login, as `docklet login`
+            self.client.token = self.client.post("/api/auth/bootstrap", {"name": "test"})["token"]
+
+    def join_token(self) -> str:
+        return self.client.post("/api/nodes/join-token", {})["token"]
 
     def _healthy(self) -> bool:
         assert self.cp.alive, f"the CP exited:\n{self.cp.log.read_text()[-3000:]}"
@@ -284,6 +328,7 @@ class Cluster:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env={**os.environ, "DOCKLET_TOKEN": self.client.token or ""},
         )
 
     def app(self, name: str) -> dict[str, Any] | None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import ADMIN_TOKEN, wait_for
 from test_engine import IGNORE_TERM, slow_stop_image
 
 from docklet import tasks
@@ -33,6 +35,8 @@ def slow_image(docker_client: Any, web_image: str) -> Iterator[str]:
 
 
 def make_agent(url: str, docker_client: Any, **settings: Any) -> Agent:
+    state = Path(os.environ["DOCKLET_STATE_DIR"])  # never the host's /var/lib/docklet-agent
+    settings = {"state_dir": state, **settings}
     config = AgentConfig(cp=url, node_name="node-a", poll_wait=1, retry_max=1, **settings)
     return Agent(config, engine=Engine(docker_client))
 
@@ -61,7 +65,7 @@ def polling(agent: Agent) -> Iterator[Agent]:
 
 
 def app_state(url: str, name: str) -> dict[str, Any]:
-    return Client(url).get(f"/api/apps/{name}")
+    return Client(url, token=ADMIN_TOKEN).get(f"/api/apps/{name}")
 
 
 def running(url: str, name: str) -> bool:
@@ -72,7 +76,7 @@ def running(url: str, name: str) -> bool:
 def test_a_deploy_runs_and_the_heartbeat_reports_it(
     agent: Agent, served_cp: str, web_image: str
 ) -> None:
-    Client(served_cp).post("/api/apps", {"name": "web", "image": web_image})
+    Client(served_cp, token=ADMIN_TOKEN).post("/api/apps", {"name": "web", "image": web_image})
     assert agent.poll_once() == 1
     assert agent.drain(timeout=30)
     agent.heartbeat_once()
@@ -85,7 +89,7 @@ def test_a_deploy_runs_and_the_heartbeat_reports_it(
 def test_docker_going_away_is_not_reported_as_no_containers(
     agent: Agent, served_cp: str, web_image: str
 ) -> None:
-    Client(served_cp).post("/api/apps", {"name": "web", "image": web_image})
+    Client(served_cp, token=ADMIN_TOKEN).post("/api/apps", {"name": "web", "image": web_image})
     agent.poll_once()
     agent.drain(timeout=30)
     agent.heartbeat_once()
@@ -93,7 +97,7 @@ def test_docker_going_away_is_not_reported_as_no_containers(
     agent.engine = Engine(url=DEAD_DOCKER)
 
     agent.heartbeat_once()
-    (node,) = Client(served_cp).get("/api/state/nodes")
+    (node,) = Client(served_cp, token=ADMIN_TOKEN).get("/api/state/nodes")
     # What a person can act on, not the SDK's exception text.
     assert node["docker_ok"] is False
     assert node["docker_error"] == f"Docker engine not answering at {DEAD_DOCKER}"
@@ -105,7 +109,7 @@ def test_docker_going_away_is_not_reported_as_no_containers(
     # The engine comes back: the agent carries on with no restart.
     agent.engine = real
     agent.heartbeat_once()
-    (node,) = Client(served_cp).get("/api/state/nodes")
+    (node,) = Client(served_cp, token=ADMIN_TOKEN).get("/api/state/nodes")
     assert node["docker_ok"] is True
     assert app_state(served_cp, "web")["actual"] == "running"
 
@@ -116,7 +120,7 @@ def test_a_task_is_not_failed_because_docker_is_down(
 ) -> None:
     real = agent.engine
     agent.engine = Engine(url=DEAD_DOCKER)
-    Client(served_cp).post("/api/apps", {"name": "web", "image": web_image})
+    Client(served_cp, token=ADMIN_TOKEN).post("/api/apps", {"name": "web", "image": web_image})
     caplog.set_level(logging.WARNING)
     agent.task_loop(max_iterations=1)  # logs, backs off, does not raise
     assert f"Docker engine not answering at {DEAD_DOCKER}" in caplog.text
@@ -212,7 +216,7 @@ def test_a_leased_task_of_an_unknown_kind_fails_at_once(agent: Agent, cp: Any) -
 def test_a_slow_stop_does_not_delay_another_apps_deploy(
     polling: Agent, served_cp: str, web_image: str, slow_image: str, docker_client: Any
 ) -> None:
-    client = Client(served_cp)
+    client = Client(served_cp, token=ADMIN_TOKEN)
     client.post(
         "/api/apps",
         {"name": "slow", "image": slow_image, "command": IGNORE_TERM, "stop_grace_period": "15s"},
@@ -360,7 +364,7 @@ def test_an_agent_replaced_on_its_engine_stands_down(
     agent.heartbeat_loop(max_iterations=1)
     assert agent.stop.is_set()  # no tug of war over the node
     newer.heartbeat_once()
-    assert Client(served_cp).get("/api/state/nodes")[0]["status"] == "online"
+    assert Client(served_cp, token=ADMIN_TOKEN).get("/api/state/nodes")[0]["status"] == "online"
 
 
 @pytest.mark.docker
@@ -369,9 +373,13 @@ def test_an_agent_forgotten_by_the_cp_registers_again(
 ) -> None:
     with cp.store.write() as db:  # the CP lost its data, say
         db.execute("DELETE FROM nodes")
+    # Its node token means nothing now, and the bootstrap window is spent: it needs the join token.
+    agent.config = agent.config.model_copy(update={"join_token": cp.join_token()})
     agent.heartbeat_loop(max_iterations=1)
     assert not agent.stop.is_set()
-    assert [n["node_id"] for n in Client(served_cp).get("/api/state/nodes")] == ["node-a"]
+    assert [n["node_id"] for n in Client(served_cp, token=ADMIN_TOKEN).get("/api/state/nodes")] == [
+        "node-a"
+    ]
 
 
 @pytest.mark.docker
@@ -386,7 +394,7 @@ def test_reports_carry_what_a_rollout_judges_by(
         return real_post(path, body, *args, **kwargs)
 
     agent.cp.post = post  # type: ignore[method-assign]
-    Client(served_cp).post("/api/apps", {"name": "web", "image": web_image})
+    Client(served_cp, token=ADMIN_TOKEN).post("/api/apps", {"name": "web", "image": web_image})
     assert agent.poll_once() == 1
     assert agent.drain(timeout=30)
     agent.heartbeat_once()

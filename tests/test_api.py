@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import WSGIClient
+from conftest import ADMIN_TOKEN, WSGIClient
 
 from docklet import API_VERSION, __version__, tasks
 from docklet.api import ROUTES, Route
@@ -59,10 +59,10 @@ def assert_error(status: int, body: Any, expected: int) -> None:
 
 def test_health_and_version(cp: ControlPlane, api: WSGIClient) -> None:
     assert api.get("/api/health") == (200, {"status": "ok"})
-    assert api.get("/api/version") == (
-        200,
-        {"version": __version__, "api": API_VERSION, "cluster_id": cp.cluster_id},
-    )
+    status, answer = api.get("/api/version")
+    assert status == 200
+    assert answer.pop("bootstrap")["admin"] == {"open": False, "closes_at": None}
+    assert answer == {"version": __version__, "api": API_VERSION, "cluster_id": cp.cluster_id}
 
 
 # -- apps --------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_every_failure_has_the_one_error_shape(cp: ControlPlane, api: WSGIClient
 
 
 def test_long_poll_returns_a_new_task_promptly(served_cp: str) -> None:
-    registration = Client(served_cp).post(
+    registration = Client(served_cp, token=ADMIN_TOKEN).post(
         "/api/agents/register", {"engine_id": "engine-n1", "name": "n1"}
     )
     agent = Client(served_cp, token=registration["token"])
@@ -337,7 +337,7 @@ def test_long_poll_returns_a_new_task_promptly(served_cp: str) -> None:
     poller = threading.Thread(target=poll)
     poller.start()
     time.sleep(0.3)  # the poll is waiting before the app exists
-    Client(served_cp).post("/api/apps", {"image": "nginx:1.25", "name": "web"})
+    Client(served_cp, token=ADMIN_TOKEN).post("/api/apps", {"image": "nginx:1.25", "name": "web"})
     poller.join(timeout=15)
 
     assert [(t["kind"], t["app"], t["slot"]) for t in answer["tasks"]] == [("deploy", "web", 1)]

@@ -14,6 +14,7 @@ import docker.errors
 import pytest
 from conftest import BIN, RUN_ID, free_port, wait_for
 
+from docklet import credentials
 from docklet.client import Client
 
 pytestmark = pytest.mark.docker
@@ -47,7 +48,7 @@ def _exists(client: Any, ref: str) -> bool:
 
 
 def test_control_plane_and_agent_run_as_containers(
-    docker_client: Any, images: str, web_image: str
+    docker_client: Any, images: str, web_image: str, tmp_path: Path
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -88,7 +89,27 @@ def test_control_plane_and_agent_run_as_containers(
             timeout=90,
         )
         assert run.returncode == 0, run.stderr
-        agent.restart()
+        # A fresh cluster: the CLI's first command claimed the admin token and kept it.
+        assert "First use of this cluster: logged in" in run.stderr
+        client.token = credentials.load(url)
+        assert client.token and client.token not in run.stdout + run.stderr
+        # Git over HTTP from the CP container, with the API token as password.
+        host = url.removeprefix("http://")
+        clone = subprocess.run(
+            [
+                "git",
+                "clone",
+                "-q",
+                f"http://x:{client.token}@{host}/git/apps.git",
+                str(tmp_path / "c"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert clone.returncode == 0, clone.stderr
+        assert (tmp_path / "c" / "apps" / "web.yaml").exists()
+        agent.restart()  # keeps its node token in the container: rejoins without a join token
         nodes = wait_for(lambda: client.get("/api/state/nodes"), 30, "nodes")
         assert [n["node_id"] for n in nodes] == [node["node_id"]]  # the same node again
         wait_for(lambda: client.get("/api/apps/web")["actual"] == "running", 30, "web running")

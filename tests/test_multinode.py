@@ -49,6 +49,7 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
             "DOCKLET_CP": cluster.url,
             "DOCKLET_NODE_NAME": "node-2",
             "DOCKER_HOST": second_engine.url,
+            "DOCKLET_JOIN_TOKEN": cluster.join_token(),
         },
     )
     on_node2 = {"label": f"docklet.cluster={cluster.cluster_id}"}

@@ -16,7 +16,7 @@ from docklet.status import TaskKind
 
 def register_node(cp: ControlPlane, name: str, engine_id: str | None = None) -> tuple[str, str]:
     reg = Registration(engine_id=engine_id or f"engine-{name}", name=name, info={"os": "linux"})
-    reply = cp.register(reg)
+    reply = cp.register(reg, join_token=cp.join_token())
     return reply["node_id"], reply["token"]
 
 

@@ -35,7 +35,10 @@ class Agent:
 
     def register(self) -> None:
         """Start (or restart) the agent: same engine, so the same node, a new token."""
-        reply = self.cp.register(Registration(engine_id=f"engine-{self.name}", name=self.name))
+        reply = self.cp.register(
+            Registration(engine_id=f"engine-{self.name}", name=self.name),
+            join_token=self.cp.join_token(),
+        )
         self.node_id, self.token = reply["node_id"], reply["token"]
         self.seq = 0
 

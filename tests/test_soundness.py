@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import WSGIClient
+from conftest import ADMIN_TOKEN, WSGIClient
 
 from docklet import defaults
 from docklet.client import Client
@@ -41,7 +41,13 @@ def git(repo: Path, *args: str, **kw: Any) -> str:
 
 
 def push(cp: ControlPlane, work: Path, files: dict[bytes, bytes], *config: str) -> None:
-    """Commit `files` (raw names, raw bytes) with the real git CLI and push to the CP's repo."""
+    """Commit `files` (raw names, raw bytes) with the real git CLI and push to the CP's repo.
+
+    The pre-receive hook would refuse these (tests/test_hooks.py): it is taken
+    away here, to test the sync's own defences against what reaches the
+    repository some other way (written by hand, or before the hook existed).
+    """
+    (cp.config.repo_path / "hooks" / "pre-receive").unlink(missing_ok=True)
     if not (work / ".git").exists():
         work.mkdir(parents=True)
         git(work, "init", "-q", "-b", "main")
@@ -155,13 +161,13 @@ def test_concurrent_creates_each_see_their_own_app(served_cp: str) -> None:
             f"{served_cp}/api/apps",
             data=json.dumps({"name": f"cc-{n}", "image": "nginx:1.25"}).encode(),
             method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:
                 results[f"cc-{n}"] = (resp.status, "")
             # The CLI's wait that follows reads the app at once.
-            Client(served_cp).get(f"/api/apps/cc-{n}")
+            Client(served_cp, token=ADMIN_TOKEN).get(f"/api/apps/cc-{n}")
         except urllib.error.HTTPError as exc:
             results[f"cc-{n}"] = (exc.code, exc.read().decode())
 
@@ -234,7 +240,9 @@ def test_a_heartbeat_over_the_container_limit_is_refused(api: WSGIClient) -> Non
 def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(
     cp: ControlPlane,
 ) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"))["node_id"]
+    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
+        "node_id"
+    ]
 
     def beat(n: int) -> None:
         containers = [
@@ -269,7 +277,7 @@ def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(
 def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
     cp: ControlPlane, api: WSGIClient
 ) -> None:
-    cp.register(Registration(engine_id="e1", name="n1"))
+    cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())
     create(api, "bad")
     with cp.store.write() as db:  # a revision this CP cannot read (a bug, a bad migration)
         db.execute("UPDATE revisions SET spec = '{\"oops\": 1}' WHERE app = 'bad'")
@@ -285,7 +293,9 @@ def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
 
 
 def test_a_failing_sync_does_not_stop_the_reconcile(cp: ControlPlane, monkeypatch: Any) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"))["node_id"]
+    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
+        "node_id"
+    ]
     with cp.store.write() as db:
         db.execute("UPDATE nodes SET last_seen = 0")
     cp.started_at = 0
@@ -301,7 +311,9 @@ def test_a_failing_sync_does_not_stop_the_reconcile(cp: ControlPlane, monkeypatc
 
 
 def test_a_cp_restart_gives_nodes_a_fresh_grace(cp: ControlPlane, config: Any) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"))["node_id"]
+    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
+        "node_id"
+    ]
     with cp.store.write() as db:  # the CP was down for five minutes
         db.execute("UPDATE nodes SET last_seen = ?", (time.time() - 300,))
     restarted = ControlPlane(config)
@@ -332,4 +344,4 @@ def test_a_body_over_the_limit_is_refused_by_the_server(served_cp: str) -> None:
         assert exc.code == 413
     except (ConnectionError, urllib.error.URLError):
         pass  # waitress may close the connection while the client still sends: refused too
-    assert Client(served_cp).get("/api/health") == {"status": "ok"}
+    assert Client(served_cp, token=ADMIN_TOKEN).get("/api/health") == {"status": "ok"}

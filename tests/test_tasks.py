@@ -16,7 +16,9 @@ from docklet.status import TaskKind
 
 
 def register_node(cp: ControlPlane, name: str) -> tuple[str, str]:
-    reply = cp.register(Registration(engine_id=f"engine-{name}", name=name))
+    reply = cp.register(
+        Registration(engine_id=f"engine-{name}", name=name), join_token=cp.join_token()
+    )
     return reply["node_id"], reply["token"]
 
 
