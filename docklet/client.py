@@ -149,7 +149,7 @@ def mismatch(value: Any, expected: Any, where: str = "") -> str | None:
             if problem:
                 return problem
         return None
-    alternatives = expected if isinstance(expected, tuple) else (expected,)
+    alternatives = _flat(expected)
     types = tuple(t for t in alternatives if isinstance(t, type))
     # JSON true is not a number, though Python's bool is an int.
     if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
@@ -161,6 +161,13 @@ def mismatch(value: Any, expected: Any, where: str = "") -> str | None:
             return mismatch(value, alternative, where)
     wanted = " or ".join(_wanted(t) for t in alternatives)
     return f"{_name(where)} is {_kind(value)}, not {wanted}"
+
+
+def _flat(expected: Any) -> tuple[Any, ...]:
+    """Alternatives, with alternatives nested in them (`(NUMBER, NULL)`) spread out."""
+    if not isinstance(expected, tuple):
+        return (expected,)
+    return tuple(t for alternative in expected for t in _flat(alternative))
 
 
 def _wanted(expected: Any) -> str:
