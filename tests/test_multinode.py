@@ -32,6 +32,22 @@ def second_engine(docker_client: Any) -> Iterator[dockerlab.ExtraEngine]:
         engine.stop()
 
 
+def node_2_agent(cluster: Cluster, engine: dockerlab.ExtraEngine, tmp_path: Path) -> Process:
+    """An agent for the second engine, joining with the cluster's join token."""
+    return Process(
+        [str(BIN / "docklet-agent")],
+        tmp_path / "agent2.log",
+        env={
+            "DOCKLET_CP": cluster.url,
+            "DOCKLET_NODE_NAME": "node-2",
+            "DOCKER_HOST": engine.url,
+            "DOCKLET_JOIN_TOKEN": cluster.join_token(),
+            # Its own node token, not the first agent's (they share the CP's URL).
+            "DOCKLET_STATE_DIR": str(tmp_path / "agent2-state"),
+        },
+    )
+
+
 def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
     cluster: Cluster,
     second_engine: dockerlab.ExtraEngine,
@@ -42,16 +58,7 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
 ) -> None:
     ref = dockerlab.push_to_registry(docker_client, web_image, "docklet-test/multi", RUN_ID)
     other = second_engine.client()
-    agent2 = Process(
-        [str(BIN / "docklet-agent")],
-        tmp_path / "agent2.log",
-        env={
-            "DOCKLET_CP": cluster.url,
-            "DOCKLET_NODE_NAME": "node-2",
-            "DOCKER_HOST": second_engine.url,
-            "DOCKLET_JOIN_TOKEN": cluster.join_token(),
-        },
-    )
+    agent2 = node_2_agent(cluster, second_engine, tmp_path)
     on_node2 = {"label": f"docklet.cluster={cluster.cluster_id}"}
     try:
         agent2.start()
@@ -116,15 +123,7 @@ def test_a_canary_runs_on_exactly_one_node_as_one_task_then_promotes(
         docker_client, web_image_v2, "docklet-test/canary", f"b{RUN_ID}"
     )
     other = second_engine.client()
-    agent2 = Process(
-        [str(BIN / "docklet-agent")],
-        tmp_path / "agent2.log",
-        env={
-            "DOCKLET_CP": cluster.url,
-            "DOCKLET_NODE_NAME": "node-2",
-            "DOCKER_HOST": second_engine.url,
-        },
-    )
+    agent2 = node_2_agent(cluster, second_engine, tmp_path)
     mine = {"label": f"docklet.cluster={cluster.cluster_id}"}
     try:
         agent2.start()
