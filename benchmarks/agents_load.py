@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from controlplane import control_plane
+from controlplane import admin, control_plane
 
 from docklet.client import Client
 from docklet.errors import DockletError
@@ -33,7 +33,9 @@ def cpu_seconds(pid: int) -> float:
 def agent(
     url: str, n: int, containers: int, interval: float, stop: threading.Event, beats: list[float]
 ) -> None:
-    reg = Client(url).post(
+    joining = Client(url)
+    joining.headers["X-Docklet-Join-Token"] = os.environ["DOCKLET_JOIN_TOKEN"]
+    reg = joining.post(
         "/api/agents/register", {"engine_id": f"bench-engine-{n}", "name": f"bench-{n}"}
     )
     me = Client(url, token=reg["token"])
@@ -78,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     flags = ("--heartbeat-interval", str(args.interval), "--log-level", "WARNING")
     with tempfile.TemporaryDirectory() as tmp, control_plane(tmp, *flags) as (url, pid):
-        client = Client(url)
+        client = admin(url)
         stop = threading.Event()
         beats: list[float] = []
         threads = [

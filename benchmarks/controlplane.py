@@ -1,7 +1,14 @@
-"""A throw-away control plane process for the benchmarks."""
+"""A throw-away control plane (and agent) process for the benchmarks.
+
+The control plane is fresh, so its bootstrap window is open: the helper takes
+the first admin token and the join token, and puts them in this process's
+environment (DOCKLET_TOKEN, DOCKLET_JOIN_TOKEN), where the `docklet` and
+`docklet-agent` processes a benchmark starts find them.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -11,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from docklet.client import Client
 
 BIN = Path(sys.executable).parent
 
@@ -46,10 +55,29 @@ def control_plane(
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{url} did not answer") from None
                 time.sleep(0.1)
+        token = Client(url).post("/api/auth/bootstrap", {"name": "benchmark"})["token"]
+        os.environ["DOCKLET_TOKEN"] = token
+        join = Client(url, token=token).post("/api/nodes/join-token", {})["token"]
+        os.environ["DOCKLET_JOIN_TOKEN"] = join
         yield url, cp.pid
     finally:
         cp.terminate()
         cp.wait()
+
+
+def admin(url: str) -> Client:
+    """A client of `url` with the admin token `control_plane` took."""
+    return Client(url, token=os.environ["DOCKLET_TOKEN"])
+
+
+def start_agent(url: str, log: IO[bytes] | None, **env: str) -> subprocess.Popen[bytes]:
+    """Start `docklet-agent` for `url` as node bench-node; the caller terminates it."""
+    return subprocess.Popen(
+        [str(BIN / "docklet-agent")],
+        stdout=log,
+        stderr=log,
+        env={**os.environ, "DOCKLET_CP": url, "DOCKLET_NODE_NAME": "bench-node", **env},
+    )
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 import docker
 import docker.errors
-from controlplane import BIN, control_plane
+from controlplane import BIN, admin, control_plane, start_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 IGNORE_TERM = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
@@ -99,7 +99,7 @@ def main() -> None:
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
     )
     client = docker.from_env(version="auto")
-    agent_env = {**os.environ, "DOCKLET_NODE_NAME": "bench-node"}
+    agent_env: dict[str, str] = {}
     if args.concurrency:
         agent_env["DOCKLET_CONCURRENCY"] = str(args.concurrency)
     cluster_id = ""
@@ -109,13 +109,8 @@ def main() -> None:
         open(Path(tmp) / "procs.log", "wb") as log,
         control_plane(tmp, log=log) as (url, _pid),
     ):
-        agent = subprocess.Popen(
-            [str(BIN / "docklet-agent")],
-            stdout=log,
-            stderr=log,
-            env={**agent_env, "DOCKLET_CP": url},
-        )
-        cp = Client(url)
+        agent = start_agent(url, log, **agent_env)
+        cp = admin(url)
         docklet = [str(BIN / "docklet"), "--cp", url]
         try:
             cluster_id = cp.get("/api/version")["cluster_id"]

@@ -48,7 +48,7 @@ from typing import Any
 
 import docker
 import docker.errors
-from controlplane import BIN, control_plane, free_port
+from controlplane import BIN, admin, control_plane, free_port, start_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = uuid.uuid4().hex[:8]
@@ -59,8 +59,6 @@ STATE_POLL = 0.1  # seconds between two `docker service inspect`s
 sys.path.insert(0, str(ROOT))  # the checkout this script is in, not an installed docklet
 sys.path.insert(0, str(ROOT / "tests"))
 import dockerlab  # noqa: E402
-
-from docklet.client import Client  # noqa: E402
 
 
 class Poller:
@@ -144,7 +142,7 @@ def images(client: docker.DockerClient) -> Iterator[tuple[str, str, str]]:
 
 class Docklet:
     def __init__(self, url: str, monitor: float) -> None:
-        self.cp = Client(url)
+        self.cp = admin(url)
         self.cli = [str(BIN / "docklet"), "--cp", url]
         self.monitor = monitor
         self.names: list[str] = []
@@ -376,12 +374,7 @@ def main() -> None:
         open(Path(tmp) / "procs.log", "wb") as log,
         control_plane(tmp, log=log) as (url, _pid),
     ):
-        agent = subprocess.Popen(
-            [str(BIN / "docklet-agent")],
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "DOCKLET_CP": url, "DOCKLET_NODE_NAME": "bench-node"},
-        )
+        agent = start_agent(url, log)
         ours, swarm = Docklet(url, args.monitor), Swarm(client, args.monitor)
         try:
             cluster_id = ours.cp.get("/api/version")["cluster_id"]

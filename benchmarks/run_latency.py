@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from controlplane import BIN, control_plane
+from controlplane import BIN, control_plane, start_agent
 
 
 def timed(args: list[str]) -> tuple[float, str]:
@@ -50,12 +49,7 @@ def main() -> None:
         open(Path(tmp) / "procs.log", "wb") as log,
         control_plane(tmp, log=log) as (url, _pid),
     ):
-        agent = subprocess.Popen(
-            [str(BIN / "docklet-agent")],
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "DOCKLET_CP": url, "DOCKLET_NODE_NAME": "bench-node"},
-        )
+        agent = start_agent(url, log)
         docklet = [str(BIN / "docklet"), "--cp", url]
         try:
             while not json.loads(
