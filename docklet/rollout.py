@@ -74,10 +74,7 @@ def judge(world: World, app: str, slot: int, node_id: str | None, rev: Revision)
     name = container_name(app, slot, rev.container_hash)
     task = world.latest.get((node_id, name))
     ours = task is not None and task["kind"] == TaskKind.DEPLOY and task["revision"] == rev.number
-    c = next(
-        (c for c in world.containers.get(app, []) if c["node_id"] == node_id and c["name"] == name),
-        None,
-    )
+    c = world.container(node_id, name)
     if c is None or c["state"] == ContainerState.CREATED:
         if ours and task["status"] == TaskStatus.FAILED and not task["lost"]:
             return Verdict("fail", task["error"] or "the deploy failed", {"error": task["error"]})

@@ -36,6 +36,8 @@ INTERNAL_ERROR = "internal error while scheduling this app; the control plane lo
 
 SPEC_CACHE_SIZE = 4096
 
+_specs: dict[str, AppSpec] = {}  # parsed specs by spec hash, shared by every pass
+
 Row = sqlite3.Row
 Open = dict[tuple[str, str], Any]  # (node, container) → open task (a Row, or a container row)
 
@@ -59,6 +61,7 @@ class World:
     rollouts: dict[str, Row] = field(default_factory=dict)  # live rollouts by app
     load: Counter[str] = field(default_factory=Counter)  # slots per node, all apps
     verified: dict[str, set[int]] = field(default_factory=dict)  # slots the gate passed
+    _by_name: dict[tuple[str, str], Row] | None = None
 
     @classmethod
     def read(cls, db: sqlite3.Connection, config: CPConfig, now: float) -> World:
@@ -95,6 +98,14 @@ class World:
             rollouts=rollouts,
             load=load,
         )
+
+    def container(self, node_id: str, name: str) -> Row | None:
+        """The container of that name on that node, as last reported (an index, built once)."""
+        if self._by_name is None:
+            self._by_name = {
+                (c["node_id"], c["name"]): c for rows in self.containers.values() for c in rows
+            }
+        return self._by_name.get((node_id, name))
 
     def reachable(self, node_id: str) -> bool:
         node = self.nodes.get(node_id)
@@ -218,9 +229,6 @@ def _reconcile_app(db: sqlite3.Connection, app: Row, world: World) -> int:
     return _for_each(db, name, containers, open_, TaskKind.REMOVE, only_running=False)
 
 
-_specs: dict[str, AppSpec] = {}
-
-
 @dataclass
 class Revision:
     """A revision with its spec parsed."""
@@ -273,7 +281,8 @@ def _run(
         targets[slot] = (node_id, cname)
         if (node_id, cname) in open_:
             continue
-        here = [c for c in containers if c["node_id"] == node_id and c["name"] == cname]
+        found = world.container(node_id, cname)
+        here = [found] if found is not None else []
         if _needs_deploy(app, rev, slot, here, world.nodes[node_id], world, live is not None):
             replaces = _replaces(rev, slot, node_id, cname, containers)
             tasks.create(
