@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -149,12 +150,15 @@ def test_a_git_push_that_changes_the_image_is_rolled_out(
 
     run_stable(cluster, web_image, "pushed", rollout=FAST)
     work = tmp_path / "clone"
-    git = ["git", "-c", "user.name=Bob", "-c", "user.email=bob@example.com"]
-    subprocess.run([*git, "clone", "-q", str(tmp_path / "cp" / "repo.git"), str(work)], check=True)
+    # Bob, whatever identity the environment gives (CI sets GIT_AUTHOR_NAME).
+    bob = {"GIT_AUTHOR_NAME": "Bob", "GIT_AUTHOR_EMAIL": "bob@example.com"}
+    env = {**os.environ, **bob, "GIT_COMMITTER_NAME": "Bob", "GIT_COMMITTER_EMAIL": "bob@x"}
+    repo = str(tmp_path / "cp" / "repo.git")
+    subprocess.run(["git", "clone", "-q", repo, str(work)], check=True, env=env)
     spec = (work / "apps" / "pushed.yaml").read_text().replace(web_image, web_image_v2)
     (work / "apps" / "pushed.yaml").write_text(spec)
-    subprocess.run([*git, "-C", str(work), "commit", "-qam", "Bump pushed"], check=True)
-    subprocess.run([*git, "-C", str(work), "push", "-q", "origin", "main"], check=True)
+    subprocess.run(["git", "-C", str(work), "commit", "-qam", "Bump pushed"], check=True, env=env)
+    subprocess.run(["git", "-C", str(work), "push", "-q", "origin", "main"], check=True, env=env)
     r = wait_rollout(cluster, "pushed", {"stable", "rolled_back"})
     assert (r["status"], r["revision"]) == ("stable", "v2")
     history = cluster.client.get("/api/apps/pushed/revisions")
