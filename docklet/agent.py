@@ -15,6 +15,7 @@ and retried with backoff.
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
@@ -44,16 +45,26 @@ from docklet.status import TaskKind, TaskStatus
 log = logging.getLogger(__name__)
 
 DOCKER_POOL_SPARE = 4  # Docker connections beyond one per worker: heartbeat, ping, info
+EARLY = 0.5  # an empty poll that answered within this share of its wait was not a long-poll
+
+
+def jittered(seconds: float) -> float:
+    """Between half and all of `seconds`, at random."""
+    return random.uniform(seconds / 2, seconds)
 
 
 class Backoff:
-    """Doubling waits, capped, reset by success."""
+    """Doubling waits, capped, reset by success; each wait jittered.
+
+    A wait lasts between half and all of the current step: a thousand agents
+    refused together (a restarting or overloaded CP) do not come back together.
+    """
 
     def __init__(self, cap: float, first: float = 0.5) -> None:
         self.cap, self.first, self.current = cap, min(first, cap), min(first, cap)
 
     def wait(self, stop: threading.Event) -> None:
-        stop.wait(self.current)
+        stop.wait(jittered(self.current))
         self.current = min(self.current * 2, self.cap)
 
     def reset(self) -> None:
@@ -88,6 +99,11 @@ class Agent:
         self._cp_interval = defaults.HEARTBEAT_INTERVAL  # until registration says
         self._generation = 0  # registrations so far: a refusal of an older one is moot
         self._registered = threading.Lock()
+        # Refused tokens (401) re-register after this, doubling: a replaced agent
+        # and its replacement do not trade the node back and forth quickly.
+        self._refused = Backoff(config.retry_max, first=1.0)
+        # Set by a heartbeat whose answer says tasks wait: the poller asks at once.
+        self.tasks_waiting = threading.Event()
         # Guards everything below; notified whenever a task starts or ends.
         self._lock = threading.Condition()
         self._report_seq = 0
@@ -172,8 +188,12 @@ class Agent:
         """React to the CP refusing this agent's token; True when handled.
 
         404: the CP no longer knows the node (its data was reset): register
-        again. 401: another agent registered for this Docker engine since, so
-        this one is the stale one: it stops rather than fight over the node.
+        again. 401: its token was replaced, by a registration of its own that
+        the CP finished after the agent had given up on it (an overloaded CP),
+        or by another agent on the same Docker engine: it registers again after
+        a jittered backoff that doubles with every refusal (up to --retry-max),
+        so the agent never stops for good because the CP was slow, and two
+        agents on one engine trade the node slowly rather than in a tight loop.
         A refusal of a token this agent has already replaced itself is moot.
         """
         if exc.status not in (401, 404) or (exc.status == 404 and exc.code != "not_found"):
@@ -181,16 +201,17 @@ class Agent:
         with self._registered:
             if generation != self._generation:
                 return True  # another loop registered again meanwhile
-            if exc.status == 404:
+            if exc.status == 401:
+                log.warning(
+                    "node %s: %s; registering again in %.1fs",
+                    self.node_id,
+                    exc.message,
+                    self._refused.current,
+                )
+                self._refused.wait(self.stop)
+            else:
                 log.warning("node %s: %s; registering again", self.node_id, exc.message)
-                self.register()
-                return True
-        log.error(
-            "node %s: %s; another agent now serves this Docker engine, so this one stops",
-            self.node_id,
-            exc.message,
-        )
-        self.stop.set()
+            self.register()
         return True
 
     # -- heartbeats ----------------------------------------------------------
@@ -205,23 +226,29 @@ class Agent:
             # Never report "no containers" because the list call failed.
             log.warning("node %s: %s%s", self.node_id, exc.message, docker_detail(exc))
             body.update(docker_ok=False, docker_error=exc.message)
-        self.cp.post(f"/api/agents/{self.node_id}/heartbeat", body)
+        reply = self.cp.post(f"/api/agents/{self.node_id}/heartbeat", body)
+        self._refused.reset()  # the token is good
+        if isinstance(reply, dict) and reply.get("tasks_waiting") is True:
+            self.tasks_waiting.set()
 
     def heartbeat_loop(self, max_iterations: int | None = None) -> None:
         done = 0
         while not self.stop.is_set() and (max_iterations is None or done < max_iterations):
             generation = self._generation
+            interval = self.heartbeat_interval
             try:
                 self.heartbeat_once()
             except APIError as exc:
                 if not self._reregister_if_refused(exc, generation):
                     log.warning("heartbeat refused: %s", exc.message)
+                    interval = jittered(interval)  # a 503: not in step with the others
             except CPUnreachable as exc:
                 log.warning("heartbeat: %s", exc.message)
+                interval = jittered(interval)
             except Exception:
                 log.exception("heartbeat: unexpected error")
             done += 1
-            self.stop.wait(self.heartbeat_interval)
+            self.stop.wait(interval)
 
     # -- leasing tasks ---------------------------------------------------------
 
@@ -230,7 +257,7 @@ class Agent:
         with self._lock:
             return self.config.concurrency - len(self._held)
 
-    def poll_once(self) -> int:
+    def poll_once(self, wait: float | None = None) -> int:
         """Long-poll for as many tasks as there are free workers and start them.
 
         Returns how many were leased; they run in the background (see `drain`).
@@ -238,7 +265,7 @@ class Agent:
         free = self.free_capacity()
         if free <= 0:
             return 0
-        wait = self.config.poll_wait
+        wait = self.config.poll_wait if wait is None else wait
         reply = self.cp.get(
             f"/api/agents/{self.node_id}/tasks?wait={wait:g}&max={free}",
             timeout=wait + self.cp.timeout,
@@ -289,8 +316,14 @@ class Agent:
             generation = self._generation
             try:
                 self.engine.ping()  # no lease while Docker is down: the work would only wait
-                self.poll_once()
+                # Tasks a heartbeat said wait are asked for at once, long-poll slot or not.
+                wait = 0.0 if self.tasks_waiting.is_set() else self.config.poll_wait
+                self.tasks_waiting.clear()
+                started = time.monotonic()
+                leased = self.poll_once(wait)
                 backoff.reset()
+                if not leased and wait > 0 and time.monotonic() - started < wait * EARLY:
+                    self._pause()
             except APIError as exc:
                 if not self._reregister_if_refused(exc, generation):
                     log.warning("task poll refused: %s", exc.message)
@@ -318,6 +351,19 @@ class Agent:
             except Exception:  # never let one bad answer end the agent
                 log.exception("task loop: unexpected error; retrying in %.1fs", backoff.current)
                 backoff.wait(self.stop)
+
+    def _pause(self) -> None:
+        """After an early, empty answer (no long-poll slot free, or this poll was replaced).
+
+        Waits a jittered while, up to one heartbeat interval, rather than
+        asking again at once; a heartbeat that says tasks wait ends it early.
+        """
+        until = time.monotonic() + jittered(self.heartbeat_interval)
+        while not self.stop.is_set() and not self.tasks_waiting.is_set():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self.tasks_waiting.wait(min(left, 0.5))  # `stop` is looked at now and then
 
     def _wait_for_capacity(self) -> bool:
         """Block until a worker is free; False when the agent is stopping instead."""

@@ -146,6 +146,7 @@ def version(cp: ControlPlane) -> str:
             "api": API_VERSION,
             "cluster_id": cp.cluster_id,
             "bootstrap": cp.bootstrap_windows(),
+            "metrics": cp.metrics(),
         }
     )
 
@@ -272,8 +273,8 @@ def join_token(cp: ControlPlane) -> str:
 
 def heartbeat(cp: ControlPlane, node_id: str) -> str:
     _agent(cp, node_id)
-    cp.heartbeat(node_id, parse(Heartbeat, body(cp)))
-    return _json({"status": "ok"})
+    waiting = cp.heartbeat(node_id, parse(Heartbeat, body(cp)))
+    return _json({"status": "ok", "tasks_waiting": waiting})
 
 
 def agent_tasks(cp: ControlPlane, node_id: str) -> str:

@@ -49,6 +49,25 @@ class CPConfig(Settings):
     threads: int = Field(
         defaults.CP_THREADS, ge=4, le=512, description="HTTP worker threads (one per request)."
     )
+    connection_limit: int = Field(
+        defaults.CP_CONNECTION_LIMIT,
+        ge=16,
+        le=65536,
+        description="Open HTTP connections accepted at once (one per agent long-poll, and more).",
+    )
+    poll_reserve: int = Field(
+        defaults.CP_POLL_RESERVE,
+        ge=0,
+        le=512,
+        description="Threads task long-polls never take (at most half of --threads): the rest"
+        " of the API always finds one.",
+    )
+    overload_queue: int = Field(
+        defaults.CP_OVERLOAD_QUEUE,
+        ge=1,
+        le=1_000_000,
+        description="Requests waiting for a thread beyond which the CP answers 503 (Retry-After).",
+    )
     heartbeat_interval: float = Field(
         defaults.HEARTBEAT_INTERVAL,
         ge=0.1,
@@ -123,6 +142,11 @@ class CPConfig(Settings):
         le=1_000_000,
         description="Failed credentials one address may send per minute before 429.",
     )
+
+    @property
+    def long_poll_slots(self) -> int:
+        """Task long-polls that may wait at once; more answer at once with what is there."""
+        return max(1, self.threads - min(self.poll_reserve, self.threads // 2))
 
     @property
     def unknown_seconds(self) -> float:

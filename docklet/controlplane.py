@@ -29,6 +29,17 @@ from docklet.sync import SyncResult, sync
 log = logging.getLogger(__name__)
 
 POLL_SLICE = 5.0  # a waiting long-poll re-checks at least this often
+FLUSH_EVERY = 1.0  # heartbeats kept in memory are written this often, all in one transaction
+
+
+class _Poll:
+    """One waiting long-poll: woken when work is queued, or replaced by its node's next poll."""
+
+    __slots__ = ("event", "replaced")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.replaced = False
 
 
 class ControlPlane:
@@ -52,7 +63,17 @@ class ControlPlane:
                 rollout.resume(db, self.started_at - float(last_pass))
                 set_meta(db, "last_pass_at", repr(self.started_at))  # given back once
         self._wake = threading.Event()
-        self._work = threading.Condition()
+        # Waiting long-polls, one per node at most, and the slots they may take: a
+        # long-poll holds a server thread, and the rest of the API must always find one.
+        self._polls: dict[str, _Poll] = {}
+        self._polls_lock = threading.Lock()
+        self._poll_slots = threading.BoundedSemaphore(config.long_poll_slots)
+        # The latest heartbeat of each node, kept in memory: a heartbeat that changes
+        # nothing else writes nothing, and the controller loop writes these in one batch.
+        self._seen: dict[str, float] = {}
+        self._seen_dirty: dict[str, float] = {}
+        self._seen_lock = threading.Lock()
+        self.overload: Any = None  # the server's Overload middleware, once one serves this CP
         # One sync at a time: a sync that read an older head must never write
         # after one that read a newer head (it would undo the newer commit).
         self._sync_lock = threading.Lock()
@@ -151,7 +172,7 @@ class ControlPlane:
     def _edit(self, name: str, edit: Edit, message: str, author: str) -> dict[str, Any]:
         sha = self.commit(edit, message, author)
         # A removed app with nothing left to clean up is already forgotten.
-        views = app_views(self.store, self.config, name, self.started_at)
+        views = app_views(self.store, self.config, name, self.started_at, self.last_seen())
         return {"app": name, "commit": sha, **(views[0] if views else {})}
 
     def sync(self) -> SyncResult | None:
@@ -159,10 +180,11 @@ class ControlPlane:
             return sync(self.store, self.repo)
 
     def reconcile(self) -> int:
-        queued = scheduler.reconcile(self.store, self.config, started_at=self.started_at)
+        queued = scheduler.reconcile(
+            self.store, self.config, started_at=self.started_at, seen=self.last_seen()
+        )
         if queued:
-            with self._work:
-                self._work.notify_all()
+            self._wake_polls()
         self._record_outcomes()
         return queued
 
@@ -196,16 +218,16 @@ class ControlPlane:
     # -- reads -----------------------------------------------------------------
 
     def apps(self) -> list[dict[str, Any]]:
-        return app_views(self.store, self.config, started_at=self.started_at)
+        return app_views(self.store, self.config, started_at=self.started_at, seen=self.last_seen())
 
     def app(self, name: str) -> dict[str, Any]:
-        views = app_views(self.store, self.config, name, self.started_at)
+        views = app_views(self.store, self.config, name, self.started_at, self.last_seen())
         if not views:
             raise NotFound(f"app {name!r} does not exist (docklet ps lists apps)")
         return views[0]
 
     def nodes(self) -> list[dict[str, Any]]:
-        return nodes_view(self.store, self.config, self.started_at)
+        return nodes_view(self.store, self.config, self.started_at, self.last_seen())
 
     def revisions(self, name: str) -> list[dict[str, Any]]:
         self.app(name)
@@ -267,11 +289,42 @@ class ControlPlane:
             "heartbeat_interval": self.config.heartbeat_interval,
         }
 
-    def heartbeat(self, node_id: str, beat: Heartbeat) -> None:
-        with self.store.write() as db:
-            changed = nodes.heartbeat(db, node_id, beat)
-        if changed:
-            self.wake()
+    def heartbeat(self, node_id: str, beat: Heartbeat) -> bool:
+        """Record a heartbeat; True when tasks wait for this node (its agent polls at once).
+
+        One that changes nothing but the time is kept in memory, not written:
+        `flush_seen` writes those in one batch, and liveness and the node views
+        read the memory. Any other is written at once, as it may wake the scheduler.
+        """
+        now = time.time()
+        if nodes.unchanged(self.store._reader(), node_id, beat):
+            with self._seen_lock:
+                self._seen[node_id] = self._seen_dirty[node_id] = now
+        else:
+            with self.store.write() as db:
+                changed = nodes.heartbeat(db, node_id, beat)
+            if changed:
+                self.wake()
+        return tasks.waiting(self.store, node_id)
+
+    def last_seen(self) -> dict[str, float]:
+        """Each node's latest heartbeat kept in memory (newer than the stored one, or equal)."""
+        with self._seen_lock:
+            return dict(self._seen)
+
+    def flush_seen(self) -> int:
+        """Write the heartbeats kept in memory since the last flush, in one transaction."""
+        with self._seen_lock:
+            dirty, self._seen_dirty = self._seen_dirty, {}
+        if dirty:
+            try:
+                with self.store.write() as db:
+                    nodes.flush_seen(db, dirty)
+            except Exception:  # kept for the next flush, unless a newer beat came meanwhile
+                with self._seen_lock:
+                    self._seen_dirty = {**dirty, **self._seen_dirty}
+                raise
+        return len(dirty)
 
     def report(self, node_id: str, task_id: int, report: TaskReport) -> dict[str, Any]:
         with self.store.write() as db:
@@ -284,17 +337,77 @@ class ControlPlane:
     def lease_tasks(
         self, node_id: str, token: str, wait: float, limit: int = 10
     ) -> list[dict[str, Any]]:
-        """This node's tasks; waits up to `wait` seconds for some to appear."""
-        deadline = time.monotonic() + min(wait, self.config.long_poll_max)
+        """This node's tasks; waits up to `wait` seconds for some to appear.
+
+        A waiting poll holds a server thread, so at most `long_poll_slots` wait
+        at once: a poll that finds none free answers at once with what is
+        already there (its agent polls again after a pause, or at once when a
+        heartbeat says tasks wait). A node has one waiting poll at most: its
+        next poll makes the older one answer at once, empty.
+        """
+        wait = min(wait, self.config.long_poll_max)
         token_hash = nodes.hash_token(token)
-        while True:
-            with self.store.write() as db:
-                leased = tasks.lease(db, node_id, token_hash, self.config.task_lease, limit)
-            remaining = deadline - time.monotonic()
-            if leased or remaining <= 0:
-                return leased
-            with self._work:
-                self._work.wait(min(remaining, POLL_SLICE))
+        if wait <= 0:
+            return self._lease(node_id, token_hash, limit)
+        with self._polls_lock:
+            older = self._polls.pop(node_id, None)
+        if older is not None:  # it answers now, and gives its slot back
+            older.replaced = True
+            older.event.set()
+        if not self._poll_slots.acquire(timeout=1.0 if older else 0):
+            return self._lease(node_id, token_hash, limit)
+        poll = _Poll()
+        try:
+            with self._polls_lock:
+                displaced = self._polls.get(node_id)
+                self._polls[node_id] = poll
+            if displaced is not None:  # a poll from the same node that raced this one
+                displaced.replaced = True
+                displaced.event.set()
+            deadline = time.monotonic() + wait
+            while True:
+                poll.event.clear()  # before leasing: work queued from here on wakes it
+                leased = self._lease(node_id, token_hash, limit)
+                remaining = deadline - time.monotonic()
+                if leased or remaining <= 0:
+                    return leased
+                poll.event.wait(min(remaining, POLL_SLICE))
+                if poll.replaced:
+                    return []
+        finally:
+            with self._polls_lock:
+                if self._polls.get(node_id) is poll:
+                    del self._polls[node_id]
+            self._poll_slots.release()
+
+    def limit_long_polls(self, slots: int) -> None:
+        """Size the long-poll slots to the server that serves this CP (before it serves)."""
+        self._poll_slots = threading.BoundedSemaphore(max(1, slots))
+
+    def _lease(self, node_id: str, token_hash: str, limit: int) -> list[dict[str, Any]]:
+        # Most polls find nothing: they find out with a read, not a write transaction.
+        if not tasks.waiting(self.store, node_id, token_hash):
+            return []
+        with self.store.write() as db:
+            return tasks.lease(db, node_id, token_hash, self.config.task_lease, limit)
+
+    def _wake_polls(self) -> None:
+        """Tasks were queued: every waiting long-poll looks for its own."""
+        with self._polls_lock:
+            waiting = list(self._polls.values())
+        for poll in waiting:
+            poll.event.set()
+
+    def metrics(self) -> dict[str, Any]:
+        """Load figures with no secret in them: what benchmarks and operators watch."""
+        with self._polls_lock:
+            waiting = len(self._polls)
+        return {
+            "long_polls": waiting,
+            "long_poll_slots": self.config.long_poll_slots,
+            "longest_write_ms": round(self.store.longest_write * 1000, 3),
+            "overloaded": self.overload.refused if self.overload is not None else 0,
+        }
 
     # -- credentials ------------------------------------------------------------------
 
@@ -349,20 +462,32 @@ class ControlPlane:
 
         Each stage is isolated: a sync that fails (a broken repository) still
         lets the reconcile pass expire leases and schedule, and the reverse.
+        Between passes, heartbeats kept in memory are written every second.
         """
         done = 0
+        next_pass = 0.0
         while not stop.is_set() and (max_iterations is None or done < max_iterations):
-            for stage in (self.sync, self.reconcile):
-                try:
-                    stage()
-                except Exception:
-                    log.exception(
-                        "controller: %s failed; retrying in %.1fs",
-                        stage.__name__,
-                        self.config.reconcile_interval,
-                    )
-            done += 1
-            self._wake.wait(self.config.reconcile_interval)
+            try:
+                self.flush_seen()
+            except Exception:  # kept in memory, and tried again in a second
+                log.exception("controller: writing heartbeat times failed")
+            if time.monotonic() >= next_pass:
+                for stage in (self.sync, self.reconcile):
+                    try:
+                        stage()
+                    except Exception:
+                        log.exception(
+                            "controller: %s failed; retrying in %.1fs",
+                            stage.__name__,
+                            self.config.reconcile_interval,
+                        )
+                done += 1
+                next_pass = time.monotonic() + self.config.reconcile_interval
+                if max_iterations is not None and done >= max_iterations:
+                    break
+            left = next_pass - time.monotonic()
+            if self._wake.wait(max(0.0, min(left, FLUSH_EVERY))):
+                next_pass = 0.0  # woken: a pass now
             self._wake.clear()
 
     def watch_repo(self, stop: threading.Event) -> None:

@@ -8,6 +8,13 @@ CP_URL = "http://localhost:8080"
 CP_HOST = "0.0.0.0"
 CP_PORT = 8080
 CP_THREADS = 64  # long-polling agents each hold a server thread while they wait
+# Open connections waitress accepts (poll(), not select(): no 1,024-descriptor ceiling).
+CP_CONNECTION_LIMIT = 4096
+# Threads long-polls may never take: users, heartbeats and reports always find one.
+# At most half the threads (see CPConfig.long_poll_slots).
+CP_POLL_RESERVE = 16
+# Requests waiting in waitress's queue for a thread beyond which the CP answers 503.
+CP_OVERLOAD_QUEUE = 200
 CONTAINER_DATA_DIR = "/data"
 
 GIT_BRANCH = "main"

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from docklet import events, tokens
@@ -92,6 +93,48 @@ def authenticate(store: Store, node_id: str, token: str | None) -> None:
         raise Unauthorized(f"node {node_id!r}: missing or wrong token; restart its agent")
 
 
+def unchanged(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
+    """Whether this heartbeat would change nothing stored but `last_seen`.
+
+    Reads only (on a reader connection): the node's status and Docker state,
+    and its containers' fingerprints. Most heartbeats say "still here, same
+    containers": they are kept in memory (see ControlPlane.heartbeat), not written.
+    """
+    node = db.execute(
+        "SELECT status, report_seq, docker_ok, docker_error FROM nodes WHERE node_id = ?",
+        (node_id,),
+    ).fetchone()
+    if (
+        node is None
+        or node["status"] != NodeStatus.ONLINE
+        or bool(node["docker_ok"]) != beat.docker_ok
+        or node["docker_error"] != beat.docker_error
+    ):
+        return False
+    if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
+        return True  # such a snapshot is not recorded anyway
+    told = {c.id: c.fingerprint() for c in beat.containers if c.app}
+    return _stored(db, node_id) == told
+
+
+def _stored(db: sqlite3.Connection, node_id: str) -> dict[str, tuple[Any, ...]]:
+    """The node's containers as stored, each as its fingerprint."""
+    return {
+        r[0]: tuple(r)
+        for r in db.execute(
+            f"SELECT {', '.join(FINGERPRINT)} FROM containers WHERE node_id = ?", (node_id,)
+        )
+    }
+
+
+def flush_seen(db: sqlite3.Connection, seen: Mapping[str, float]) -> None:
+    """Write heartbeats kept in memory: one statement for all nodes."""
+    db.executemany(
+        "UPDATE nodes SET last_seen = MAX(last_seen, ?) WHERE node_id = ?",
+        [(at, node_id) for node_id, at in seen.items()],
+    )
+
+
 def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
     """Mark the node seen and, when the snapshot is trustworthy, record what changed in it.
 
@@ -116,12 +159,7 @@ def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
     # agent's latest task report may predate the container that report added.
     if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
         return changed
-    stored = {
-        r[0]: tuple(r)
-        for r in db.execute(
-            f"SELECT {', '.join(FINGERPRINT)} FROM containers WHERE node_id = ?", (node_id,)
-        )
-    }
+    stored = _stored(db, node_id)
     seen: set[str] = set()
     for c in beat.containers:
         if not c.app:
@@ -198,7 +236,15 @@ def task_finished(
         observe(db, node_id, observed, time.time())
 
 
-def effective_last_seen(row: Any, started_at: float) -> float:
+def last_seen(row: Any, seen: Mapping[str, float] | None = None) -> float:
+    """The node's latest heartbeat: the stored one, or a newer one still only in memory."""
+    stored = float(row["last_seen"])
+    return max(stored, seen.get(row["node_id"], stored)) if seen else stored
+
+
+def effective_last_seen(
+    row: Any, started_at: float, seen: Mapping[str, float] | None = None
+) -> float:
     """When the node was last heard of, as far as liveness goes.
 
     A control plane that was down missed heartbeats it could not receive: a
@@ -207,8 +253,8 @@ def effective_last_seen(row: Any, started_at: float) -> float:
     offline stays offline until it sends a heartbeat.
     """
     if row["status"] == NodeStatus.OFFLINE:
-        return float(row["last_seen"])
-    return max(float(row["last_seen"]), started_at)
+        return last_seen(row, seen)
+    return max(last_seen(row, seen), started_at)
 
 
 def status_for(age: float, config: CPConfig) -> NodeStatus:
@@ -221,11 +267,15 @@ def status_for(age: float, config: CPConfig) -> NodeStatus:
 
 
 def update_liveness(
-    db: sqlite3.Connection, config: CPConfig, now: float, started_at: float = 0.0
+    db: sqlite3.Connection,
+    config: CPConfig,
+    now: float,
+    started_at: float = 0.0,
+    seen: Mapping[str, float] | None = None,
 ) -> None:
     """Move nodes that stopped sending heartbeats to unknown, then offline."""
     for row in db.execute("SELECT node_id, status, last_seen FROM nodes").fetchall():
-        age = now - effective_last_seen(row, started_at)
+        age = now - effective_last_seen(row, started_at, seen)
         status = status_for(age, config)
         if status != row["status"]:
             db.execute("UPDATE nodes SET status = ? WHERE node_id = ?", (status, row["node_id"]))

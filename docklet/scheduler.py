@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,13 +154,20 @@ class World:
 
 
 def reconcile(
-    store: Store, config: CPConfig, now: float | None = None, started_at: float = 0.0
+    store: Store,
+    config: CPConfig,
+    now: float | None = None,
+    started_at: float = 0.0,
+    seen: Mapping[str, float] | None = None,
 ) -> int:
-    """One pass over every app; returns how many tasks it queued."""
+    """One pass over every app; returns how many tasks it queued.
+
+    `seen`: heartbeats kept in memory, newer than the stored `last_seen`.
+    """
     now = time.time() if now is None else now
 
     def liveness(db: sqlite3.Connection) -> int:
-        nodes.update_liveness(db, config, now, started_at)
+        nodes.update_liveness(db, config, now, started_at, seen)
         tasks.expire_leases(db, now, config.task_max_attempts)
         return 0
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -16,6 +18,45 @@ from docklet.controlplane import ControlPlane
 log = logging.getLogger(__name__)
 
 
+OVERLOAD_RETRY_AFTER = 1  # seconds a client told 503 waits (agents add jitter)
+
+
+class Overload:
+    """WSGI middleware: a 503 with Retry-After, at once, while too many requests queue.
+
+    `queued` says how many requests wait for a worker thread; beyond `limit`
+    the CP is saturated, and answering quickly (in the API's one JSON error
+    shape) drains the queue instead of letting every client time out.
+    """
+
+    def __init__(self, app: Any, queued: Callable[[], int], limit: int) -> None:
+        self.app, self.queued, self.limit = app, queued, limit
+        self.refused = 0  # answers given as 503, for the logs and the benchmark
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        waiting = self.queued()
+        if waiting <= self.limit:
+            return self.app(environ, start_response)
+        self.refused += 1
+        if self.refused % 1000 == 1:
+            log.warning(
+                "overloaded: %d requests queued; answering 503 (%d so far)", waiting, self.refused
+            )
+        message = "the control plane is overloaded; retry after a moment"
+        body = json.dumps(
+            {"error": {"code": "overloaded", "message": message, "status": 503}}
+        ).encode()
+        start_response(
+            "503 Service Unavailable",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Retry-After", str(OVERLOAD_RETRY_AFTER)),
+            ],
+        )
+        return [body]
+
+
 def create_server(cp: ControlPlane) -> Any:
     """The HTTP server for `cp`'s API (waitress), not yet running."""
     import waitress
@@ -24,20 +65,53 @@ def create_server(cp: ControlPlane) -> Any:
     from docklet.githttp import GitHTTP
 
     config = cp.config
-    return waitress.create_server(
+    cp.limit_long_polls(config.long_poll_slots)  # this server's threads, not the defaults
+    server: Any = None
+
+    def queued() -> int:
+        return len(server.task_dispatcher.queue) if server is not None else 0
+
+    app = Overload(
         GitHTTP(cp, make_app(cp)),  # /git/apps.git: clone and push over HTTP
+        queued,
+        config.overload_queue,
+    )
+    cp.overload = app  # its count of 503s shows in GET /api/version's metrics
+    server = waitress.create_server(
+        app,
         host=config.host,
         port=config.port,
         threads=config.threads,
+        # poll(), not select(): select() cannot watch a descriptor numbered 1,024 or
+        # more, and a thousand agents' connections go past it.
+        asyncore_use_poll=True,
+        connection_limit=config.connection_limit,
         ident=f"docklet/{__version__}",
         channel_timeout=int(config.long_poll_max) + 30,
         # Refused by the server before it is buffered: waitress would otherwise
         # spool up to 1 GiB to disk before the API could say no.
         max_request_body_size=config.max_body,
     )
+    return server
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Let the process open `wanted` descriptors (plus spare), as far as the hard limit allows."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted + 256 if hard == resource.RLIM_INFINITY else min(wanted + 256, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit to %d: %s", target, exc)
 
 
 def serve(config: CPConfig) -> None:
+    raise_fd_limit(config.connection_limit)
     cp = ControlPlane(config)
     stop = threading.Event()
     for target in (cp.run_controller, cp.watch_repo):

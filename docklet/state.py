@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from docklet.apps import app_name
 from docklet.config import CPConfig
-from docklet.nodes import effective_last_seen, status_for
+from docklet.nodes import effective_last_seen, last_seen, status_for
 from docklet.rollout import view as rollout_view
 from docklet.status import (
     ActualState,
@@ -27,7 +28,13 @@ from docklet.store import Store
 from docklet.tasks import OPEN
 
 
-def nodes_view(store: Store, config: CPConfig, started_at: float = 0.0) -> list[dict[str, Any]]:
+def nodes_view(
+    store: Store,
+    config: CPConfig,
+    started_at: float = 0.0,
+    seen: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Every node; `seen` holds heartbeats kept in memory, newer than the stored ones."""
     now = time.time()
     counts = dict(
         (r["node_id"], r["n"])
@@ -35,14 +42,14 @@ def nodes_view(store: Store, config: CPConfig, started_at: float = 0.0) -> list[
     )
     views = []
     for r in store.query("SELECT * FROM nodes ORDER BY node_id"):
-        seen = effective_last_seen(r, started_at)
+        heard = last_seen(r, seen)
         views.append(
             {
                 "node_id": r["node_id"],
                 # Derived from last_seen at read time, so a dead node shows at once.
-                "status": status_for(now - seen, config),
-                "last_seen": r["last_seen"],
-                "last_seen_ago": round(now - r["last_seen"], 1),
+                "status": status_for(now - effective_last_seen(r, started_at, seen), config),
+                "last_seen": heard,
+                "last_seen_ago": round(now - heard, 1),
                 "hostname": r["hostname"],
                 "engine_id": r["engine_id"],
                 "docker_ok": bool(r["docker_ok"]),
@@ -103,7 +110,11 @@ class AppRows:
 
 
 def app_views(
-    store: Store, config: CPConfig, name: str | None = None, started_at: float = 0.0
+    store: Store,
+    config: CPConfig,
+    name: str | None = None,
+    started_at: float = 0.0,
+    seen: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     where, params = ("WHERE name = ?", (name,)) if name else ("", ())
     apps = store.query(f"SELECT * FROM apps {where} ORDER BY name", params)
@@ -112,7 +123,7 @@ def app_views(
     # A node whose Docker does not answer cannot say what runs on it either.
     node_status = {
         n["node_id"]: n["status"] if n["docker_ok"] else NodeStatus.UNKNOWN
-        for n in nodes_view(store, config, started_at)
+        for n in nodes_view(store, config, started_at, seen)
     }
     rows = AppRows.read(store, name)
     return [_app_view(app, rows, node_status) for app in apps]

@@ -20,7 +20,7 @@ from docklet import events, nodes
 from docklet.errors import NotFound, StaleLease, Unauthorized
 from docklet.protocol import TaskReport
 from docklet.status import OPEN_TASK_STATUSES, EventKind, TaskKind, TaskStatus
-from docklet.store import dumps
+from docklet.store import Store, dumps
 
 OPEN = f"status IN ({', '.join(repr(s) for s in OPEN_TASK_STATUSES)})"
 
@@ -74,6 +74,22 @@ def create(
         task_id=task_id,
     )
     return task_id
+
+
+def waiting(store: Store, node_id: str, token_hash: str | None = None) -> bool:
+    """Whether pending tasks wait for this node's agent (a read: no write lock).
+
+    With `token_hash`, an agent whose token was replaced is refused, as `lease` does.
+    """
+    if token_hash is not None:
+        node = store.one("SELECT token_hash FROM nodes WHERE node_id = ?", (node_id,))
+        if node is None or node["token_hash"] != token_hash:
+            raise Unauthorized(f"node {node_id!r}: this agent was replaced by a newer registration")
+    row = store.one(
+        "SELECT 1 AS yes FROM tasks WHERE node_id = ? AND status = ? LIMIT 1",
+        (node_id, TaskStatus.PENDING),
+    )
+    return row is not None
 
 
 def lease(

@@ -44,6 +44,15 @@ os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 os.environ.pop("DOCKLET_TOKEN", None)
 
 
+def silence(cp: Any, node_id: str, at: float) -> None:
+    """The node's latest heartbeat was at `at`: as stored, and with no newer one in memory."""
+    with cp._seen_lock:
+        cp._seen.pop(node_id, None)
+        cp._seen_dirty.pop(node_id, None)
+    with cp.store.write() as db:
+        db.execute("UPDATE nodes SET last_seen = ? WHERE node_id = ?", (at, node_id))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     """Poll until `predicate` returns something truthy; fail the test after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -356,14 +356,21 @@ def test_the_agent_asks_only_for_what_it_has_room_for(odd_cp: Any, docker_client
 
 
 @pytest.mark.docker
-def test_an_agent_replaced_on_its_engine_stands_down(
-    agent: Agent, served_cp: str, docker_client: Any
+def test_an_agent_whose_token_was_replaced_registers_again_after_a_pause(
+    agent: Agent, served_cp: str, cp: Any, docker_client: Any
 ) -> None:
+    # Replaced by a registration of its own that an overloaded CP finished after the agent
+    # gave up on it, or by another agent on the engine: either way it never stops for good.
     newer = make_agent(served_cp, docker_client)
     newer.register()  # same Docker engine: same node, and the old token is void
+    agent.config = agent.config.model_copy(update={"join_token": cp.join_token()})
+    generation = agent._generation
+    started = time.monotonic()
     agent.heartbeat_loop(max_iterations=1)
-    assert agent.stop.is_set()  # no tug of war over the node
-    newer.heartbeat_once()
+    assert not agent.stop.is_set()
+    assert agent._generation == generation + 1
+    assert time.monotonic() - started >= 0.5  # a jittered backoff first: no quick tug of war
+    agent.heartbeat_once()  # its new token is good
     assert Client(served_cp, token=ADMIN_TOKEN).get("/api/state/nodes")[0]["status"] == "online"
 
 

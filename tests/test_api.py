@@ -62,6 +62,9 @@ def test_health_and_version(cp: ControlPlane, api: WSGIClient) -> None:
     status, answer = api.get("/api/version")
     assert status == 200
     assert answer.pop("bootstrap")["admin"] == {"open": False, "closes_at": None}
+    metrics = answer.pop("metrics")
+    assert metrics["long_polls"] == 0 and metrics["long_poll_slots"] >= 1
+    assert metrics["longest_write_ms"] >= 0 and metrics["overloaded"] == 0
     assert answer == {"version": __version__, "api": API_VERSION, "cluster_id": cp.cluster_id}
 
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pygit2
+from conftest import silence
 from test_scheduler import Agent, open_tasks, put_app
 
 from docklet.config import CPConfig
@@ -245,8 +246,7 @@ def test_a_lost_canary_node_is_not_the_revisions_fault(cp: ControlPlane) -> None
     stable_v1(cp, a, b)
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout={"min_healthy_time": "1h"})
     canary = latest(cp)["canary_node"]
-    with cp.store.write() as db:  # the canary's node goes silent for an hour
-        db.execute("UPDATE nodes SET last_seen = ? WHERE node_id = ?", (time.time() - 3600, canary))
+    silence(cp, canary, time.time() - 3600)  # the canary's node goes silent for an hour
     cp.started_at = time.time() - 7200
     cp.reconcile()  # the slot moves to b…
     cp.reconcile()  # …and the rollout follows it, with a fresh deadline

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import silence
 
 from docklet import tasks
 from docklet.config import CPConfig
@@ -138,10 +139,7 @@ def containers(cp: ControlPlane, app: str) -> list[dict[str, Any]]:
 def go_offline(cp: ControlPlane, node_id: str) -> None:
     """The node's heartbeats stopped an hour ago (and the CP has been up all along)."""
     cp.started_at = time.time() - 7200
-    with cp.store.write() as db:
-        db.execute(
-            "UPDATE nodes SET last_seen = ? WHERE node_id = ?", (time.time() - 3600, node_id)
-        )
+    silence(cp, node_id, time.time() - 3600)
 
 
 def app_row(cp: ControlPlane, name: str) -> dict[str, Any] | None:
