@@ -210,6 +210,18 @@ def agent_process(
     stop.set()
 
 
+def patiently(call: Any) -> Any:
+    """`call()`, retried through 503s and timeouts for up to a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return call()
+        except DockletError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def pct(values: list[float], p: float) -> float:
     return sorted(values)[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
 
@@ -221,6 +233,7 @@ def merge(into: dict[str, int], more: dict[str, int]) -> None:
 
 def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     flags = ("--heartbeat-interval", str(args.interval), "--log-level", "WARNING")
+    flags += ("--threads", str(args.cp_threads)) if args.cp_threads else ()
     with tempfile.TemporaryDirectory() as tmp, control_plane(tmp, *flags) as (url, pid):
         client = admin(url)
         mp = multiprocessing.get_context("fork")
@@ -264,9 +277,9 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.1)
         busy = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         rss = rss_mb(pid)
-        metrics = client.get("/api/version")["metrics"]
-        nodes = client.get("/api/state/nodes")
-        done.set()
+        done.set()  # the agents stop: the CP answers what follows even if it was saturated
+        metrics = patiently(lambda: client.get("/api/version")["metrics"])
+        nodes = patiently(lambda: client.get("/api/state/nodes"))
         beats: list[float] = []
         errors: dict[str, int] = dict(user_errors)
         ramp: dict[str, int] = {}
@@ -307,12 +320,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--ramp", type=float, default=10, help="seconds over which agents start")
     parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--cp-threads", type=int, default=0, help="the CP's --threads (default)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.agents.split(",")]
     print(
         f"agents × {args.containers} containers, heartbeat every {args.interval:g}s,"
         f" long-poll {POLL_WAIT:g}s, {args.processes} agent processes,"
-        f" {args.seconds:g}s measured after {args.ramp:g}s ramp + {args.warmup:g}s warm-up"
+        f" {args.seconds:g}s measured after {args.ramp:g}s ramp + {args.warmup:g}s warm-up,"
+        f" CP threads {args.cp_threads or 'default'}"
     )
     header = (
         f"{'agents':>6} | {'heartbeat p50/p99 ms':>20} | {'user ps p50/p99 ms':>18} |"

@@ -112,6 +112,9 @@ def raise_fd_limit(wanted: int) -> None:
 
 def serve(config: CPConfig) -> None:
     raise_fd_limit(config.connection_limit)
+    # waitress warns once per queued request past its own threshold: under load that
+    # is a line per request. Overload (503s, counted in /api/version) says it once in 1,000.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     cp = ControlPlane(config)
     stop = threading.Event()
     for target in (cp.run_controller, cp.watch_repo):
