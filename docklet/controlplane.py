@@ -172,7 +172,7 @@ class ControlPlane:
     def _edit(self, name: str, edit: Edit, message: str, author: str) -> dict[str, Any]:
         sha = self.commit(edit, message, author)
         # A removed app with nothing left to clean up is already forgotten.
-        views = app_views(self.store, self.config, name, self.started_at, self.last_seen())
+        views = self._views(name)
         return {"app": name, "commit": sha, **(views[0] if views else {})}
 
     def sync(self) -> SyncResult | None:
@@ -190,7 +190,7 @@ class ControlPlane:
 
     def _record_outcomes(self) -> None:
         """Write finished rollouts' outcomes to Git, outside any database transaction."""
-        for r in rollout.unrecorded(self.store._reader()):
+        for r in rollout.unrecorded(self.store.reader()):
             status = RolloutStatus(r["status"])
             deployed = {
                 RolloutStatus.STABLE: r["to_commit"],
@@ -218,13 +218,17 @@ class ControlPlane:
     # -- reads -----------------------------------------------------------------
 
     def apps(self) -> list[dict[str, Any]]:
-        return app_views(self.store, self.config, started_at=self.started_at, seen=self.last_seen())
+        return self._views()
 
     def app(self, name: str) -> dict[str, Any]:
-        views = app_views(self.store, self.config, name, self.started_at, self.last_seen())
+        views = self._views(name)
         if not views:
             raise NotFound(f"app {name!r} does not exist (docklet ps lists apps)")
         return views[0]
+
+    def _views(self, name: str | None = None) -> list[dict[str, Any]]:
+        """App views as of now: liveness from this process's start and its in-memory heartbeats."""
+        return app_views(self.store, self.config, name, self.started_at, self.last_seen())
 
     def nodes(self) -> list[dict[str, Any]]:
         return nodes_view(self.store, self.config, self.started_at, self.last_seen())
@@ -297,7 +301,7 @@ class ControlPlane:
         read the memory. Any other is written at once, as it may wake the scheduler.
         """
         now = time.time()
-        if nodes.unchanged(self.store._reader(), node_id, beat):
+        if nodes.unchanged(self.store.reader(), node_id, beat):
             with self._seen_lock:
                 self._seen[node_id] = self._seen_dirty[node_id] = now
         else:

@@ -227,17 +227,18 @@ class Store:
             # Benchmarks read this: the writer lock is what every other write waits on.
             self.longest_write = max(self.longest_write, time.perf_counter() - started)
 
-    def _reader(self) -> sqlite3.Connection:
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (WAL: it never waits for the writer)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = _connect(self.path)
         return conn
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self._reader().execute(sql, params)]
+        return [dict(row) for row in self.reader().execute(sql, params)]
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
-        row = self._reader().execute(sql, params).fetchone()
+        row = self.reader().execute(sql, params).fetchone()
         return dict(row) if row else None
 
     def close(self) -> None:
