@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DOCKER_POOL_SPARE = 4  # Docker connections beyond one per worker: heartbeat, ping, info
 EARLY = 0.5  # an empty poll that answered within this share of its wait was not a long-poll
+MAX_POLL_AFTER = 300.0  # a longer `poll_after` from a CP is not believed
 
 
 def jittered(seconds: float) -> float:
@@ -111,6 +112,7 @@ class Agent:
         self._lanes: dict[str, deque[LeasedTask]] = {}
         self._renewer: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="task")
+        self._poll_after: float | None = None  # the CP had no long-poll slot: wait this long
 
     @property
     def heartbeat_interval(self) -> float:
@@ -271,6 +273,7 @@ class Agent:
             timeout=wait + self.cp.timeout,
         )
         leased = self._parse_tasks(reply)
+        self._poll_after = reply.get("poll_after") if isinstance(reply, dict) else None
         if self.stop.is_set():
             return 0  # shutting down: the CP hands these out again when we re-register
         self._accept(leased)
@@ -355,10 +358,13 @@ class Agent:
     def _pause(self) -> None:
         """After an early, empty answer (no long-poll slot free, or this poll was replaced).
 
-        Waits a jittered while, up to one heartbeat interval, rather than
-        asking again at once; a heartbeat that says tasks wait ends it early.
+        Waits a jittered while rather than asking again at once: what the CP
+        said (`poll_after`, when it had no long-poll slot), else up to one
+        heartbeat interval. A heartbeat that says tasks wait ends it early.
         """
-        until = time.monotonic() + jittered(self.heartbeat_interval)
+        after = self._poll_after
+        valid = isinstance(after, int | float) and 0 < after <= MAX_POLL_AFTER
+        until = time.monotonic() + jittered(after if valid else self.heartbeat_interval)
         while not self.stop.is_set() and not self.tasks_waiting.is_set():
             left = until - time.monotonic()
             if left <= 0:
@@ -507,13 +513,28 @@ class Agent:
             "container_id": container["id"] if container else None,
             "image_digest": outcome.image_digest if outcome else None,
         }
-        try:
-            self.cp.post(f"/api/agents/{self.node_id}/tasks/{task.id}", body)
-        except APIError as exc:
-            # A stale lease: the task was handed out again and will be run again.
-            log.warning("task %s: report refused: %s", task.id, exc.message)
-        except CPUnreachable as exc:
-            log.warning("task %s: report lost (%s); the task will be retried", task.id, exc.message)
+        # A busy or restarting CP is asked again while the lease lives (the renewer
+        # keeps it: the task is still held): a lost report would cost a lease's
+        # length and a second run of the task.
+        backoff = Backoff(self.config.retry_max)
+        give_up = time.monotonic() + task.lease_seconds
+        while True:
+            try:
+                self.cp.post(f"/api/agents/{self.node_id}/tasks/{task.id}", body)
+                return
+            except APIError as exc:
+                if exc.status != 503 or time.monotonic() > give_up or self.stop.is_set():
+                    # A stale lease: the task was handed out again and will be run again.
+                    log.warning("task %s: report refused: %s", task.id, exc.message)
+                    return
+            except CPUnreachable as exc:
+                if time.monotonic() > give_up or self.stop.is_set():
+                    log.warning(
+                        "task %s: report lost (%s); the task will be retried", task.id, exc.message
+                    )
+                    return
+            backoff.wait(self.stop)
+            body["lease_token"] = self._current(task).lease_token  # leased again meanwhile?
 
     # -- lease renewal -------------------------------------------------------------
 

@@ -281,7 +281,7 @@ def agent_tasks(cp: ControlPlane, node_id: str) -> str:
     token = _agent(cp, node_id)
     wait = _number_param("wait", 0, 0, cp.config.long_poll_max)
     limit = int(_number_param("max", 10, 1, MAX_TASKS_PER_POLL))
-    return _json({"tasks": cp.lease_tasks(node_id, token, wait, limit)})
+    return _json(cp.poll_tasks(node_id, token, wait, limit))
 
 
 def agent_report(cp: ControlPlane, node_id: str, task_id: int) -> str:

@@ -62,11 +62,12 @@ class CPConfig(Settings):
         description="Threads task long-polls never take (at most half of --threads): the rest"
         " of the API always finds one.",
     )
-    overload_queue: int = Field(
-        defaults.CP_OVERLOAD_QUEUE,
-        ge=1,
-        le=1_000_000,
-        description="Requests waiting for a thread beyond which the CP answers 503 (Retry-After).",
+    overload_wait: float = Field(
+        defaults.CP_OVERLOAD_WAIT,
+        gt=0,
+        le=3600,
+        description="Seconds the oldest request may wait for a thread before the CP answers"
+        " 503 (Retry-After).",
     )
     heartbeat_interval: float = Field(
         defaults.HEARTBEAT_INTERVAL,

@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from docklet import apps, auth, events, hooks, nodes, rollout, scheduler, spec, tasks, tokens
@@ -29,6 +30,9 @@ from docklet.sync import SyncResult, sync
 log = logging.getLogger(__name__)
 
 POLL_SLICE = 5.0  # a waiting long-poll re-checks at least this often
+# A pass over every app this often, whatever was reported changed: a safety net
+# (most passes look only at the apps something changed, and those with work in flight).
+FULL_PASS_EVERY = 30.0
 FLUSH_EVERY = 1.0  # heartbeats kept in memory are written this often, all in one transaction
 
 
@@ -63,6 +67,12 @@ class ControlPlane:
                 rollout.resume(db, self.started_at - float(last_pass))
                 set_meta(db, "last_pass_at", repr(self.started_at))  # given back once
         self._wake = threading.Event()
+        # What the controller's next pass looks at: the apps a commit, report or
+        # heartbeat changed (None: every app), and those the last pass left busy.
+        self._changed: set[str] | None = None
+        self._busy: set[str] = set()
+        self._changed_lock = threading.Lock()
+        self._next_full_pass = 0.0
         # Waiting long-polls, one per node at most, and the slots they may take: a
         # long-poll holds a server thread, and the rest of the API must always find one.
         self._polls: dict[str, _Poll] = {}
@@ -81,7 +91,7 @@ class ControlPlane:
 
     # -- desired state: each write is a commit, visible when the call returns ----
 
-    def commit(self, edit: Edit, message: str, author: str) -> str | None:
+    def commit(self, edit: Edit, message: str, author: str, app: str | None = None) -> str | None:
         """Commit an edit, then sync and schedule it before returning.
 
         Read-your-writes: the sync brings the database at least to this
@@ -90,13 +100,17 @@ class ControlPlane:
         """
         sha = self.repo.commit(edit, message, author)
         self.sync()
-        self.reconcile()
+        # The edited app (every app if None); the controller looks at any other the sync changed.
+        self.reconcile(None if app is None else {app})
         return sha
 
     def create_app(self, data: dict[str, Any], author: str) -> dict[str, Any]:
         app_spec = spec.validate(data, source="request")
         sha = self.commit(
-            apps.create(app_spec), f"Create app {app_spec.name} ({app_spec.image})", author
+            apps.create(app_spec),
+            f"Create app {app_spec.name} ({app_spec.image})",
+            author,
+            app_spec.name,
         )
         return {"app": app_spec.name, "commit": sha, **self.app(app_spec.name)}
 
@@ -137,7 +151,7 @@ class ControlPlane:
         with self.store.write() as db:
             if not rollout.retry(db, name):
                 raise Conflict(f"app {name!r} has no held or failed revision to retry")
-        self.reconcile()
+        self.reconcile({name})
         return {"app": name, "commit": None, **self.app(name)}
 
     def rollouts(self, name: str) -> list[dict[str, Any]]:
@@ -170,23 +184,56 @@ class ControlPlane:
         return self._edit(name, apps.remove(name), f"Remove app {name}", author)
 
     def _edit(self, name: str, edit: Edit, message: str, author: str) -> dict[str, Any]:
-        sha = self.commit(edit, message, author)
+        sha = self.commit(edit, message, author, name)
         # A removed app with nothing left to clean up is already forgotten.
         views = self._views(name)
         return {"app": name, "commit": sha, **(views[0] if views else {})}
 
     def sync(self) -> SyncResult | None:
         with self._sync_lock:
-            return sync(self.store, self.repo)
+            result = sync(self.store, self.repo)
+        if result is not None:
+            self.wake(result.changed)
+        return result
 
-    def reconcile(self) -> int:
-        queued = scheduler.reconcile(
-            self.store, self.config, started_at=self.started_at, seen=self.last_seen()
+    def reconcile(self, apps: Collection[str] | None = None) -> int:
+        """A reconcile pass over `apps` (every app if None); returns the tasks it queued."""
+        return self._reconcile(apps).queued
+
+    def _reconcile(self, apps: Collection[str] | None) -> scheduler.Pass:
+        done = scheduler.reconcile(
+            self.store, self.config, started_at=self.deaf_until(), seen=self.last_seen(), apps=apps
         )
-        if queued:
+        if done.queued:
             self._wake_polls()
         self._record_outcomes()
-        return queued
+        return done
+
+    def _controller_pass(self) -> None:
+        """Look at the apps something changed, and those with work in flight; now and
+        then (and after a node came or went), at every app."""
+        with self._changed_lock:
+            changed, self._changed = self._changed, set()
+        now = time.monotonic()
+        apps: set[str] | None = None
+        if changed is None or now >= self._next_full_pass:
+            self._next_full_pass = now + FULL_PASS_EVERY
+        else:
+            apps = changed | self._busy
+        try:
+            done = self._reconcile(apps)
+        except Exception:
+            with self._changed_lock:
+                self._changed = None  # what this pass missed, the next one looks at
+            raise
+        self._busy = done.busy
+        log.debug(
+            "pass: %d app(s) looked at (%s), %d queued, %d busy",
+            done.looked_at,
+            "all" if apps is None else "changed or busy",
+            done.queued,
+            len(done.busy),
+        )
 
     def _record_outcomes(self) -> None:
         """Write finished rollouts' outcomes to Git, outside any database transaction."""
@@ -211,8 +258,13 @@ class ControlPlane:
             with self.store.write() as db:
                 rollout.mark_recorded(db, r["id"])
 
-    def wake(self) -> None:
-        """Ask the controller loop for a pass now (a heartbeat or report changed things)."""
+    def wake(self, apps: Iterable[str] | None = None) -> None:
+        """Ask the controller loop for a pass now, over these apps (all of them if None)."""
+        with self._changed_lock:
+            if apps is None:
+                self._changed = None
+            elif self._changed is not None:
+                self._changed.update(apps)
         self._wake.set()
 
     # -- reads -----------------------------------------------------------------
@@ -228,10 +280,10 @@ class ControlPlane:
 
     def _views(self, name: str | None = None) -> list[dict[str, Any]]:
         """App views as of now: liveness from this process's start and its in-memory heartbeats."""
-        return app_views(self.store, self.config, name, self.started_at, self.last_seen())
+        return app_views(self.store, self.config, name, self.deaf_until(), self.last_seen())
 
     def nodes(self) -> list[dict[str, Any]]:
-        return nodes_view(self.store, self.config, self.started_at, self.last_seen())
+        return nodes_view(self.store, self.config, self.deaf_until(), self.last_seen())
 
     def revisions(self, name: str) -> list[dict[str, Any]]:
         self.app(name)
@@ -285,7 +337,7 @@ class ControlPlane:
             node_id, token, known = nodes.register(db, reg)
             if known:  # the agent that held this node's leases is gone
                 tasks.requeue_node(db, node_id)
-        self.wake()
+        self.wake(None if known else ())  # a new node: only apps waiting for one care
         return {
             "node_id": node_id,
             "token": token,
@@ -306,10 +358,22 @@ class ControlPlane:
                 self._seen[node_id] = self._seen_dirty[node_id] = now
         else:
             with self.store.write() as db:
-                changed = nodes.heartbeat(db, node_id, beat)
-            if changed:
+                node_changed, apps_changed = nodes.heartbeat(db, node_id, beat)
+            if node_changed:
                 self.wake()
+            elif apps_changed:
+                self.wake(apps_changed)
         return tasks.waiting(self.store, node_id)
+
+    def deaf_until(self) -> float:
+        """Until when this CP could not hear every heartbeat: its start, or its latest 503.
+
+        Liveness counts a node's silence only from then: a CP that was down, or
+        so busy it turned requests away, must not declare nodes dead and move
+        their work (more work, while it is already overloaded).
+        """
+        refused = self.overload.refused_at if self.overload is not None else 0.0
+        return max(self.started_at, refused)
 
     def last_seen(self) -> dict[str, float]:
         """Each node's latest heartbeat kept in memory (newer than the stored one, or equal)."""
@@ -335,31 +399,49 @@ class ControlPlane:
             outcome = tasks.report(db, node_id, task_id, report, self.config.task_lease)
             if report.image_digest and report.status == TaskStatus.DONE and outcome["revision"]:
                 rollout.record_digest(db, outcome["app"], outcome["revision"], report.image_digest)
-        self.wake()
+        if "app" in outcome:  # a task ended (a lease renewal changes nothing to schedule)
+            self.wake([outcome["app"]])
         return {"status": outcome["status"]}
+
+    def poll_tasks(self, node_id: str, token: str, wait: float, limit: int = 10) -> dict[str, Any]:
+        """An agent's task poll: its tasks, and, when it found no long-poll slot,
+        `poll_after`: how long its agent waits before it long-polls again (it
+        asks at once when a heartbeat says tasks wait for it)."""
+        leased, slotless = self._poll(node_id, token, wait, limit)
+        answer: dict[str, Any] = {"tasks": leased}
+        if slotless:
+            answer["poll_after"] = self.config.long_poll_max
+        return answer
 
     def lease_tasks(
         self, node_id: str, token: str, wait: float, limit: int = 10
     ) -> list[dict[str, Any]]:
-        """This node's tasks; waits up to `wait` seconds for some to appear.
+        """This node's tasks; waits up to `wait` seconds for some to appear."""
+        return self._poll(node_id, token, wait, limit)[0]
+
+    def _poll(
+        self, node_id: str, token: str, wait: float, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """This node's tasks, waiting up to `wait` seconds; and whether it found no slot.
 
         A waiting poll holds a server thread, so at most `long_poll_slots` wait
         at once: a poll that finds none free answers at once with what is
-        already there (its agent polls again after a pause, or at once when a
-        heartbeat says tasks wait). A node has one waiting poll at most: its
-        next poll makes the older one answer at once, empty.
+        already there, and its agent leaves long-polling to others for a
+        while, learning of new tasks from its heartbeats instead. A node has
+        one waiting poll at most: its next poll makes the older one answer at
+        once, empty.
         """
         wait = min(wait, self.config.long_poll_max)
         token_hash = nodes.hash_token(token)
         if wait <= 0:
-            return self._lease(node_id, token_hash, limit)
+            return self._lease(node_id, token_hash, limit), False
         with self._polls_lock:
             older = self._polls.pop(node_id, None)
         if older is not None:  # it answers now, and gives its slot back
             older.replaced = True
             older.event.set()
         if not self._poll_slots.acquire(timeout=1.0 if older else 0):
-            return self._lease(node_id, token_hash, limit)
+            return self._lease(node_id, token_hash, limit), True
         poll = _Poll()
         try:
             with self._polls_lock:
@@ -374,10 +456,10 @@ class ControlPlane:
                 leased = self._lease(node_id, token_hash, limit)
                 remaining = deadline - time.monotonic()
                 if leased or remaining <= 0:
-                    return leased
+                    return leased, False
                 poll.event.wait(min(remaining, POLL_SLICE))
                 if poll.replaced:
-                    return []
+                    return [], False
         finally:
             with self._polls_lock:
                 if self._polls.get(node_id) is poll:
@@ -410,6 +492,10 @@ class ControlPlane:
             "long_polls": waiting,
             "long_poll_slots": self.config.long_poll_slots,
             "longest_write_ms": round(self.store.longest_write * 1000, 3),
+            "slow_writes": [
+                {"at": round(at, 3), "ms": round(took * 1000, 1), "in": where}
+                for at, took, where in list(self.store.slow_writes)
+            ],
             "overloaded": self.overload.refused if self.overload is not None else 0,
         }
 
@@ -476,7 +562,7 @@ class ControlPlane:
             except Exception:  # kept in memory, and tried again in a second
                 log.exception("controller: writing heartbeat times failed")
             if time.monotonic() >= next_pass:
-                for stage in (self.sync, self.reconcile):
+                for stage in (self.sync, self._controller_pass):
                     try:
                         stage()
                     except Exception:
@@ -509,7 +595,7 @@ class ControlPlane:
             for _ in watch(
                 repo, watch_filter=is_ref, stop_event=stop, raise_interrupt=False, debounce=200
             ):
-                self.wake()
+                self.wake(())  # the pass's sync says which apps the push changed
         except Exception:  # the interval pass still syncs; this only makes it prompt
             log.exception(
                 "repo watcher stopped; new pushes sync within %.0fs", self.config.reconcile_interval

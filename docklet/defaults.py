@@ -13,8 +13,11 @@ CP_CONNECTION_LIMIT = 4096
 # Threads long-polls may never take: users, heartbeats and reports always find one.
 # At most half the threads (see CPConfig.long_poll_slots).
 CP_POLL_RESERVE = 16
-# Requests waiting in waitress's queue for a thread beyond which the CP answers 503.
-CP_OVERLOAD_QUEUE = 200
+# Seconds the oldest request waiting in waitress's queue may have waited for a thread
+# before the CP answers 503: a backlog measured in time, not requests, so a burst of
+# cheap ones (a thousand agents' task reports) is served, and a real backlog refused
+# long before clients time out (HTTP_TIMEOUT).
+CP_OVERLOAD_WAIT = 2.0
 CONTAINER_DATA_DIR = "/data"
 
 GIT_BRANCH = "main"

@@ -114,15 +114,15 @@ def unchanged(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
     if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
         return True  # such a snapshot is not recorded anyway
     told = {c.id: c.fingerprint() for c in beat.containers if c.app}
-    return _stored(db, node_id) == told
+    return {cid: fingerprint for cid, (_app, fingerprint) in _stored(db, node_id).items()} == told
 
 
-def _stored(db: sqlite3.Connection, node_id: str) -> dict[str, tuple[Any, ...]]:
-    """The node's containers as stored, each as its fingerprint."""
+def _stored(db: sqlite3.Connection, node_id: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """The node's containers as stored: each one's app, and its fingerprint."""
     return {
-        r[0]: tuple(r)
+        r[1]: (r[0], tuple(r)[1:])
         for r in db.execute(
-            f"SELECT {', '.join(FINGERPRINT)} FROM containers WHERE node_id = ?", (node_id,)
+            f"SELECT app, {', '.join(FINGERPRINT)} FROM containers WHERE node_id = ?", (node_id,)
         )
     }
 
@@ -135,11 +135,12 @@ def flush_seen(db: sqlite3.Connection, seen: Mapping[str, float]) -> None:
     )
 
 
-def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
+def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> tuple[bool, set[str]]:
     """Mark the node seen and, when the snapshot is trustworthy, record what changed in it.
 
-    Returns whether anything the scheduler acts on changed (so most heartbeats,
-    which only say "still here, same containers", wake nothing). Costs one
+    Returns what the scheduler acts on: whether the node itself changed
+    (status, Docker), and the apps whose containers changed. Most heartbeats,
+    which only say "still here, same containers", change neither. Costs one
     read of the node's containers, and a write only for those that changed.
     """
     now = time.time()
@@ -158,19 +159,25 @@ def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
     # A failed Docker list is not "no containers", and a list taken before the
     # agent's latest task report may predate the container that report added.
     if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
-        return changed
+        return changed, set()
     stored = _stored(db, node_id)
     seen: set[str] = set()
+    apps: set[str] = set()
     for c in beat.containers:
         if not c.app:
             continue  # without an app label it cannot be attributed
         seen.add(c.id)
-        if stored.get(c.id) != c.fingerprint():
+        before = stored.get(c.id)
+        if before is None or before[1] != c.fingerprint():
             observe(db, node_id, c, now)
-            changed = True
-    gone = [(node_id, cid) for cid in stored if cid not in seen]
-    db.executemany("DELETE FROM containers WHERE node_id = ? AND container_id = ?", gone)
-    return changed or bool(gone)
+            apps.add(c.app)
+    gone = [cid for cid in stored if cid not in seen]
+    db.executemany(
+        "DELETE FROM containers WHERE node_id = ? AND container_id = ?",
+        [(node_id, cid) for cid in gone],
+    )
+    apps.update(stored[cid][0] for cid in gone)
+    return changed, apps
 
 
 # The columns that hold what ObservedContainer.fingerprint() holds, in its order.
@@ -247,14 +254,18 @@ def effective_last_seen(
 ) -> float:
     """When the node was last heard of, as far as liveness goes.
 
-    A control plane that was down missed heartbeats it could not receive: a
-    node it last knew as alive gets a fresh grace from the CP's start (as
-    Nomad resets heartbeat timers after a leader election). A node already
-    offline stays offline until it sends a heartbeat.
+    A control plane that was down, or overloaded (answering 503), missed
+    heartbeats it could not receive: a node it last knew as alive gets a
+    fresh grace from `started_at`, the CP's start or its latest 503 (as Nomad
+    resets heartbeat timers after a leader election). A node already offline
+    stays offline until it sends a heartbeat.
     """
     if row["status"] == NodeStatus.OFFLINE:
         return last_seen(row, seen)
     return max(last_seen(row, seen), started_at)
+
+
+SEVERITY = {NodeStatus.ONLINE: 0, NodeStatus.UNKNOWN: 1, NodeStatus.OFFLINE: 2}
 
 
 def status_for(age: float, config: CPConfig) -> NodeStatus:
@@ -272,12 +283,15 @@ def update_liveness(
     now: float,
     started_at: float = 0.0,
     seen: Mapping[str, float] | None = None,
-) -> None:
-    """Move nodes that stopped sending heartbeats to unknown, then offline."""
+) -> int:
+    """Move nodes that stopped sending heartbeats to unknown, then offline; returns how many."""
+    moved = 0
     for row in db.execute("SELECT node_id, status, last_seen FROM nodes").fetchall():
         age = now - effective_last_seen(row, started_at, seen)
         status = status_for(age, config)
-        if status != row["status"]:
+        # Only heartbeats bring a node back: a grace never turns unknown into online.
+        if SEVERITY[status] > SEVERITY[row["status"]]:
+            moved += 1
             db.execute("UPDATE nodes SET status = ? WHERE node_id = ?", (status, row["node_id"]))
             events.record(
                 db,
@@ -285,3 +299,4 @@ def update_liveness(
                 f"node {row['node_id']}: {status} (no heartbeat for {age:.0f}s)",
                 node_id=row["node_id"],
             )
+    return moved

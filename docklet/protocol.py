@@ -193,6 +193,9 @@ class LeasedTask(Wire):
 
 class TaskBatch(Wire):
     tasks: list[LeasedTask] = Field(default_factory=list)
+    # No long-poll slot was free: long-poll again after this long (heartbeats say
+    # meanwhile whether tasks wait).
+    poll_after: Seconds | None = None
 
 
 M = TypeVar("M", bound=Wire)

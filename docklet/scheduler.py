@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from docklet.config import CPConfig
 from docklet.rollout import LIVE, Controller
 from docklet.spec import AppSpec, RolloutOrder, parse_port
 from docklet.status import ContainerState, DesiredState, EventKind, NodeStatus, TaskKind, TaskStatus
-from docklet.store import Store, savepoint, set_meta
+from docklet.store import Store, among, savepoint, set_meta
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ TASK_HISTORY = 3600.0  # finished tasks older than this are pruned (the newest p
 INTERNAL_ERROR = "internal error while scheduling this app; the control plane log has details"
 
 SPEC_CACHE_SIZE = 4096
+# Apps per write transaction in a pass: at ten containers an app, a few ms of work,
+# so a report or a heartbeat never waits long for the writer.
+CHUNK_APPS = 25
 
 _specs: dict[str, AppSpec] = {}  # parsed specs by spec hash, shared by every pass
 
@@ -64,34 +67,62 @@ class World:
     _by_name: dict[tuple[str, str], Row] | None = None
 
     @classmethod
-    def read(cls, db: sqlite3.Connection, config: CPConfig, now: float) -> World:
+    def read(
+        cls,
+        db: sqlite3.Connection,
+        config: CPConfig,
+        now: float,
+        apps: Sequence[str] | None = None,
+        base: World | None = None,
+    ) -> World:
+        """What a pass needs of `apps` (every app if None).
+
+        `base`, the World of the pass's previous chunk, lends its nodes and
+        slot counts: read once a pass, not once a chunk (the pass itself is
+        the only writer of placements, and keeps `load` up to date).
+        """
+        only, params = among("app", apps)
         containers: dict[str, list[Row]] = defaultdict(list)
-        for c in db.execute("SELECT * FROM containers ORDER BY app, slot, node_id"):
+        for c in db.execute(
+            f"SELECT * FROM containers WHERE {only} ORDER BY app, slot, node_id", params
+        ):
             containers[c["app"]].append(c)
         placements: dict[str, dict[int, Placed]] = defaultdict(dict)
-        load: Counter[str] = Counter()
-        for p in db.execute("SELECT app, slot, node_id, revision FROM placements"):
+        for p in db.execute(
+            f"SELECT app, slot, node_id, revision FROM placements WHERE {only}", params
+        ):
             placements[p["app"]][p["slot"]] = (p["node_id"], p["revision"])
-            load[p["node_id"]] += 1
-        rollouts = {r["app"]: r for r in db.execute(f"SELECT * FROM rollouts WHERE {LIVE}")}
+        if base is not None:
+            nodes_, load = base.nodes, base.load
+        else:
+            nodes_ = {r["node_id"]: r for r in db.execute("SELECT * FROM nodes")}
+            load = Counter(
+                dict(db.execute("SELECT node_id, COUNT(*) FROM placements GROUP BY node_id"))
+            )
+        rollouts = {
+            r["app"]: r
+            for r in db.execute(f"SELECT * FROM rollouts WHERE {LIVE} AND {only}", params)
+        }
         # The revisions a pass can touch: each app's stable and target ones, those of
         # its live rollout, and any a slot still runs.
         revisions = {
             (r["app"], r["number"]): r
             for r in db.execute(
                 "SELECT r.* FROM revisions r JOIN apps a ON a.name = r.app"
-                " LEFT JOIN rollouts o ON o.app = r.app AND o." + LIVE + " WHERE r.number IN"
+                " LEFT JOIN rollouts o ON o.app = r.app AND o." + LIVE + " WHERE"
+                f" {among('r.app', apps)[0]} AND (r.number IN"
                 " (a.current_revision, a.target_revision, o.revision, o.from_revision)"
-                " OR r.number IN (SELECT p.revision FROM placements p WHERE p.app = r.app)"
+                " OR r.number IN (SELECT p.revision FROM placements p WHERE p.app = r.app))",
+                params,
             )
         }
         return cls(
             config=config,
             now=now,
-            nodes={r["node_id"]: r for r in db.execute("SELECT * FROM nodes")},
+            nodes=nodes_,
             containers=containers,
-            open=tasks.open_tasks(db),
-            latest=tasks.latest_per_container(db),
+            open=tasks.open_tasks(db, apps),
+            latest=tasks.latest_per_container(db, apps),
             placements=placements,
             revisions=revisions,
             revision_status={k: r["status"] for k, r in revisions.items()},
@@ -153,53 +184,113 @@ class World:
         return node_id
 
 
+@dataclass
+class Pass:
+    """What one reconcile pass did, and what the next must look at again."""
+
+    queued: int = 0
+    looked_at: int = 0  # apps
+    # Apps with work in flight or a clock running (a rollout, an open task, a
+    # container not running as it should): the next pass looks at them again,
+    # even if nothing about them is reported changed.
+    busy: set[str] = field(default_factory=set)
+
+
 def reconcile(
     store: Store,
     config: CPConfig,
     now: float | None = None,
     started_at: float = 0.0,
     seen: Mapping[str, float] | None = None,
-) -> int:
-    """One pass over every app; returns how many tasks it queued.
+    apps: Collection[str] | None = None,
+) -> Pass:
+    """One pass over `apps` (every app if None); returns what it did.
 
     `seen`: heartbeats kept in memory, newer than the stored `last_seen`.
+    A pass that sees a node change status, or a lease run out, looks at
+    every app. The apps are taken CHUNK_APPS at a time, each chunk in its own
+    short write transaction, so reports and heartbeats are never held up
+    behind a whole pass.
     """
     now = time.time() if now is None else now
+    result = Pass()
 
     def liveness(db: sqlite3.Connection) -> int:
-        nodes.update_liveness(db, config, now, started_at, seen)
-        tasks.expire_leases(db, now, config.task_max_attempts)
-        return 0
+        changed = nodes.update_liveness(db, config, now, started_at, seen)
+        expired = tasks.expire_leases(db, now, config.task_max_attempts)
+        return changed + expired
 
-    def schedule(db: sqlite3.Connection) -> int:
-        world = World.read(db, config, now)
-        queued = 0
-        for app in db.execute("SELECT * FROM apps ORDER BY name").fetchall():
-            queued += _isolated(db, app, world)
-        return queued + _remove_orphans(db, world)
+    def orphans(db: sqlite3.Connection) -> int:
+        return _remove_orphans(db, tasks.open_tasks(db))
 
     def housekeeping(db: sqlite3.Connection) -> int:
         set_meta(db, "last_pass_at", repr(now))  # a restart adds its downtime to deadlines
-        events.prune(db, config.events_kept)
-        tasks.prune(db, now - TASK_HISTORY)
+        if apps is None:  # a full pass: pruning reads whole tables
+            events.prune(db, config.events_kept)
+            tasks.prune(db, now - TASK_HISTORY)
         return 0
 
-    queued = 0
-    for stage in (liveness, schedule, housekeeping):
-        queued += _stage(store, stage)
-    if queued:
-        log.debug("reconcile: %d task(s) queued", queued)
-    return queued
+    if _stage(store, liveness) and apps is not None:
+        apps = None  # a node came or went, or work was lost: every app may be touched
+    known = [r[0] for r in store.reader().execute("SELECT name FROM apps ORDER BY name")]
+    names = known if apps is None else sorted(set(apps).intersection(known))
+    base: World | None = None
+    for start in range(0, len(names), CHUNK_APPS):
+        chunk = names[start : start + CHUNK_APPS]
+
+        def schedule(db: sqlite3.Connection, chunk: list[str] = chunk) -> int:
+            nonlocal base
+            world = base = World.read(db, config, now, chunk, base)
+            queued = 0
+            for app in db.execute(
+                f"SELECT * FROM apps WHERE {among('name', chunk)[0]} ORDER BY name", chunk
+            ).fetchall():
+                done = _isolated(db, app, world)
+                queued += max(done, 0)
+                if done != 0 or not _settled(app, world):
+                    result.busy.add(app["name"])
+            return queued
+
+        queued = _stage(store, schedule, failed=-1)
+        if queued < 0:  # looked at again next pass
+            result.busy.update(chunk)
+        result.queued += max(queued, 0)
+    result.looked_at = len(names)
+    # Containers of apps this CP does not know come with heartbeats: a full pass, or
+    # one asked about a name that is no app, looks for them.
+    if apps is None or set(apps).difference(known):
+        result.queued += _stage(store, orphans)
+    _stage(store, housekeeping)
+    if result.queued:
+        log.debug("reconcile: %d task(s) queued for %d app(s)", result.queued, len(names))
+    return result
 
 
-def _stage(store: Store, stage: Callable[[sqlite3.Connection], int]) -> int:
+def _stage(store: Store, stage: Callable[[sqlite3.Connection], int], failed: int = 0) -> int:
     """One stage in its own transaction: a stage that fails never stops the next."""
     try:
-        with store.write() as db:
+        with store.write(f"reconcile.{stage.__name__}") as db:
             return stage(db)
     except Exception:
         log.exception("reconcile: stage %s failed; the others go on", stage.__name__)
-        return 0
+        return failed
+
+
+def _settled(app: Row, world: World) -> bool:
+    """Whether nothing of this app waits on a clock or on work in flight.
+
+    Conservative: anything but "every slot runs, nothing open, no rollout"
+    is looked at again next pass.
+    """
+    name = app["name"]
+    if world.open.get(name) or name in world.rollouts:
+        return False
+    containers = world.containers.get(name, [])
+    if app["desired"] == DesiredState.RUNNING:
+        return len(containers) == len(world.placements.get(name, {})) and all(
+            c["state"] == ContainerState.RUNNING for c in containers
+        )
+    return not any(ContainerState.is_live(c["state"]) for c in containers)
 
 
 def _isolated(db: sqlite3.Connection, app: Row, world: World) -> int:
@@ -209,7 +300,7 @@ def _isolated(db: sqlite3.Connection, app: Row, world: World) -> int:
     except Exception:
         log.exception("reconcile: app %s failed; the other apps go on", app["name"])
         _set_error(db, app["name"], app["last_error"], INTERNAL_ERROR)
-        return 0
+        return -1  # looked at again next pass
 
 
 def _reconcile_app(db: sqlite3.Connection, app: Row, world: World) -> int:
@@ -457,7 +548,7 @@ def _for_each(
     return queued
 
 
-def _remove_orphans(db: sqlite3.Connection, world: World) -> int:
+def _remove_orphans(db: sqlite3.Connection, open_tasks: dict[str, Open]) -> int:
     """Containers labelled for apps this CP no longer knows (removed while a node was away)."""
     rows = db.execute(
         "SELECT c.node_id, c.name, c.app, c.slot FROM containers c"
@@ -465,7 +556,7 @@ def _remove_orphans(db: sqlite3.Connection, world: World) -> int:
     ).fetchall()
     queued = 0
     for c in rows:
-        open_ = world.open.setdefault(c["app"], {})
+        open_ = open_tasks.setdefault(c["app"], {})
         if (c["node_id"], c["name"]) in open_:
             continue
         tasks.create(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,25 +23,31 @@ OVERLOAD_RETRY_AFTER = 1  # seconds a client told 503 waits (agents add jitter)
 
 
 class Overload:
-    """WSGI middleware: a 503 with Retry-After, at once, while too many requests queue.
+    """WSGI middleware: a 503 with Retry-After, at once, while requests wait too long.
 
-    `queued` says how many requests wait for a worker thread; beyond `limit`
-    the CP is saturated, and answering quickly (in the API's one JSON error
-    shape) drains the queue instead of letting every client time out.
+    `waited` says how long the oldest request waiting for a worker thread has
+    waited; beyond `limit` seconds the CP is saturated, and answering quickly
+    (in the API's one JSON error shape) drains the queue instead of letting
+    every client time out. While it refuses, it cannot hear heartbeats:
+    `refused_at` lets liveness give every node that time back.
     """
 
-    def __init__(self, app: Any, queued: Callable[[], int], limit: int) -> None:
-        self.app, self.queued, self.limit = app, queued, limit
+    def __init__(self, app: Any, waited: Callable[[], float], limit: float) -> None:
+        self.app, self.waited, self.limit = app, waited, limit
         self.refused = 0  # answers given as 503, for the logs and the benchmark
+        self.refused_at = 0.0  # time.time() of the latest
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        waiting = self.queued()
-        if waiting <= self.limit:
+        waited = self.waited()
+        if waited <= self.limit:
             return self.app(environ, start_response)
         self.refused += 1
+        self.refused_at = time.time()
         if self.refused % 1000 == 1:
             log.warning(
-                "overloaded: %d requests queued; answering 503 (%d so far)", waiting, self.refused
+                "overloaded: requests wait %.1fs for a thread; answering 503 (%d so far)",
+                waited,
+                self.refused,
             )
         message = "the control plane is overloaded; retry after a moment"
         body = json.dumps(
@@ -68,13 +75,19 @@ def create_server(cp: ControlPlane) -> Any:
     cp.limit_long_polls(config.long_poll_slots)  # this server's threads, not the defaults
     server: Any = None
 
-    def queued() -> int:
-        return len(server.task_dispatcher.queue) if server is not None else 0
+    def waited() -> float:
+        """How long the oldest request waiting for a thread has waited (its channel's
+        last read is when the request was complete)."""
+        queue = server.task_dispatcher.queue if server is not None else None
+        try:
+            return time.time() - queue[0].last_activity if queue else 0.0
+        except (IndexError, AttributeError):  # taken by a thread meanwhile
+            return 0.0
 
     app = Overload(
         GitHTTP(cp, make_app(cp)),  # /git/apps.git: clone and push over HTTP
-        queued,
-        config.overload_queue,
+        waited,
+        config.overload_wait,
     )
     cp.overload = app  # its count of 503s shows in GET /api/version's metrics
     server = waitress.create_server(

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+SLOW_WRITE = 0.020  # seconds: a write transaction longer than this is kept in `slow_writes`
+SLOW_WRITES_KEPT = 50
+
+
 class Store:
     """The CP's database: `write()` for transactions, `query()`/`one()` for reads."""
 
@@ -195,6 +201,9 @@ class Store:
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self.longest_write = 0.0
+        # The newest slow writes, (when, seconds, where): what a benchmark or operator
+        # looks at when the longest write is too long (GET /api/version's metrics).
+        self.slow_writes: deque[tuple[float, float, str]] = deque(maxlen=SLOW_WRITES_KEPT)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -213,10 +222,15 @@ class Store:
                 log.info("database %s: migrated to schema version %d", self.path, version)
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; commits on success, rolls back on any error."""
+    def write(self, site: str = "") -> Iterator[sqlite3.Connection]:
+        """One write transaction; commits on success, rolls back on any error.
+
+        `site` names it in `slow_writes` (default: the function with the `with`).
+        """
         with self._write_lock:
             started = time.perf_counter()
+            # Under @contextmanager, two frames up is the function with the `with`.
+            site = site or sys._getframe(2).f_code.co_qualname
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
@@ -225,7 +239,10 @@ class Store:
                 raise
             self._writer.execute("COMMIT")
             # Benchmarks read this: the writer lock is what every other write waits on.
-            self.longest_write = max(self.longest_write, time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.longest_write = max(self.longest_write, took)
+            if took > SLOW_WRITE:
+                self.slow_writes.append((time.time(), took, site))
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (WAL: it never waits for the writer)."""
@@ -244,6 +261,17 @@ class Store:
     def close(self) -> None:
         with self._write_lock:  # never under a transaction running on another thread
             self._writer.close()
+
+
+def among(column: str, values: Sequence[str] | None) -> tuple[str, list[str]]:
+    """A WHERE condition limiting `column` to `values` (None: no limit), and its parameters.
+
+    Callers pass at most a chunk of values (scheduler.CHUNK_APPS), far below
+    SQLite's limit on parameters.
+    """
+    if values is None:
+        return "1", []
+    return f"{column} IN ({', '.join('?' * len(values))})", list(values)
 
 
 @contextmanager

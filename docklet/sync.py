@@ -43,6 +43,7 @@ class SyncResult:
     new_revisions: dict[str, int] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)  # apps the scheduler must look at
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _record(db: sqlite3.Connection, commit: Commit, parsed: Parsed) -> SyncResul
     for name, app_spec in parsed.valid.items():
         try:
             with savepoint(db):
-                number = _apply(db, app_spec, commit)
+                number = _apply(db, app_spec, commit, result.changed)
         except Exception:  # one app that cannot be recorded must not stop the others
             log.exception("sync %s: app %s could not be recorded", commit.sha[:8], name)
             result.errors[f"apps/{name}"] = f"app {name}: internal error recording it (CP log)"
@@ -170,12 +171,18 @@ def _record(db: sqlite3.Connection, commit: Commit, parsed: Parsed) -> SyncResul
                 db, EventKind.APP_REMOVED, f"app {name}: removed by {commit.sha[:8]}", app=name
             )
             result.removed.append(name)
+    result.changed.update(result.removed)
+    result.changed.update(app_name(path) for path in result.errors)
     set_meta(db, "synced_commit", commit.sha)
     return result
 
 
-def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | None:
+def _apply(
+    db: sqlite3.Connection, app_spec: AppSpec, commit: Commit, changed: set[str]
+) -> int | None:
     """Record one valid spec; returns the new revision's number if it made one.
+
+    Adds the app to `changed` when anything of it changed.
 
     A new app runs its first revision at once (there is nothing to protect);
     a new revision of a running app becomes its target, which the rollout
@@ -186,6 +193,8 @@ def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | N
     app = db.execute(
         "SELECT desired, current_revision, target_revision FROM apps WHERE name = ?", (name,)
     ).fetchone()
+    if app is None or app["desired"] != app_spec.state:
+        changed.add(name)
     if app is None:
         db.execute(
             "INSERT INTO apps (name, desired, created_at, updated_at) VALUES (?, ?, ?, ?)",
@@ -210,6 +219,7 @@ def _apply(db: sqlite3.Connection, app_spec: AppSpec, commit: Commit) -> int | N
     if latest is not None and latest["spec_hash"] == spec_hash:
         return None
     number = (latest["number"] if latest else 0) + 1
+    changed.add(name)
     # A revision that was waiting to be rolled out is superseded by this one.
     db.execute(
         "UPDATE revisions SET status = ? WHERE app = ? AND status IN (?, ?)"

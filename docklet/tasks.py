@@ -14,13 +14,14 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from docklet import events, nodes
 from docklet.errors import NotFound, StaleLease, Unauthorized
 from docklet.protocol import TaskReport
 from docklet.status import OPEN_TASK_STATUSES, EventKind, TaskKind, TaskStatus
-from docklet.store import Store, dumps
+from docklet.store import Store, among, dumps
 
 OPEN = f"status IN ({', '.join(repr(s) for s in OPEN_TASK_STATUSES)})"
 
@@ -202,8 +203,11 @@ def requeue_node(db: sqlite3.Connection, node_id: str) -> None:
     )
 
 
-def expire_leases(db: sqlite3.Connection, now: float, max_attempts: int) -> None:
-    """Tasks whose agent went quiet go back to pending, or fail after too many tries."""
+def expire_leases(db: sqlite3.Connection, now: float, max_attempts: int) -> int:
+    """Tasks whose agent went quiet go back to pending, or fail after too many tries.
+
+    Returns how many.
+    """
     rows = db.execute(
         "SELECT id, app, node_id, attempts FROM tasks WHERE status = ? AND lease_expires < ?",
         (TaskStatus.RUNNING, now),
@@ -228,6 +232,7 @@ def expire_leases(db: sqlite3.Connection, now: float, max_attempts: int) -> None
             node_id=row["node_id"],
             task_id=row["id"],
         )
+    return len(rows)
 
 
 def cancel_pending(
@@ -253,22 +258,28 @@ def cancel_pending(
     )
 
 
-def open_tasks(db: sqlite3.Connection) -> dict[str, dict[tuple[str, str], sqlite3.Row]]:
-    """Every pending and leased task, by app, then by (node, container): one query a pass."""
+def open_tasks(
+    db: sqlite3.Connection, apps: Sequence[str] | None = None
+) -> dict[str, dict[tuple[str, str], sqlite3.Row]]:
+    """Pending and leased tasks (of `apps`, or all), by app, then by (node, container)."""
     out: dict[str, dict[tuple[str, str], sqlite3.Row]] = {}
-    for r in db.execute(f"SELECT * FROM tasks WHERE {OPEN}"):
+    only, params = among("app", apps)
+    for r in db.execute(f"SELECT * FROM tasks WHERE {OPEN} AND {only}", params):
         out.setdefault(r["app"], {})[(r["node_id"], r["container"])] = r
     return out
 
 
-def latest_per_container(db: sqlite3.Connection) -> dict[tuple[str, str], sqlite3.Row]:
-    """The newest task that was not cancelled, per (node, container): one query a pass."""
+def latest_per_container(
+    db: sqlite3.Connection, apps: Sequence[str] | None = None
+) -> dict[tuple[str, str], sqlite3.Row]:
+    """The newest task that was not cancelled, per (node, container) (of `apps`, or all)."""
+    only, params = among("app", apps)
     rows = db.execute(
         "SELECT t.app, t.slot, t.node_id, t.container, t.kind, t.status, t.revision, t.lost,"
         " t.finished_at, t.error"
-        " FROM tasks t JOIN (SELECT MAX(id) AS id FROM tasks WHERE status != ?"
+        f" FROM tasks t JOIN (SELECT MAX(id) AS id FROM tasks WHERE status != ? AND {only}"
         " GROUP BY node_id, container) m ON m.id = t.id",
-        (TaskStatus.CANCELLED,),
+        (TaskStatus.CANCELLED, *params),
     )
     return {(r["node_id"], r["container"]): r for r in rows}
 

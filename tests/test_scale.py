@@ -94,10 +94,13 @@ def test_long_polls_from_many_nodes_and_one_node_never_starve_health(
             status, answer, took = _get(f"{served_cp}/api/health", 5)
             assert (status, answer) == (200, {"status": "ok"}) and took < 1.0
             assert cp.metrics()["long_polls"] <= 8
-        # Polls that found no slot, and the busy node's replaced polls, answered already.
+        # Polls that found no slot, and the busy node's replaced polls, answered already;
+        # those without a slot tell their agent to leave long-polling to others a while.
         answered = [p for p in polls if p.done()]
         assert len(answered) >= len(agents) - 8
-        assert all(p.result() == {"tasks": []} for p in answered)
+        assert all(p.result()["tasks"] == [] for p in answered)
+        slotless = [p for p in answered if "poll_after" in p.result()]
+        assert slotless and all(p.result()["poll_after"] == 30 for p in slotless)
         for node in {node for node, _ in agents}:
             queue_deploy(cp, node)
         cp._wake_polls()
@@ -127,7 +130,7 @@ def test_the_cp_answers_503_with_retry_after_while_requests_pile_up() -> None:
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b"{}"]
 
-    overload = Overload(app, lambda: queued[0], limit=10)
+    overload = Overload(app, lambda: queued[0], limit=2.0)
     seen: dict[str, Any] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]]) -> None:
@@ -135,7 +138,7 @@ def test_the_cp_answers_503_with_retry_after_while_requests_pile_up() -> None:
 
     assert overload({"PATH_INFO": "/api/state/apps"}, start_response) == [b"{}"]
     assert seen["status"] == "200 OK"
-    queued[0] = 11  # more waiting for a thread than the CP will let queue
+    queued[0] = 2.5  # the oldest request has waited for a thread longer than the CP lets it
     (body,) = overload({"PATH_INFO": "/api/state/apps"}, start_response)
     assert seen["status"].startswith("503")
     assert seen["headers"]["Retry-After"] == "1"
@@ -147,21 +150,26 @@ def test_the_cp_answers_503_with_retry_after_while_requests_pile_up() -> None:
         }
     }
     assert calls == ["/api/state/apps"]  # the refused request cost the API nothing
+    assert overload.refused == 1 and overload.refused_at > time.time() - 5
 
 
 def test_the_server_watches_its_own_queue(cp: ControlPlane) -> None:
     from docklet.server import create_server
 
     cp.config = CPConfig(
-        **{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 4, "overload_queue": 2}
+        **{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 4, "overload_wait": 2}
     )
     server = create_server(cp)
     try:
         assert server.adj.asyncore_use_poll and server.adj.connection_limit == 4096
         overload = cp.overload
-        assert isinstance(overload, Overload) and overload.queued() == 0
-        server.task_dispatcher.queue.extend([object()] * 3)  # three requests waiting, say
-        assert overload.queued() == 3 > overload.limit
+        assert isinstance(overload, Overload) and overload.waited() == 0
+
+        class Waiting:  # a request complete for 3 s and still waiting for a thread, say
+            last_activity = time.time() - 3
+
+        server.task_dispatcher.queue.extend([Waiting(), Waiting()])
+        assert 3 <= overload.waited() < 4 and overload.waited() > overload.limit
         assert cp.metrics()["overloaded"] == 0
         server.task_dispatcher.queue.clear()
     finally:

@@ -286,6 +286,7 @@ def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
     scheduler._specs.clear()
     status, _ = create(api, "good")
     assert status == 201
+    cp.reconcile()  # a pass over every app, as the controller makes
     tasks = {t["app"] for t in cp.store.query("SELECT app FROM tasks")}
     assert "good" in tasks
     (bad,) = [a for a in cp.apps() if a["name"] == "bad"]
