@@ -11,8 +11,8 @@ Then one commit pushed over Git/HTTP creates N apps of `--containers`
 replicas each, so every node runs about that many containers of real apps;
 the CP schedules them, the agents run them, and the benchmark times that
 first deploy until every replica runs. After a warm-up it measures, for
-`--seconds`: the agents' heartbeat latency, the calls a user makes (`GET
-/api/state/apps` every 0.1 s, creating a 2-replica app every second, which
+`--seconds`: the agents' heartbeat latency, the calls a user makes (`docklet ps`'s `GET
+/api/state/apps?brief=true` every 0.1 s, creating a 2-replica app every second, which
 the agents then run), the CP's CPU time and RSS, its longest SQLite write
 transaction, and every error any agent or user saw (timeouts, 503s, 401s).
 
@@ -231,13 +231,13 @@ def push_apps(url: str, count: int, replicas: int, workdir: Path) -> None:
 
 
 def running_replicas(client: Client) -> tuple[int, int]:
-    apps = client.get("/api/state/apps", timeout=60)
+    apps = client.get("/api/state/apps?brief=true", timeout=60)
     return sum(a["running"] for a in apps), sum(a["replicas"] for a in apps)
 
 
-def patiently(call: Any) -> Any:
-    """`call()`, retried through 503s and timeouts for up to a minute."""
-    deadline = time.monotonic() + 60
+def patiently(call: Any, patience: float = 60) -> Any:
+    """`call()`, retried through 503s and timeouts for up to `patience` seconds."""
+    deadline = time.monotonic() + patience
     while True:
         try:
             return call()
@@ -269,7 +269,7 @@ def measure_user(client: Client, seconds: float) -> tuple[list[float], list[floa
             start = time.perf_counter()
             try:
                 if call == "ps":
-                    client.get("/api/state/apps")
+                    client.get("/api/state/apps?brief=true")  # what `docklet ps` asks
                 else:
                     client.post("/api/apps", {"name": f"load-{n}", "image": IMAGE, "replicas": 2})
                 timed.append((time.perf_counter() - start) * 1000)
@@ -284,6 +284,7 @@ def measure_user(client: Client, seconds: float) -> tuple[list[float], list[floa
 def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     flags = ("--heartbeat-interval", str(args.interval), "--log-level", args.cp_log_level)
     flags += ("--threads", str(args.cp_threads)) if args.cp_threads else ()
+    flags += tuple(args.cp_args.split())
     log = open(args.cp_log, "ab") if args.cp_log else None  # noqa: SIM115 (closed below)
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -310,7 +311,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         push_apps(url, size, args.containers, Path(tmp))
         running = wanted = 0
         while time.monotonic() - started < args.deploy_timeout:
-            running, wanted = patiently(lambda: running_replicas(client))
+            running, wanted = patiently(lambda: running_replicas(client), args.deploy_timeout)
             if wanted and running >= wanted:
                 break
             time.sleep(1)
@@ -375,6 +376,7 @@ def main() -> None:
     parser.add_argument("--deploy-timeout", type=float, default=300)
     parser.add_argument("--cp-threads", type=int, default=0, help="the CP's --threads (default)")
     parser.add_argument("--cp-log", default="", help="a file for the CP's log (default: stderr)")
+    parser.add_argument("--cp-args", default="", help="more docklet-cp options, space-separated")
     parser.add_argument("--cp-log-level", default="WARNING")
     args = parser.parse_args()
     sizes = [int(s) for s in args.agents.split(",")]

@@ -22,7 +22,7 @@ from bottle import Bottle, HTTPError, HTTPResponse, request, response
 from docklet import API_VERSION, __version__, auth, spec
 from docklet.controlplane import ControlPlane
 from docklet.errors import BadRequest, DockletError, InvalidSpec, TooLarge, Unauthorized
-from docklet.protocol import Heartbeat, Registration, TaskReport, parse
+from docklet.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
 from docklet.spec import SpecState
 from docklet.status import Access, TokenScope
 
@@ -123,6 +123,15 @@ def _number_param(name: str, default: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
+def _flag_param(name: str) -> bool:
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"query parameter {name!r} must be true or false, not {raw!r}")
+
+
 def _agent(cp: ControlPlane, node_id: str) -> str:
     """The caller's node token, checked against the node it speaks for."""
     auth = header("Authorization")
@@ -156,7 +165,7 @@ def state_nodes(cp: ControlPlane) -> str:
 
 
 def state_apps(cp: ControlPlane) -> str:
-    return _json(cp.apps())
+    return _json(cp.apps(brief=_flag_param("brief")))
 
 
 def state_sync(cp: ControlPlane) -> str:
@@ -273,7 +282,14 @@ def join_token(cp: ControlPlane) -> str:
 
 def heartbeat(cp: ControlPlane, node_id: str) -> str:
     _agent(cp, node_id)
-    waiting = cp.heartbeat(node_id, parse(Heartbeat, body(cp)))
+    data = body(cp)
+    listed = data.get("containers") if isinstance(data, dict) else None
+    if isinstance(listed, list) and len(listed) > MAX_CONTAINERS:
+        raise TooLarge(
+            f"a heartbeat lists at most {MAX_CONTAINERS} containers; this one lists"
+            f" {len(listed)}: that many on one Docker engine is beyond what Docklet manages"
+        )
+    waiting = cp.heartbeat(node_id, parse(Heartbeat, data))
     return _json({"status": "ok", "tasks_waiting": waiting})
 
 

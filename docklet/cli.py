@@ -808,10 +808,11 @@ def ps(ctx: Context, as_json: bool) -> None:
 
     Example: docklet ps --json
     """
-    apps = ctx.call("GET", "/api/state/apps", [APPS])
     if as_json:
-        click.echo(json.dumps(apps, indent=2))
+        click.echo(json.dumps(ctx.call("GET", "/api/state/apps", [APPS]), indent=2))
         return
+    # The table needs no instances: with thousands of containers they are most of the answer.
+    apps = ctx.call("GET", "/api/state/apps?brief=true", [APPS])
     sync = ctx.call("GET", "/api/state/sync", SYNC)
     rows = [
         (

@@ -49,12 +49,6 @@ class CPConfig(Settings):
     threads: int = Field(
         defaults.CP_THREADS, ge=4, le=512, description="HTTP worker threads (one per request)."
     )
-    connection_limit: int = Field(
-        defaults.CP_CONNECTION_LIMIT,
-        ge=16,
-        le=65536,
-        description="Open HTTP connections accepted at once (one per agent long-poll, and more).",
-    )
     poll_reserve: int = Field(
         defaults.CP_POLL_RESERVE,
         ge=0,

@@ -269,8 +269,8 @@ class ControlPlane:
 
     # -- reads -----------------------------------------------------------------
 
-    def apps(self) -> list[dict[str, Any]]:
-        return self._views()
+    def apps(self, brief: bool = False) -> list[dict[str, Any]]:
+        return self._views(brief=brief)
 
     def app(self, name: str) -> dict[str, Any]:
         views = self._views(name)
@@ -278,9 +278,11 @@ class ControlPlane:
             raise NotFound(f"app {name!r} does not exist (docklet ps lists apps)")
         return views[0]
 
-    def _views(self, name: str | None = None) -> list[dict[str, Any]]:
+    def _views(self, name: str | None = None, brief: bool = False) -> list[dict[str, Any]]:
         """App views as of now: liveness from this process's start and its in-memory heartbeats."""
-        return app_views(self.store, self.config, name, self.deaf_until(), self.last_seen())
+        return app_views(
+            self.store, self.config, name, self.deaf_until(), self.last_seen(), brief=brief
+        )
 
     def nodes(self) -> list[dict[str, Any]]:
         return nodes_view(self.store, self.config, self.deaf_until(), self.last_seen())

@@ -8,12 +8,10 @@ CP_URL = "http://localhost:8080"
 CP_HOST = "0.0.0.0"
 CP_PORT = 8080
 CP_THREADS = 64  # long-polling agents each hold a server thread while they wait
-# Open connections waitress accepts (poll(), not select(): no 1,024-descriptor ceiling).
-CP_CONNECTION_LIMIT = 4096
 # Threads long-polls may never take: users, heartbeats and reports always find one.
 # At most half the threads (see CPConfig.long_poll_slots).
 CP_POLL_RESERVE = 16
-# Seconds the oldest request waiting in waitress's queue may have waited for a thread
+# Seconds the oldest request waiting in the server's queue may have waited for a thread
 # before the CP answers 503: a backlog measured in time, not requests, so a burst of
 # cheap ones (a thousand agents' task reports) is served, and a real backlog refused
 # long before clients time out (HTTP_TIMEOUT).

@@ -38,9 +38,16 @@ def record(
     log.info("%s: %s", kind, message)
 
 
-def prune(db: sqlite3.Connection, keep: int) -> None:
-    """The event log is recent history: keep the newest `keep`."""
-    db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep,))
+PRUNE_BATCH = 2000  # events one prune deletes at most: a transaction stays short
+
+
+def prune(db: sqlite3.Connection, keep: int) -> int:
+    """The event log is recent history: keep the newest `keep`; returns how many went."""
+    return db.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events"
+        " WHERE id <= (SELECT MAX(id) FROM events) - ? ORDER BY id LIMIT ?)",
+        (keep, PRUNE_BATCH),
+    ).rowcount
 
 
 def recent(store: Store, app: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

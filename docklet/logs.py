@@ -32,5 +32,5 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("waitress.queue", "urllib3", "docker", "watchfiles"):
+    for noisy in ("urllib3", "docker", "watchfiles"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -46,6 +46,14 @@ Open = dict[tuple[str, str], Any]  # (node, container) → open task (a Row, or 
 
 
 Placed = tuple[str, int | None]  # (node, revision; None: the app's stable revision)
+Shared = tuple[dict[str, Row], Counter[str]]  # every node, and how many slots each holds
+
+
+def read_shared(db: sqlite3.Connection) -> Shared:
+    """What every chunk of a pass needs: the nodes, and the slots on each (for spreading)."""
+    nodes_ = {r["node_id"]: r for r in db.execute("SELECT * FROM nodes")}
+    load = Counter(dict(db.execute("SELECT node_id, COUNT(*) FROM placements GROUP BY node_id")))
+    return nodes_, load
 
 
 @dataclass
@@ -73,13 +81,12 @@ class World:
         config: CPConfig,
         now: float,
         apps: Sequence[str] | None = None,
-        base: World | None = None,
+        shared: Shared | None = None,
     ) -> World:
         """What a pass needs of `apps` (every app if None).
 
-        `base`, the World of the pass's previous chunk, lends its nodes and
-        slot counts: read once a pass, not once a chunk (the pass itself is
-        the only writer of placements, and keeps `load` up to date).
+        `shared`: the nodes and slot counts, read once a pass rather than once
+        a chunk (the pass keeps `load` up to date as it places slots).
         """
         only, params = among("app", apps)
         containers: dict[str, list[Row]] = defaultdict(list)
@@ -92,13 +99,7 @@ class World:
             f"SELECT app, slot, node_id, revision FROM placements WHERE {only}", params
         ):
             placements[p["app"]][p["slot"]] = (p["node_id"], p["revision"])
-        if base is not None:
-            nodes_, load = base.nodes, base.load
-        else:
-            nodes_ = {r["node_id"]: r for r in db.execute("SELECT * FROM nodes")}
-            load = Counter(
-                dict(db.execute("SELECT node_id, COUNT(*) FROM placements GROUP BY node_id"))
-            )
+        nodes_, load = shared or read_shared(db)
         rollouts = {
             r["app"]: r
             for r in db.execute(f"SELECT * FROM rollouts WHERE {LIVE} AND {only}", params)
@@ -225,8 +226,8 @@ def reconcile(
 
     def housekeeping(db: sqlite3.Connection) -> int:
         set_meta(db, "last_pass_at", repr(now))  # a restart adds its downtime to deadlines
-        if apps is None:  # a full pass: pruning reads whole tables
-            events.prune(db, config.events_kept)
+        events.prune(db, config.events_kept)  # a range of ids: cheap in every pass
+        if apps is None:  # finding finished tasks reads them all: in full passes only
             tasks.prune(db, now - TASK_HISTORY)
         return 0
 
@@ -234,13 +235,13 @@ def reconcile(
         apps = None  # a node came or went, or work was lost: every app may be touched
     known = [r[0] for r in store.reader().execute("SELECT name FROM apps ORDER BY name")]
     names = known if apps is None else sorted(set(apps).intersection(known))
-    base: World | None = None
+    # Read outside the write transactions: a node heard meanwhile is heard next pass.
+    shared = read_shared(store.reader()) if names else None
     for start in range(0, len(names), CHUNK_APPS):
         chunk = names[start : start + CHUNK_APPS]
 
         def schedule(db: sqlite3.Connection, chunk: list[str] = chunk) -> int:
-            nonlocal base
-            world = base = World.read(db, config, now, chunk, base)
+            world = World.read(db, config, now, chunk, shared)
             queued = 0
             for app in db.execute(
                 f"SELECT * FROM apps WHERE {among('name', chunk)[0]} ORDER BY name", chunk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 
 OVERLOAD_RETRY_AFTER = 1  # seconds a client told 503 waits (agents add jitter)
+LISTEN_BACKLOG = 1024  # connections the kernel holds for the accepting thread
+SOCKET_TIMEOUT = 10  # seconds a worker waits on one read or write of a client's socket
+MAX_HEADER_BYTES = 64 * 1024
+OPEN_FILES = 8192  # the open-file limit the CP raises itself to, as far as it may
 
 
 class Overload:
@@ -64,58 +69,89 @@ class Overload:
         return [body]
 
 
-def create_server(cp: ControlPlane) -> Any:
-    """The HTTP server for `cp`'s API (waitress), not yet running."""
-    import waitress
+class Server:
+    """The CP's HTTP server: cheroot, CherryPy's WSGI server, in this process.
 
-    from docklet.api import make_app
-    from docklet.githttp import GitHTTP
+    One thread watches every connection through the OS's selector (epoll on
+    Linux), so an open connection costs nothing until it has a request; a
+    pool of `--threads` workers runs the requests. (waitress, before it,
+    walked every open connection in Python on every turn of its loop: at a
+    thousand agents that loop took most of a core, see docs/architecture.md.)
+    """
 
-    config = cp.config
-    cp.limit_long_polls(config.long_poll_slots)  # this server's threads, not the defaults
-    server: Any = None
+    def __init__(self, cp: ControlPlane) -> None:
+        from cheroot import wsgi
 
-    def waited() -> float:
-        """How long the oldest request waiting for a thread has waited (its channel's
-        last read is when the request was complete)."""
-        queue = server.task_dispatcher.queue if server is not None else None
+        from docklet.api import make_app
+        from docklet.githttp import GitHTTP
+
+        config = cp.config
+        cp.limit_long_polls(config.long_poll_slots)  # this server's threads, not the defaults
+        self.app = Overload(
+            GitHTTP(cp, make_app(cp)),  # /git/apps.git: clone and push over HTTP
+            self.waited,
+            config.overload_wait,
+        )
+        cp.overload = self.app  # its count of 503s shows in GET /api/version's metrics
+        self.http = wsgi.Server(
+            (config.host, config.port),
+            self.app,
+            numthreads=config.threads,
+            max=config.threads,
+            server_name=f"docklet/{__version__}",
+            request_queue_size=LISTEN_BACKLOG,
+            timeout=SOCKET_TIMEOUT,
+        )
+        # Refused by the server before the API reads it.
+        self.http.max_request_body_size = config.max_body
+        self.http.max_request_header_size = MAX_HEADER_BYTES
+        self._pool = self.http.requests
+        self._queue: Any = getattr(self._pool, "_queue", None)
+        if self._queue is None:  # another cheroot: no queue to watch, no 503s
+            log.warning("this cheroot has no request queue to watch: overload answers are off")
+        put = self._pool.put
+
+        def stamped(conn: Any) -> None:
+            conn.docklet_queued_at = time.time()
+            put(conn)
+
+        self._pool.put = stamped
+        self.http.error_log = self._error_log
+        self.http.prepare()  # binds: a port in use fails here, before anything runs
+
+    @property
+    def port(self) -> int:
+        return int(self.http.bind_addr[1])
+
+    def waited(self) -> float:
+        """How long the oldest request waiting for a worker thread has waited."""
         try:
-            return time.time() - queue[0].last_activity if queue else 0.0
-        except (IndexError, AttributeError):  # taken by a thread meanwhile
+            return time.time() - self._queue.queue[0].docklet_queued_at
+        except (AttributeError, IndexError):  # nothing waits, or a worker took it meanwhile
             return 0.0
 
-    app = Overload(
-        GitHTTP(cp, make_app(cp)),  # /git/apps.git: clone and push over HTTP
-        waited,
-        config.overload_wait,
-    )
-    cp.overload = app  # its count of 503s shows in GET /api/version's metrics
-    server = waitress.create_server(
-        app,
-        host=config.host,
-        port=config.port,
-        threads=config.threads,
-        # poll(), not select(): select() cannot watch a descriptor numbered 1,024 or
-        # more, and a thousand agents' connections go past it.
-        asyncore_use_poll=True,
-        connection_limit=config.connection_limit,
-        ident=f"docklet/{__version__}",
-        channel_timeout=int(config.long_poll_max) + 30,
-        # Refused by the server before it is buffered: waitress would otherwise
-        # spool up to 1 GiB to disk before the API could say no.
-        max_request_body_size=config.max_body,
-    )
-    return server
+    @staticmethod
+    def _error_log(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        """cheroot's own messages (a client gone mid-request, a bad request line) go to the
+        CP's log, not to stderr; with their traceback when cheroot gives one."""
+        log.log(level, "http: %s", msg, exc_info=traceback)
+
+    def run(self) -> None:
+        """Serve until `stop()`."""
+        self.http.serve()
+
+    def stop(self) -> None:
+        self.http.stop()
 
 
-def raise_fd_limit(wanted: int) -> None:
-    """Let the process open `wanted` descriptors (plus spare), as far as the hard limit allows."""
+def raise_fd_limit(wanted: int = OPEN_FILES) -> None:
+    """Let the process open `wanted` descriptors, as far as the hard limit allows."""
     try:
         import resource
     except ImportError:  # not on this platform
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted + 256 if hard == resource.RLIM_INFINITY else min(wanted + 256, hard)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -124,28 +160,30 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 def serve(config: CPConfig) -> None:
-    raise_fd_limit(config.connection_limit)
-    # waitress warns once per queued request past its own threshold: under load that
-    # is a line per request. Overload (503s, counted in /api/version) says it once in 1,000.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    raise_fd_limit()  # a thousand agents' connections, Git's pipes, SQLite's files
     cp = ControlPlane(config)
+    # What the process holds once started (modules, classes, settings) is never
+    # garbage: frozen, it is left out of the oldest generation's collections,
+    # which stop every thread (a write transaction included) for their length.
+    gc.freeze()
     stop = threading.Event()
     for target in (cp.run_controller, cp.watch_repo):
         threading.Thread(target=target, args=(stop,), daemon=True, name=target.__name__).start()
-    server = create_server(cp)
+    server = Server(cp)
     log.info(
         "control plane %s listening on http://%s:%s (data in %s, cluster %s)",
         __version__,
         config.host,
-        server.effective_port,
+        server.port,
         config.data_dir,
         cp.cluster_id,
     )
-    cp.announce_bootstrap(f"http://{config.host}:{server.effective_port}")
+    cp.announce_bootstrap(f"http://{config.host}:{server.port}")
     try:
         server.run()
     finally:
         stop.set()
+        server.stop()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

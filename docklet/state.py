@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -68,7 +69,7 @@ class AppRows:
 
     revisions: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)  # the latest, per app
-    containers: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    containers: dict[str, list[sqlite3.Row]] = field(default_factory=lambda: defaultdict(list))
     tasks: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     failures: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
     placements: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
@@ -92,7 +93,12 @@ class AppRows:
             params,
         ):
             rows.rollouts[r["app"]] = r
-        for c in store.query(f"SELECT * FROM containers {where} ORDER BY slot, node_id", params):
+        # The columns a view shows, as rows (not dicts): ten thousand of them in a `ps`.
+        for c in store.reader().execute(
+            "SELECT app, slot, node_id, container_id, name, state, health, exit_code, revision,"
+            f" container_hash, image FROM containers {where} ORDER BY slot, node_id",
+            params,
+        ):
             rows.containers[c["app"]].append(c)
         for t in store.query(
             "SELECT id, app, kind, slot, node_id, status, revision, attempts FROM tasks"
@@ -115,21 +121,30 @@ def app_views(
     name: str | None = None,
     started_at: float = 0.0,
     seen: Mapping[str, float] | None = None,
+    *,
+    brief: bool = False,
 ) -> list[dict[str, Any]]:
+    """Every app (or the one named) as `ps` shows it; `brief` leaves out each app's
+    instances and open tasks, which are most of a large cluster's answer."""
     where, params = ("WHERE name = ?", (name,)) if name else ("", ())
     apps = store.query(f"SELECT * FROM apps {where} ORDER BY name", params)
     if not apps:
         return []
+    now = time.time()
     # A node whose Docker does not answer cannot say what runs on it either.
     node_status = {
-        n["node_id"]: n["status"] if n["docker_ok"] else NodeStatus.UNKNOWN
-        for n in nodes_view(store, config, started_at, seen)
+        r["node_id"]: status_for(now - effective_last_seen(r, started_at, seen), config)
+        if r["docker_ok"]
+        else NodeStatus.UNKNOWN
+        for r in store.reader().execute("SELECT node_id, status, last_seen, docker_ok FROM nodes")
     }
     rows = AppRows.read(store, name)
-    return [_app_view(app, rows, node_status) for app in apps]
+    return [_app_view(app, rows, node_status, brief) for app in apps]
 
 
-def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -> dict[str, Any]:
+def _app_view(
+    app: dict[str, Any], rows: AppRows, node_status: dict[str, str], brief: bool = False
+) -> dict[str, Any]:
     name = app["name"]
     rev = rows.revisions.get((name, app["current_revision"]))
     target = rows.revisions.get((name, app["target_revision"])) or rev
@@ -149,33 +164,24 @@ def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -
         if f.pop("revision") == app["current_revision"] and not live
     ]
     wanted = {r["container_hash"] for r in (rev, target if live else None) if r}
-    instances = [
-        {
-            "slot": c["slot"],
-            "node_id": c["node_id"],
-            "container_id": c["container_id"],
-            "container": c["name"],
-            # What a node that stopped reporting (or whose Docker is down) last
-            # said is not what runs now.
-            "state": c["state"]
-            if node_status.get(c["node_id"]) == NodeStatus.ONLINE
-            else ContainerState.UNKNOWN,
-            "reported_state": c["state"],
-            "health": c["health"],
-            "exit_code": c["exit_code"],
-            "revision": f"v{c['revision']}" if c["revision"] else None,
-            "up_to_date": c["container_hash"] in wanted,
-            "image": c["image"],
-        }
-        for c in rows.containers.get(name, [])
+    containers = rows.containers.get(name, [])
+    # What a node that stopped reporting (or whose Docker is down) last said is not
+    # what runs now.
+    states = [
+        c["state"] if node_status.get(c["node_id"]) == NodeStatus.ONLINE else ContainerState.UNKNOWN
+        for c in containers
     ]
     replicas = spec.get("replicas", 0)
-    running = sum(1 for i in instances if i["state"] == ContainerState.RUNNING and i["up_to_date"])
+    running = sum(
+        1
+        for c, state in zip(containers, states, strict=True)
+        if state == ContainerState.RUNNING and c["container_hash"] in wanted
+    )
     placements = rows.placements.get(name, [])
     actual = _actual(
         app["desired"],
         Counts(replicas, running, bool(open_tasks), bool(failures)),
-        instances,
+        states,
         [node_status.get(n) for n in placements],
     )
     if live:
@@ -205,11 +211,15 @@ def _app_view(app: dict[str, Any], rows: AppRows, node_status: dict[str, str]) -
         "replicas": replicas,
         "running": running,
         "nodes": sorted(
-            {i["node_id"] for i in instances if i["state"] != ContainerState.UNKNOWN}
+            {
+                c["node_id"]
+                for c, state in zip(containers, states, strict=True)
+                if state != ContainerState.UNKNOWN
+            }
             or set(placements)
         ),
-        "instances": instances,
-        "tasks": open_tasks,
+        **({} if brief else {"instances": _instances(containers, states, wanted)}),
+        **({} if brief else {"tasks": open_tasks}),
         "errors": failures,
         "last_error": app["last_error"],
         "sync_error": rows.sync_errors.get(name),
@@ -237,15 +247,37 @@ class Counts:
     failed: bool
 
 
+def _instances(
+    containers: list[sqlite3.Row], states: list[str], wanted: set[str]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "slot": c["slot"],
+            "node_id": c["node_id"],
+            "container_id": c["container_id"],
+            "container": c["name"],
+            "state": state,
+            "reported_state": c["state"],
+            "health": c["health"],
+            "exit_code": c["exit_code"],
+            "revision": f"v{c['revision']}" if c["revision"] else None,
+            "up_to_date": c["container_hash"] in wanted,
+            "image": c["image"],
+        }
+        for c, state in zip(containers, states, strict=True)
+    ]
+
+
 def _actual(
     desired: str,
     n: Counts,
-    instances: list[dict[str, Any]],
+    states: list[str],
     placement_status: list[str | None],
 ) -> ActualState:
+    """`states`: the app's containers' states (unknown where their node is not online)."""
     if desired == DesiredState.REMOVED:
         return ActualState.REMOVING
-    any_up = any(i["state"] == ContainerState.RUNNING for i in instances)
+    any_up = ContainerState.RUNNING in states
     if desired == DesiredState.STOPPED:
         return ActualState.RUNNING if any_up else ActualState.STOPPED
     if n.replicas and n.running >= n.replicas:
@@ -258,7 +290,7 @@ def _actual(
         return ActualState.UNKNOWN
     if n.tasks_open:
         return ActualState.PENDING
-    if instances or not n.replicas:
+    if states or not n.replicas:
         return ActualState.STOPPED
     return ActualState.PENDING
 

@@ -174,6 +174,11 @@ MIGRATIONS: list[str] = [
         last_used_at REAL
     );
     """,
+    # 4: a container's tasks, newest last: the scheduler's "latest task per container"
+    # and pruning read them by this, not by scanning every task.
+    """
+    CREATE INDEX tasks_by_container ON tasks(node_id, container, id);
+    """,
 ]
 
 

@@ -288,16 +288,27 @@ def forget_app(db: sqlite3.Connection, app: str) -> None:
     db.execute("DELETE FROM tasks WHERE app = ?", (app,))
 
 
-def prune(db: sqlite3.Connection, before: float) -> None:
-    """Finished tasks are history; keep the newest per container (the scheduler reads it)."""
-    db.execute(
-        "DELETE FROM tasks WHERE status IN (?, ?, ?) AND finished_at < ? AND id NOT IN"
-        " (SELECT MAX(id) FROM tasks WHERE status != ? GROUP BY node_id, container)",
+PRUNE_BATCH = 2000  # tasks one prune deletes at most: the next one takes the rest
+
+
+def prune(db: sqlite3.Connection, before: float) -> int:
+    """Finished tasks are history; keep the newest per container (the scheduler reads it).
+
+    Deletes at most PRUNE_BATCH, so one transaction stays short however much
+    history piled up; returns how many.
+    """
+    return db.execute(
+        "DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks t"
+        " WHERE t.status IN (?, ?, ?) AND t.finished_at < ?"
+        " AND (t.status = ? OR EXISTS (SELECT 1 FROM tasks n WHERE n.node_id = t.node_id"
+        " AND n.container = t.container AND n.id > t.id AND n.status != ?)) LIMIT ?)",
         (
             TaskStatus.DONE,
             TaskStatus.FAILED,
             TaskStatus.CANCELLED,
             before,
             TaskStatus.CANCELLED,
+            TaskStatus.CANCELLED,
+            PRUNE_BATCH,
         ),
-    )
+    ).rowcount

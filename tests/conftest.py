@@ -6,7 +6,6 @@ remove it afterwards, and never touch anything else on the engine.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -178,28 +177,22 @@ def api(cp: ControlPlane) -> WSGIClient:
 @pytest.fixture
 def served_cp(cp: ControlPlane) -> Iterator[str]:
     """The in-process CP behind a real HTTP server on loopback, with its controller loop."""
-    from docklet.server import create_server
+    from docklet.server import Server
 
     cp.config = CPConfig(**{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 16})
-    server = create_server(cp)
+    server = Server(cp)
     stop = threading.Event()
-
-    def run_server() -> None:
-        with contextlib.suppress(OSError):  # closing the socket under select() ends the loop
-            server.run()
-
     threads = [
-        threading.Thread(target=run_server, daemon=True),
+        threading.Thread(target=server.run, daemon=True),
         threading.Thread(target=cp.run_controller, args=(stop,), daemon=True),
     ]
     for t in threads:
         t.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
+    yield f"http://127.0.0.1:{server.port}"
     stop.set()
     cp.wake()
     threads[1].join(timeout=10)
-    server.task_dispatcher.shutdown()
-    server.close()
+    server.stop()
 
 
 # -- real Docker --------------------------------------------------------------------

@@ -385,3 +385,18 @@ def test_every_route_meets_bad_input_with_a_4xx_in_the_error_shape(
                 if status >= 400:
                     assert set(body) == {"error"}, body
                     assert set(body["error"]) == {"code", "message", "status"}
+
+
+def test_a_brief_app_list_leaves_out_instances_and_tasks(cp: ControlPlane, api: WSGIClient) -> None:
+    node, agent = register(api)
+    create(api, replicas=2)
+    cp.lease_tasks(node, agent["Authorization"][7:], 0, limit=1)  # one leased, one pending
+    status, full = api.get("/api/state/apps")
+    assert status == 200 and len(full[0]["tasks"]) == 2 and "instances" in full[0]
+    status, brief = api.get("/api/state/apps?brief=true")
+    assert status == 200
+    # What `docklet ps` prints is all there; the lists that grow with the cluster are not.
+    assert brief == [{k: v for k, v in full[0].items() if k not in ("instances", "tasks")}]
+    assert api.get("/api/state/apps?brief=0")[1] == full
+    status, error = api.get("/api/state/apps?brief=maybe")
+    assert status == 400 and "brief" in error["error"]["message"]

@@ -876,7 +876,7 @@ def test_ps_says_when_the_desired_revision_failed_and_an_older_one_runs() -> Non
         "sync_error": None,
     }
     script = {
-        ("GET", "/api/state/apps"): [(200, [row])],
+        ("GET", "/api/state/apps?brief=true"): [(200, [row])],
         ("GET", "/api/state/sync"): [(200, {"errors": []})],
     }
     with scripted_cp(script) as (url, _):
@@ -890,7 +890,7 @@ def test_ps_says_when_the_desired_revision_failed_and_an_older_one_runs() -> Non
 def test_ps_shows_the_revision_being_rolled_out() -> None:
     row = {**app_view(revision="v2", running_revision="v1"), "desired": "running"}
     script = {
-        ("GET", "/api/state/apps"): [(200, [row])],
+        ("GET", "/api/state/apps?brief=true"): [(200, [row])],
         ("GET", "/api/state/sync"): [(200, {"errors": []})],
     }
     with scripted_cp(script) as (url, _):

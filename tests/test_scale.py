@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,28 +154,45 @@ def test_the_cp_answers_503_with_retry_after_while_requests_pile_up() -> None:
     assert overload.refused == 1 and overload.refused_at > time.time() - 5
 
 
-def test_the_server_watches_its_own_queue(cp: ControlPlane) -> None:
-    from docklet.server import create_server
+def test_the_server_watches_how_long_requests_wait_for_a_thread(cp: ControlPlane) -> None:
+    from docklet.server import Server
 
     cp.config = CPConfig(
-        **{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 4, "overload_wait": 2}
+        **{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 4, "overload_wait": 30}
     )
-    server = create_server(cp)
+    server = Server(cp)
+    api, release = server.app.app, threading.Event()
+
+    def busy(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/busy":  # a request that holds its worker
+            release.wait(10)
+        return api(environ, start_response)
+
+    server.app.app = busy
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{server.port}"
     try:
-        assert server.adj.asyncore_use_poll and server.adj.connection_limit == 4096
-        overload = cp.overload
-        assert isinstance(overload, Overload) and overload.waited() == 0
-
-        class Waiting:  # a request complete for 3 s and still waiting for a thread, say
-            last_activity = time.time() - 3
-
-        server.task_dispatcher.queue.extend([Waiting(), Waiting()])
-        assert 3 <= overload.waited() < 4 and overload.waited() > overload.limit
-        assert cp.metrics()["overloaded"] == 0
-        server.task_dispatcher.queue.clear()
+        assert server.waited() == 0
+        with ThreadPoolExecutor(5) as pool:
+            holding = [pool.submit(_status, f"{url}/busy") for _ in range(4)]
+            time.sleep(0.5)  # every worker taken
+            health = pool.submit(_get, f"{url}/api/health", 10)
+            wait_for(lambda: server.waited() > 1.0, 5, "the health check to wait for a worker")
+            assert server.waited() < 5
+            release.set()
+            assert health.result(timeout=10)[:2] == (200, {"status": "ok"})
+            assert [h.result(timeout=10) for h in holding] == [404] * 4
+        assert server.waited() == 0 and cp.metrics()["overloaded"] == 0
     finally:
-        server.task_dispatcher.shutdown()
-        server.close()
+        server.stop()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 class _FakeCP:

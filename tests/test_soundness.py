@@ -234,7 +234,7 @@ def test_a_heartbeat_over_the_container_limit_is_refused(api: WSGIClient) -> Non
         {"containers": containers},
         headers={"Authorization": f"Bearer {reg['token']}"},
     )
-    assert status == 400 and "containers" in answer["error"]["message"]
+    assert status == 413 and "at most 5000 containers" in answer["error"]["message"]
 
 
 def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(

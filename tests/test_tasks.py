@@ -194,3 +194,27 @@ def test_running_report_extends_the_lease(cp: ControlPlane) -> None:
     with cp.store.write() as db:
         tasks.expire_leases(db, soon + 1, 3)
     assert task_row(cp, task_id)["status"] == "running"
+
+
+def test_pruning_keeps_the_newest_task_of_each_container_and_is_bounded(
+    cp: ControlPlane, monkeypatch: Any
+) -> None:
+    node, token = register_node(cp, "n1")
+    for _ in range(3):  # three finished deploys of slot 1, one of slot 2
+        task_id = queue_deploy(cp, node)
+        (leased,) = cp.lease_tasks(node, token, 0)
+        report(cp, node, task_id, status="done", lease_token=leased["lease_token"])
+    task_id = queue_deploy(cp, node, slot=2)
+    (leased,) = cp.lease_tasks(node, token, 0)
+    report(cp, node, task_id, status="done", lease_token=leased["lease_token"])
+    ids = [r["id"] for r in cp.store.query("SELECT id FROM tasks ORDER BY id")]
+    with cp.store.write() as db:
+        assert tasks.prune(db, before=0) == 0  # nothing finished before then
+    monkeypatch.setattr(tasks, "PRUNE_BATCH", 1)
+    with cp.store.write() as db:
+        assert tasks.prune(db, before=time.time() + 1) == 1  # one at a time, at most
+    with cp.store.write() as db:
+        assert tasks.prune(db, before=time.time() + 1) == 1
+        assert tasks.prune(db, before=time.time() + 1) == 0
+    left = [r["id"] for r in cp.store.query("SELECT id FROM tasks ORDER BY id")]
+    assert left == [ids[2], ids[3]]  # the newest of each container stays: the scheduler reads it
