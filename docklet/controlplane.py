@@ -22,7 +22,7 @@ from docklet.errors import Conflict, NotFound, Unauthorized
 from docklet.gitrepo import GitRepo
 from docklet.protocol import Heartbeat, Registration, TaskReport
 from docklet.spec import SpecState
-from docklet.state import app_views, nodes_view, revisions_view
+from docklet.state import app_views, node_statuses, nodes_view, revisions_view
 from docklet.status import Access, RevisionStatus, RolloutStatus, TaskStatus, TokenScope
 from docklet.store import Store, get_meta, set_meta
 from docklet.sync import SyncResult, sync
@@ -33,7 +33,8 @@ POLL_SLICE = 5.0  # a waiting long-poll re-checks at least this often
 # A pass over every app this often, whatever was reported changed: a safety net
 # (most passes look only at the apps something changed, and those with work in flight).
 FULL_PASS_EVERY = 30.0
-FLUSH_EVERY = 1.0  # heartbeats kept in memory are written this often, all in one transaction
+FLUSH_EVERY = 1.0  # heartbeats kept in memory are written this often
+FLUSH_BATCH = 200  # nodes' heartbeat times written in one transaction
 
 
 class _Poll:
@@ -87,6 +88,9 @@ class ControlPlane:
         # One sync at a time: a sync that read an older head must never write
         # after one that read a newer head (it would undo the newer commit).
         self._sync_lock = threading.Lock()
+        self._synced_blobs: dict[str, str] = {}  # app → blob last synced (see sync.sync)
+        # The list of every app, by brief or not: (store version, node statuses, views).
+        self._view_cache: dict[bool, tuple[int, dict[str, str], list[dict[str, Any]]]] = {}
         self.limiter = auth.FailureLimiter(config.auth_failures)
 
     # -- desired state: each write is a commit, visible when the call returns ----
@@ -191,7 +195,7 @@ class ControlPlane:
 
     def sync(self) -> SyncResult | None:
         with self._sync_lock:
-            result = sync(self.store, self.repo)
+            result = sync(self.store, self.repo, self._synced_blobs)
         if result is not None:
             self.wake(result.changed)
         return result
@@ -279,10 +283,27 @@ class ControlPlane:
         return views[0]
 
     def _views(self, name: str | None = None, brief: bool = False) -> list[dict[str, Any]]:
-        """App views as of now: liveness from this process's start and its in-memory heartbeats."""
-        return app_views(
-            self.store, self.config, name, self.deaf_until(), self.last_seen(), brief=brief
+        """App views as of now: liveness from this process's start and its in-memory heartbeats.
+
+        The list of every app is kept while nothing it was made from changed: no
+        write moved the store's version, and every node's status is as it was.
+        (A thousand agents' `ps` every few seconds each would otherwise rebuild it
+        from ten thousand containers every time.)
+        """
+        if name is not None:
+            return app_views(
+                self.store, self.config, name, self.deaf_until(), self.last_seen(), brief=brief
+            )
+        version = self.store.version  # before reading: a write meanwhile makes this stale
+        statuses = node_statuses(self.store, self.config, self.deaf_until(), self.last_seen())
+        cached = self._view_cache.get(brief)
+        if cached is not None and cached[0] == version and cached[1] == statuses:
+            return cached[2]
+        views = app_views(
+            self.store, self.config, None, self.deaf_until(), self.last_seen(), brief=brief
         )
+        self._view_cache[brief] = (version, statuses, views)
+        return views
 
     def nodes(self) -> list[dict[str, Any]]:
         return nodes_view(self.store, self.config, self.deaf_until(), self.last_seen())
@@ -383,16 +404,19 @@ class ControlPlane:
             return dict(self._seen)
 
     def flush_seen(self) -> int:
-        """Write the heartbeats kept in memory since the last flush, in one transaction."""
+        """Write the heartbeats kept in memory since the last flush, FLUSH_BATCH nodes a
+        transaction (a thousand nodes' worth at once would hold the writer too long)."""
         with self._seen_lock:
             dirty, self._seen_dirty = self._seen_dirty, {}
-        if dirty:
+        batch = list(dirty.items())
+        for start in range(0, len(batch), FLUSH_BATCH):
+            chunk = dict(batch[start : start + FLUSH_BATCH])
             try:
-                with self.store.write() as db:
-                    nodes.flush_seen(db, dirty)
+                with self.store.write(quiet=True) as db:  # views read these from memory
+                    nodes.flush_seen(db, chunk)
             except Exception:  # kept for the next flush, unless a newer beat came meanwhile
                 with self._seen_lock:
-                    self._seen_dirty = {**dirty, **self._seen_dirty}
+                    self._seen_dirty = {**dict(batch[start:]), **self._seen_dirty}
                 raise
         return len(dirty)
 

@@ -277,26 +277,44 @@ def status_for(age: float, config: CPConfig) -> NodeStatus:
     return NodeStatus.OFFLINE
 
 
-def update_liveness(
+Change = tuple[sqlite3.Row, NodeStatus, float]  # a node as read, its new status, silent for
+
+
+def liveness_changes(
     db: sqlite3.Connection,
     config: CPConfig,
     now: float,
     started_at: float = 0.0,
     seen: Mapping[str, float] | None = None,
-) -> int:
-    """Move nodes that stopped sending heartbeats to unknown, then offline; returns how many."""
-    moved = 0
-    for row in db.execute("SELECT node_id, status, last_seen FROM nodes").fetchall():
+) -> list[Change]:
+    """The nodes that stopped sending heartbeats, and their new status (a read only).
+
+    Only towards unknown, then offline: a grace never turns an unknown node
+    online again, only its heartbeat does.
+    """
+    changes = []
+    for row in db.execute("SELECT node_id, status, last_seen FROM nodes"):
         age = now - effective_last_seen(row, started_at, seen)
         status = status_for(age, config)
-        # Only heartbeats bring a node back: a grace never turns unknown into online.
         if SEVERITY[status] > SEVERITY[row["status"]]:
-            moved += 1
-            db.execute("UPDATE nodes SET status = ? WHERE node_id = ?", (status, row["node_id"]))
-            events.record(
-                db,
-                EventKind(f"node_{status}"),
-                f"node {row['node_id']}: {status} (no heartbeat for {age:.0f}s)",
-                node_id=row["node_id"],
-            )
+            changes.append((row, status, age))
+    return changes
+
+
+def update_liveness(db: sqlite3.Connection, changes: list[Change]) -> int:
+    """Write what `liveness_changes` found, for each node not heard from since it read."""
+    moved = 0
+    for row, status, age in changes:
+        if not db.execute(
+            "UPDATE nodes SET status = ? WHERE node_id = ? AND status = ? AND last_seen = ?",
+            (status, row["node_id"], row["status"], row["last_seen"]),
+        ).rowcount:
+            continue
+        moved += 1
+        events.record(
+            db,
+            EventKind(f"node_{status}"),
+            f"node {row['node_id']}: {status} (no heartbeat for {age:.0f}s)",
+            node_id=row["node_id"],
+        )
     return moved

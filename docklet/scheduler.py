@@ -216,8 +216,11 @@ def reconcile(
     now = time.time() if now is None else now
     result = Pass()
 
+    # Read outside the write transaction: a thousand nodes, of which a few change.
+    silent = nodes.liveness_changes(store.reader(), config, now, started_at, seen)
+
     def liveness(db: sqlite3.Connection) -> int:
-        changed = nodes.update_liveness(db, config, now, started_at, seen)
+        changed = nodes.update_liveness(db, silent)
         expired = tasks.expire_leases(db, now, config.task_max_attempts)
         return changed + expired
 

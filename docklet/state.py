@@ -115,6 +115,20 @@ class AppRows:
         return rows
 
 
+def node_statuses(
+    store: Store, config: CPConfig, started_at: float, seen: Mapping[str, float] | None
+) -> dict[str, str]:
+    """Each node's status as the app views use it: a node whose Docker does not
+    answer cannot say what runs on it either."""
+    now = time.time()
+    return {
+        r["node_id"]: status_for(now - effective_last_seen(r, started_at, seen), config)
+        if r["docker_ok"]
+        else NodeStatus.UNKNOWN
+        for r in store.reader().execute("SELECT node_id, status, last_seen, docker_ok FROM nodes")
+    }
+
+
 def app_views(
     store: Store,
     config: CPConfig,
@@ -130,14 +144,7 @@ def app_views(
     apps = store.query(f"SELECT * FROM apps {where} ORDER BY name", params)
     if not apps:
         return []
-    now = time.time()
-    # A node whose Docker does not answer cannot say what runs on it either.
-    node_status = {
-        r["node_id"]: status_for(now - effective_last_seen(r, started_at, seen), config)
-        if r["docker_ok"]
-        else NodeStatus.UNKNOWN
-        for r in store.reader().execute("SELECT node_id, status, last_seen, docker_ok FROM nodes")
-    }
+    node_status = node_statuses(store, config, started_at, seen)
     rows = AppRows.read(store, name)
     return [_app_view(app, rows, node_status, brief) for app in apps]
 

@@ -206,6 +206,9 @@ class Store:
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self.longest_write = 0.0
+        # Moves on with every committed transaction that changed a row: what was read
+        # at one version is still true while it holds (see ControlPlane._views).
+        self.version = 0
         # The newest slow writes, (when, seconds, where): what a benchmark or operator
         # looks at when the longest write is too long (GET /api/version's metrics).
         self.slow_writes: deque[tuple[float, float, str]] = deque(maxlen=SLOW_WRITES_KEPT)
@@ -227,13 +230,16 @@ class Store:
                 log.info("database %s: migrated to schema version %d", self.path, version)
 
     @contextmanager
-    def write(self, site: str = "") -> Iterator[sqlite3.Connection]:
+    def write(self, site: str = "", *, quiet: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction; commits on success, rolls back on any error.
 
         `site` names it in `slow_writes` (default: the function with the `with`).
+        A transaction that changes rows moves `version` on, unless `quiet`: it
+        writes only what readers already have from memory (heartbeat times).
         """
         with self._write_lock:
             started = time.perf_counter()
+            changes = self._writer.total_changes
             # Under @contextmanager, two frames up is the function with the `with`.
             site = site or sys._getframe(2).f_code.co_qualname
             self._writer.execute("BEGIN IMMEDIATE")
@@ -243,6 +249,8 @@ class Store:
                 self._writer.execute("ROLLBACK")
                 raise
             self._writer.execute("COMMIT")
+            if not quiet and self._writer.total_changes != changes:
+                self.version += 1
             # Benchmarks read this: the writer lock is what every other write waits on.
             took = time.perf_counter() - started
             self.longest_write = max(self.longest_write, took)

@@ -44,6 +44,7 @@ class SyncResult:
     removed: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)  # apps the scheduler must look at
+    recorded: dict[str, str] = field(default_factory=dict)  # app → the blob now recorded
 
 
 @dataclass
@@ -104,8 +105,13 @@ def parse_commit(commit: Commit) -> Parsed:
     return out
 
 
-def sync(store: Store, repo: GitRepo) -> SyncResult | None:
+def sync(store: Store, repo: GitRepo, recorded: dict[str, str] | None = None) -> SyncResult | None:
     """Bring the database up to the repository's head; None when already there.
+
+    `recorded` (kept by the caller between syncs): the blob each app's spec
+    had when a sync last recorded it. An app whose file is the same blob is
+    not looked at again, so a commit costs what it changed, not what the
+    repository holds.
 
     A sync writes only if the commit it read is still the head by then, so a
     sync that read an older head can never undo a newer one; when the head
@@ -123,7 +129,10 @@ def sync(store: Store, repo: GitRepo) -> SyncResult | None:
                 return None
             if repo.head() != head:
                 continue  # superseded while parsing: sync the newer head
-            result = _record(db, commit, parsed)
+            result = _record(db, commit, parsed, recorded or {})
+        if recorded is not None:  # only once the transaction is committed
+            recorded.clear()
+            recorded.update(result.recorded)
         log.info(
             "sync %s: %d new revision(s), %d removed, %d error(s)",
             head[:8],
@@ -141,9 +150,17 @@ def _synced(store: Store) -> str | None:
     return row["value"] if row else None
 
 
-def _record(db: sqlite3.Connection, commit: Commit, parsed: Parsed) -> SyncResult:
+def _record(
+    db: sqlite3.Connection, commit: Commit, parsed: Parsed, recorded: dict[str, str]
+) -> SyncResult:
     result = SyncResult(commit=commit.sha, errors=dict(parsed.errors))
     for name, app_spec in parsed.valid.items():
+        oid = commit.oids.get(f"{defaults.APPS_DIR}/{name}.yaml") or commit.oids.get(
+            f"{defaults.APPS_DIR}/{name}.yml"
+        )
+        if oid is not None and recorded.get(name) == oid:
+            result.recorded[name] = oid  # the same bytes as last time: nothing to record
+            continue
         try:
             with savepoint(db):
                 number = _apply(db, app_spec, commit, result.changed)
@@ -154,6 +171,8 @@ def _record(db: sqlite3.Connection, commit: Commit, parsed: Parsed) -> SyncResul
             continue
         if number is not None:
             result.new_revisions[name] = number
+        if oid is not None:
+            result.recorded[name] = oid
     db.execute("DELETE FROM sync_errors")
     for path, message in result.errors.items():
         db.execute("INSERT INTO sync_errors VALUES (?, ?, ?)", (path, commit.sha, message))

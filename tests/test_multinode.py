@@ -169,11 +169,13 @@ def test_a_canary_runs_on_exactly_one_node_as_one_task_then_promotes(
         assert done[0]["done"] == 2
 
         def revisions() -> list[str]:
+            # One list call per engine (no inspect each): a container removed between
+            # the list and an inspect would fail the look, not the test.
             return sorted(
-                c.labels["docklet.revision"]
+                c["Labels"]["docklet.revision"]
                 for engine in (docker_client, other)
-                for c in engine.containers.list(all=True, filters=mine)
-                if c.labels.get("docklet.app") == "canary"
+                for c in engine.api.containers(all=True, filters=mine)
+                if c["Labels"].get("docklet.app") == "canary"
             )
 
         # Once stable, the kept v1 containers are removed.

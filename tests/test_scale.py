@@ -332,3 +332,73 @@ def test_the_controller_loop_flushes_heartbeat_times_every_second(cp: ControlPla
         stop.set()
         cp.wake()
         loop.join(timeout=5)
+
+
+def test_the_app_list_is_rebuilt_only_when_what_it_shows_changed(cp: ControlPlane) -> None:
+    from docklet.protocol import Heartbeat
+
+    cp.config = CPConfig(**{**dict(cp.config), "heartbeat_interval": 0.2})  # unknown after 0.6 s
+    node, _ = register_node(cp, "n1")
+    cp.heartbeat(node, Heartbeat(containers=[]))
+    cp.create_app({"name": "web", "image": "nginx:1.25"}, "alice")
+    first = cp.apps(brief=True)
+    assert cp.apps(brief=True) is first  # nothing changed: the same list, not rebuilt
+    cp.heartbeat(node, Heartbeat(containers=[]))
+    cp.flush_seen()  # heartbeat times: written, but nothing the list shows
+    assert cp.apps(brief=True) is first
+    cp.create_app({"name": "api", "image": "nginx:1.25"}, "alice")  # a write: seen at once
+    assert [a["name"] for a in cp.apps(brief=True)] == ["api", "web"]
+    listed = cp.apps(brief=True)
+    assert listed[1]["nodes"] == [node]
+    time.sleep(0.8)  # the node goes silent: no write, but its status changed
+    assert cp.apps(brief=True) is not listed and cp.apps(brief=True)[1]["actual"] == "unknown"
+
+
+class _SlotlessCP(_FakeCP):
+    def get(self, path: str, timeout: float | None = None) -> Any:
+        self.paths.append((time.monotonic(), path))
+        return {"tasks": [], "poll_after": 1}  # no long-poll slot: come back in about 1 s
+
+
+def test_an_agent_told_no_slot_leaves_long_polling_to_others_for_a_while(
+    tmp_path: Path,
+) -> None:
+    config = AgentConfig(cp="http://fake", poll_wait=10, heartbeat_interval=0.1, state_dir=tmp_path)
+    agent = Agent(config, engine=_FakeEngine())  # type: ignore[arg-type]
+    fake = _SlotlessCP()
+    agent.cp = fake  # type: ignore[assignment]
+    agent.node_id = "n1"
+    loop = threading.Thread(target=agent.task_loop, kwargs={"max_iterations": 2}, daemon=True)
+    loop.start()
+    loop.join(timeout=5)
+    (first, _), (second, _) = fake.paths
+    # Not after a heartbeat interval (0.1 s), but after what the CP said, jittered (0.5-1 s).
+    assert 0.45 <= second - first <= 1.5
+    agent._pool.shutdown()
+
+
+def test_a_report_refused_with_503_is_sent_again_not_lost(
+    served_cp: str, cp: ControlPlane, tmp_path: Path
+) -> None:
+    from docklet.protocol import LeasedTask
+    from docklet.status import TaskStatus
+
+    node, token = register_node(cp, "n1")
+    task_id = queue_deploy(cp, node)
+    (leased,) = cp.lease_tasks(node, token, 0)
+    config = AgentConfig(cp=served_cp, state_dir=tmp_path, retry_max=0.5)
+    agent = Agent(config, engine=_FakeEngine())  # type: ignore[arg-type]
+    agent.node_id, agent.cp.token = node, token
+    overload = cp.overload
+    limit, overload.limit = overload.limit, -1.0  # every request waits "too long": 503s
+    report = threading.Thread(
+        target=agent._report, args=(LeasedTask(**leased), TaskStatus.DONE), daemon=True
+    )
+    report.start()
+    wait_for(lambda: overload.refused >= 2, 5, "the report to be refused, and tried again")
+    assert cp.store.one("SELECT status FROM tasks WHERE id = ?", (task_id,))["status"] == "running"
+    overload.limit = limit  # the CP has time again
+    report.join(timeout=10)
+    assert not report.is_alive()
+    assert cp.store.one("SELECT status FROM tasks WHERE id = ?", (task_id,))["status"] == "done"
+    agent._pool.shutdown()

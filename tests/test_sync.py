@@ -291,3 +291,30 @@ def test_a_branch_moved_back_on_purpose_is_synced(cp: ControlPlane) -> None:
     result = sync(cp.store, cp.repo)
     assert result is not None and result.new_revisions == {"web": 2}  # v1 was nginx:2
     assert json.loads(revisions(cp.store, "web")[-1]["spec"])["image"] == "nginx:1"
+
+
+def test_a_commit_costs_what_it_changed_not_what_the_repository_holds(
+    cp: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docklet import sync as syncing
+
+    recorded: dict[str, str] = {}
+    push(cp, {f"apps/app{i}.yaml": f"name: app{i}\nimage: nginx:1.27\n" for i in range(20)})
+    first = sync(cp.store, cp.repo, recorded)
+    assert first is not None and len(first.changed) == 20 and len(recorded) == 20
+    applied: list[str] = []
+    apply = syncing._apply
+    monkeypatch.setattr(
+        syncing, "_apply", lambda db, spec, *a: applied.append(spec.name) or apply(db, spec, *a)
+    )
+    push(cp, {"apps/app3.yaml": "name: app3\nimage: nginx:1.28\n"})
+    second = sync(cp.store, cp.repo, recorded)
+    assert second is not None and applied == ["app3"] and second.changed == {"app3"}
+    assert second.new_revisions == {"app3": 2}
+    # Removed, then the same bytes again: recorded anew, not skipped as "the same blob".
+    push(cp, {"apps/app5.yaml": None})
+    assert sync(cp.store, cp.repo, recorded).removed == ["app5"]  # type: ignore[union-attr]
+    push(cp, {"apps/app5.yaml": "name: app5\nimage: nginx:1.27\n"})
+    sync(cp.store, cp.repo, recorded)
+    assert app_row(cp.store, "app5") == {"desired": "running", "current_revision": 1}
+    assert applied == ["app3", "app5"]
