@@ -94,7 +94,7 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
         # node-2 comes back: what it still ran is removed, nothing moves back.
         agent2.start()
         wait_for(
-            lambda: other.containers.list(all=True, filters=on_node2) == [],
+            lambda: other.api.containers(all=True, filters=on_node2) == [],  # no inspect: no race
             30,
             "node-2's leftover container to be removed",
         )
