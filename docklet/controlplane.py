@@ -25,7 +25,7 @@ from docklet.spec import SpecState
 from docklet.state import app_views, node_statuses, nodes_view, revisions_view
 from docklet.status import Access, RevisionStatus, RolloutStatus, TaskStatus, TokenScope
 from docklet.store import Store, get_meta, set_meta
-from docklet.sync import SyncResult, sync
+from docklet.sync import SyncResult, recorded_blobs, sync
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class ControlPlane:
         # One sync at a time: a sync that read an older head must never write
         # after one that read a newer head (it would undo the newer commit).
         self._sync_lock = threading.Lock()
-        self._synced_blobs: dict[str, str] = {}  # app → blob last synced (see sync.sync)
+        # app → blob last synced (see sync.sync), from the database's synced commit on.
+        self._synced_blobs = recorded_blobs(self.store, self.repo)
         # The list of every app, by brief or not: (store version, node statuses, views).
         self._view_cache: dict[bool, tuple[int, dict[str, str], list[dict[str, Any]]]] = {}
         self.limiter = auth.FailureLimiter(config.auth_failures)

@@ -38,7 +38,7 @@ def record(
     log.info("%s: %s", kind, message)
 
 
-PRUNE_BATCH = 2000  # events one prune deletes at most: a transaction stays short
+PRUNE_BATCH = 500  # events one prune deletes at most (each pass): a transaction stays short
 
 
 def prune(db: sqlite3.Connection, keep: int) -> int:

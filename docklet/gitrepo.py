@@ -37,6 +37,7 @@ Changes = dict[str, bytes | None]  # path → new content, or None to delete
 
 
 MAX_MESSAGE = 4096  # of a commit message kept with a revision
+READ_KEPT = 4  # commits kept once read (GitRepo.read)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,7 @@ def _not_a_spec(entry: pygit2.Object, name: str, utf8: bool) -> str | None:
 
 class GitRepo:
     def __init__(self, path: Path, branch: str = defaults.GIT_BRANCH) -> None:
-        self.path = path
-        self.ref = f"refs/heads/{branch}"
-        self._lock = threading.Lock()
+        self._setup(path, branch)
         if (path / "HEAD").exists():
             self.repo = pygit2.Repository(str(path))
         else:
@@ -88,11 +87,41 @@ class GitRepo:
         # Let `git push` to a checked-out-less repo update this branch.
         self.repo.config["receive.denyCurrentBranch"] = "updateInstead"
 
+    @classmethod
+    def quarantined(cls, path: Path, branch: str = defaults.GIT_BRANCH) -> GitRepo:
+        """The repository as a pre-receive hook sees it: with the pushed objects, which
+        Git keeps in quarantine directories it names in the environment."""
+        repo = cls.__new__(cls)
+        repo._setup(path, branch)
+        repo.repo = pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.FROM_ENV)
+        return repo
+
+    def _setup(self, path: Path, branch: str) -> None:
+        self.path = path
+        self.ref = f"refs/heads/{branch}"
+        self._lock = threading.Lock()
+        self._read: dict[str, Commit] = {}  # the newest commits read, by sha
+        self._read_lock = threading.Lock()
+
     def head(self) -> str | None:
         ref = self.repo.references.get(self.ref)
         return str(ref.target) if ref is not None else None
 
     def read(self, sha: str) -> Commit:
+        """The commit's spec files; the last few read are kept (a commit never changes),
+        so a write, which reads the head to edit it and then syncs it, reads each once."""
+        with self._read_lock:
+            kept = self._read.get(sha)
+        if kept is not None:
+            return kept
+        read = self._read_commit(sha)
+        with self._read_lock:
+            self._read[sha] = read
+            while len(self._read) > READ_KEPT:
+                del self._read[next(iter(self._read))]  # the oldest
+        return read
+
+    def _read_commit(self, sha: str) -> Commit:
         commit = self.repo.get(sha)
         if not isinstance(commit, pygit2.Commit):
             raise RepoError(f"{sha} is not a commit in {self.path}")
@@ -153,7 +182,7 @@ class GitRepo:
         with self._lock:
             for attempt in range(COMMIT_RETRIES):
                 parent = self.head()
-                current = self.read(parent).files if parent else {}
+                current = dict(self.read(parent).files) if parent else {}  # read is shared
                 changes = edit(current)
                 if any(not p.startswith(f"{defaults.APPS_DIR}/") for p in changes):
                     raise ValueError(f"Docklet only edits files under {defaults.APPS_DIR}/")

@@ -49,9 +49,6 @@ def install(repo_path: Path) -> None:
 
 def pre_receive(lines: list[str], repo_path: Path) -> list[str]:
     """The problems with the pushed head of main (empty: accept)."""
-    import pygit2
-    from pygit2.enums import RepositoryOpenFlag
-
     from docklet.gitrepo import GitRepo
     from docklet.sync import parse_commit
 
@@ -61,10 +58,7 @@ def pre_receive(lines: list[str], repo_path: Path) -> list[str]:
         parts = line.split()
         if len(parts) != 3 or parts[2] != branch or parts[1] == ZERO:
             continue
-        repo = GitRepo.__new__(GitRepo)  # opened with Git's quarantine directories (FROM_ENV)
-        repo.path, repo.ref = repo_path, branch
-        repo.repo = pygit2.Repository(str(repo_path), RepositoryOpenFlag.FROM_ENV)
-        parsed = parse_commit(repo.read(parts[1]))
+        parsed = parse_commit(GitRepo.quarantined(repo_path).read(parts[1]))
         problems += [parsed.errors[path] for path in sorted(parsed.errors)]
     return problems
 

@@ -35,9 +35,9 @@ TASK_HISTORY = 3600.0  # finished tasks older than this are pruned (the newest p
 INTERNAL_ERROR = "internal error while scheduling this app; the control plane log has details"
 
 SPEC_CACHE_SIZE = 4096
-# Apps per write transaction in a pass: at ten containers an app, a few ms of work,
-# so a report or a heartbeat never waits long for the writer.
-CHUNK_APPS = 25
+# Apps per write transaction in a pass: at ten containers an app, a few ms of work
+# (more under load, sharing the GIL), so a report or heartbeat never waits long.
+CHUNK_APPS = 10
 
 _specs: dict[str, AppSpec] = {}  # parsed specs by spec hash, shared by every pass
 

@@ -76,7 +76,8 @@ class AppRows:
     sync_errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, store: Store, name: str | None) -> AppRows:
+    def read(cls, store: Store, name: str | None, brief: bool = False) -> AppRows:
+        """`brief`: only what a brief view shows of containers (not each one's details)."""
         rows = cls()
         where, params = ("WHERE app = ?", (name,)) if name else ("", ())
         for r in store.query(
@@ -94,12 +95,16 @@ class AppRows:
         ):
             rows.rollouts[r["app"]] = r
         # The columns a view shows, as rows (not dicts): ten thousand of them in a `ps`.
-        for c in store.reader().execute(
-            "SELECT app, slot, node_id, container_id, name, state, health, exit_code, revision,"
-            f" container_hash, image FROM containers {where} ORDER BY slot, node_id",
-            params,
-        ):
-            rows.containers[c["app"]].append(c)
+        columns = (
+            "app, node_id, state, container_hash"
+            if brief
+            else "app, slot, node_id, container_id, name, state, health, exit_code, revision,"
+            " container_hash, image"
+        )
+        order = "" if brief else "ORDER BY slot, node_id"
+        query = f"SELECT {columns} FROM containers {where} {order}"
+        for c in store.reader().execute(query, params):
+            rows.containers[c[0]].append(c)
         for t in store.query(
             "SELECT id, app, kind, slot, node_id, status, revision, attempts FROM tasks"
             f" {where or 'WHERE 1'} AND {OPEN} ORDER BY id",
@@ -108,8 +113,10 @@ class AppRows:
             rows.tasks[t.pop("app")].append(t)
         for f in _failures(store, name):
             rows.failures[f.pop("app")].append(f)
-        for p in store.query(f"SELECT app, node_id FROM placements {where} ORDER BY slot", params):
-            rows.placements[p["app"]].append(p["node_id"])
+        for app, node_id in store.reader().execute(
+            f"SELECT app, node_id FROM placements {where} ORDER BY slot", params
+        ):
+            rows.placements[app].append(node_id)
         for e in store.query("SELECT path, message FROM sync_errors"):
             rows.sync_errors[app_name(e["path"])] = e["message"]
         return rows
@@ -145,7 +152,7 @@ def app_views(
     if not apps:
         return []
     node_status = node_statuses(store, config, started_at, seen)
-    rows = AppRows.read(store, name)
+    rows = AppRows.read(store, name, brief)
     return [_app_view(app, rows, node_status, brief) for app in apps]
 
 

@@ -145,6 +145,21 @@ def sync(store: Store, repo: GitRepo, recorded: dict[str, str] | None = None) ->
     return None
 
 
+def recorded_blobs(store: Store, repo: GitRepo) -> dict[str, str]:
+    """What a restarted CP's first sync need not record again: app → blob of each spec
+    in the synced commit, but those with a sync error."""
+    synced = _synced(store)
+    if synced is None:
+        return {}
+    try:
+        commit = repo.read(synced)
+    except Exception:  # gone (a force-push and gc): the first sync records everything
+        log.warning("sync: the synced commit %s cannot be read; re-recording every spec", synced)
+        return {}
+    failed = {app_name(r["path"]) for r in store.query("SELECT path FROM sync_errors")}
+    return {app_name(p): oid for p, oid in commit.oids.items() if app_name(p) not in failed}
+
+
 def _synced(store: Store) -> str | None:
     row = store.one("SELECT value FROM meta WHERE key = 'synced_commit'")
     return row["value"] if row else None

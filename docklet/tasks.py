@@ -288,7 +288,7 @@ def forget_app(db: sqlite3.Connection, app: str) -> None:
     db.execute("DELETE FROM tasks WHERE app = ?", (app,))
 
 
-PRUNE_BATCH = 2000  # tasks one prune deletes at most: the next one takes the rest
+PRUNE_BATCH = 500  # tasks one prune deletes at most: the next one takes the rest
 
 
 def prune(db: sqlite3.Connection, before: float) -> int:

@@ -139,6 +139,7 @@ def test_an_unchanged_file_is_not_parsed_again(
 ) -> None:
     from docklet import spec, sync
 
+    sync._parsed.clear()  # the cache is per process: another test may have parsed these bytes
     work = tmp_path / "w"
     push(cp, work, {b"apps/web.yaml": b"name: web\nimage: nginx:1.25\n"})
     cp.sync()

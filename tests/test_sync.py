@@ -318,3 +318,17 @@ def test_a_commit_costs_what_it_changed_not_what_the_repository_holds(
     sync(cp.store, cp.repo, recorded)
     assert app_row(cp.store, "app5") == {"desired": "running", "current_revision": 1}
     assert applied == ["app3", "app5"]
+
+
+def test_a_restarted_cp_does_not_record_again_what_it_recorded_before(
+    cp: ControlPlane, config: CPConfig
+) -> None:
+    push(cp, {f"apps/app{i}.yaml": f"name: app{i}\nimage: nginx:1.27\n" for i in range(3)})
+    push(cp, {"apps/bad.yaml": "name: [\n"})
+    cp.sync()
+    restarted = ControlPlane(config)
+    try:
+        assert restarted._synced_blobs == cp._synced_blobs
+        assert sorted(restarted._synced_blobs) == ["app0", "app1", "app2"]  # not the bad one
+    finally:
+        restarted.store.close()
