@@ -123,13 +123,13 @@ def sync(store: Store, repo: GitRepo, recorded: dict[str, str] | None = None) ->
         if head is None or _synced(store) == head:
             return None
         commit = repo.read(head)
-        parsed = parse_commit(commit)
+        plan = _plan(store, commit, parse_commit(commit), recorded or {})
         with store.write() as db:
             if get_meta(db, "synced_commit") == head:
                 return None
             if repo.head() != head:
                 continue  # superseded while parsing: sync the newer head
-            result = _record(db, commit, parsed, recorded or {})
+            result = _record(db, commit, plan)
         if recorded is not None:  # only once the transaction is committed
             recorded.clear()
             recorded.update(result.recorded)
@@ -165,24 +165,45 @@ def _synced(store: Store) -> str | None:
     return row["value"] if row else None
 
 
-def _record(
-    db: sqlite3.Connection, commit: Commit, parsed: Parsed, recorded: dict[str, str]
-) -> SyncResult:
-    result = SyncResult(commit=commit.sha, errors=dict(parsed.errors))
+@dataclass
+class Plan:
+    """What a sync will write, worked out before its transaction (which stays short)."""
+
+    parsed: Parsed
+    apply: dict[str, tuple[AppSpec, str | None]]  # app → its spec and blob, to record
+    same: dict[str, str]  # app → blob: recorded already, by an earlier sync
+    gone: list[str]  # apps whose file is no longer there
+
+
+def _plan(store: Store, commit: Commit, parsed: Parsed, recorded: dict[str, str]) -> Plan:
+    plan = Plan(parsed, {}, {}, [])
     for name, app_spec in parsed.valid.items():
         oid = commit.oids.get(f"{defaults.APPS_DIR}/{name}.yaml") or commit.oids.get(
             f"{defaults.APPS_DIR}/{name}.yml"
         )
         if oid is not None and recorded.get(name) == oid:
-            result.recorded[name] = oid  # the same bytes as last time: nothing to record
-            continue
+            plan.same[name] = oid  # the same bytes as last time: nothing to record
+        else:
+            plan.apply[name] = (app_spec, oid)
+    present = set(parsed.valid) | parsed.kept
+    for (name,) in store.reader().execute(
+        "SELECT name FROM apps WHERE desired != ?", (DesiredState.REMOVED,)
+    ):
+        if name not in present:
+            plan.gone.append(name)
+    return plan
+
+
+def _record(db: sqlite3.Connection, commit: Commit, plan: Plan) -> SyncResult:
+    parsed = plan.parsed
+    result = SyncResult(commit=commit.sha, errors=dict(parsed.errors), recorded=dict(plan.same))
+    for name, (app_spec, oid) in plan.apply.items():
         try:
             with savepoint(db):
                 number = _apply(db, app_spec, commit, result.changed)
         except Exception:  # one app that cannot be recorded must not stop the others
             log.exception("sync %s: app %s could not be recorded", commit.sha[:8], name)
             result.errors[f"apps/{name}"] = f"app {name}: internal error recording it (CP log)"
-            parsed.kept.add(name)
             continue
         if number is not None:
             result.new_revisions[name] = number
@@ -192,15 +213,11 @@ def _record(
     for path, message in result.errors.items():
         db.execute("INSERT INTO sync_errors VALUES (?, ?, ?)", (path, commit.sha, message))
         events.record(db, EventKind.SYNC_ERROR, message, app=app_name(path))
-    present = set(parsed.valid) | parsed.kept
-    for (name,) in db.execute(
-        "SELECT name FROM apps WHERE desired != ?", (DesiredState.REMOVED,)
-    ).fetchall():
-        if name not in present:
-            db.execute(
-                "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ?",
-                (DesiredState.REMOVED, time.time(), name),
-            )
+    for name in plan.gone:  # read before the transaction; only sync creates apps
+        if db.execute(
+            "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ? AND desired != ?",
+            (DesiredState.REMOVED, time.time(), name, DesiredState.REMOVED),
+        ).rowcount:
             events.record(
                 db, EventKind.APP_REMOVED, f"app {name}: removed by {commit.sha[:8]}", app=name
             )
