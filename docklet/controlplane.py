@@ -34,7 +34,7 @@ POLL_SLICE = 5.0  # a waiting long-poll re-checks at least this often
 # (most passes look only at the apps something changed, and those with work in flight).
 FULL_PASS_EVERY = 30.0
 FLUSH_EVERY = 1.0  # heartbeats kept in memory are written this often
-FLUSH_BATCH = 200  # nodes' heartbeat times written in one transaction
+FLUSH_BATCH = 100  # nodes' heartbeat times written in one transaction
 
 
 class _Poll:
