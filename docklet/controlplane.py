@@ -376,10 +376,8 @@ class ControlPlane:
         `flush_seen` writes those in one batch, and liveness and the node views
         read the memory. Any other is written at once, as it may wake the scheduler.
         """
-        now = time.time()
         if nodes.unchanged(self.store.reader(), node_id, beat):
-            with self._seen_lock:
-                self._seen[node_id] = self._seen_dirty[node_id] = now
+            self._heard(node_id)
         else:
             with self.store.write() as db:
                 node_changed, apps_changed = nodes.heartbeat(db, node_id, beat)
@@ -398,6 +396,11 @@ class ControlPlane:
         """
         refused = self.overload.refused_at if self.overload is not None else 0.0
         return max(self.started_at, refused)
+
+    def _heard(self, node_id: str) -> None:
+        """The node's agent spoke: kept in memory, written by `flush_seen`."""
+        with self._seen_lock:
+            self._seen[node_id] = self._seen_dirty[node_id] = time.time()
 
     def last_seen(self) -> dict[str, float]:
         """Each node's latest heartbeat kept in memory (newer than the stored one, or equal)."""
@@ -426,6 +429,9 @@ class ControlPlane:
             outcome = tasks.report(db, node_id, task_id, report, self.config.task_lease)
             if report.image_digest and report.status == TaskStatus.DONE and outcome["revision"]:
                 rollout.record_digest(db, outcome["app"], outcome["revision"], report.image_digest)
+        # A report proves the agent alive as a heartbeat does: one whose heartbeats wait
+        # behind a busy Docker must not have its node declared unknown meanwhile.
+        self._heard(node_id)
         if "app" in outcome:  # a task ended (a lease renewal changes nothing to schedule)
             self.wake([outcome["app"]])
         return {"status": outcome["status"]}
@@ -434,6 +440,7 @@ class ControlPlane:
         """An agent's task poll: its tasks, and, when it found no long-poll slot,
         `poll_after`: how long its agent waits before it long-polls again (it
         asks at once when a heartbeat says tasks wait for it)."""
+        self._heard(node_id)  # an authenticated poll proves the agent alive too
         leased, slotless = self._poll(node_id, token, wait, limit)
         answer: dict[str, Any] = {"tasks": leased}
         if slotless:

@@ -37,6 +37,16 @@ _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 _NANOS = re.compile(r"(\.\d{6})\d+")
 YOUNG = 15 * 60  # seconds since creation during which a rollout may still be judging it
 MAX_INSPECTS = 50  # per heartbeat: the rest wait for the next one
+# Seconds of inspecting per heartbeat, after which the rest wait for the next one: Docker
+# answers an inspect only once a container it is starting or stopping is done, and a
+# heartbeat stuck behind a burst of those leaves its node silent (found at 50 rollouts).
+INSPECT_BUDGET = 2.0
+# Docker's own words for how long a container has been up (go-units' HumanDuration).
+_UP = re.compile(
+    r"Up (Less than a second|(\d+) seconds?|About a minute|(\d+) minutes|About an hour"
+    r"|(\d+) hours)"
+)
+UP_SLACK = 2.0  # seconds of rounding and clock steps allowed when matching an uptime
 LOG_LINES = 20  # of an exited, restarting or unhealthy container, as evidence
 
 P = ParamSpec("P")
@@ -167,8 +177,10 @@ class Engine:
         A list row has no start time or restart count. Young containers (what a
         health gate judges) and ones not running (what a failed canary leaves)
         are inspected; old running ones are not, so a steady node costs one
-        list call per heartbeat. What was inspected is kept while the row's
-        `Status` text stays the same, and at most MAX_INSPECTS run per call.
+        list call per heartbeat. What was inspected is kept while it is still
+        true (`_still_true`: same state and health, and an uptime that says it
+        has not restarted since), and at most MAX_INSPECTS run per call, for at
+        most INSPECT_BUDGET seconds.
         """
         wanted = sorted(
             (r for r in rows if _worth_inspecting(r, now)),
@@ -176,14 +188,14 @@ class Engine:
             reverse=True,  # the newest first: a rollout is waiting on those
         )
         evidence: dict[str, tuple[str, dict[str, Any]]] = {}
-        inspected = 0
+        inspected, budget = 0, time.monotonic() + INSPECT_BUDGET
         for row in wanted:
             status = row.get("Status", "")
             cached = self._evidence.get(row["Id"])
-            if cached is not None and cached[0] == status:
+            if cached is not None and _still_true(cached, row, now):
                 evidence[row["Id"]] = cached
                 continue
-            if inspected >= MAX_INSPECTS:
+            if inspected >= MAX_INSPECTS or time.monotonic() > budget:
                 continue
             inspected += 1
             found = self._evidence_of(row["Id"])
@@ -510,6 +522,48 @@ def _from_list(row: dict[str, Any]) -> dict[str, Any]:
 
 
 _FAILING = (ContainerState.EXITED, ContainerState.RESTARTING)
+
+
+def _still_true(cached: tuple[str, dict[str, Any]], row: dict[str, Any], now: float) -> bool:
+    """Whether what an inspect told of this container still holds, by its list row.
+
+    The same `Status` text, or, for a running one, the same state and health
+    with an uptime that matches the start time inspect gave: a container that
+    restarted since shows a shorter one. (Keyed on the text alone, a young
+    container was inspected at every heartbeat: "Up 8 seconds" changes.)
+    """
+    status, found = cached
+    text = row.get("Status", "")
+    if text == status:
+        return True
+    started, up = found.get("started_at"), _UP.match(text)
+    if started is None or up is None or row.get("State") != ContainerState.RUNNING:
+        return False
+    if _health_of(text) != _health_of(status):
+        return False
+    low, high = _uptime(up)
+    return low - UP_SLACK <= now - started <= high + UP_SLACK
+
+
+def _health_of(status: str) -> str | None:
+    found = _HEALTH.search(status)
+    return found.group(1) if found else None
+
+
+def _uptime(up: re.Match[str]) -> tuple[float, float]:
+    """The bounds, in seconds, of an uptime Docker gave in words."""
+    seconds, minutes, hours = up.group(2), up.group(3), up.group(4)
+    if seconds:
+        return int(seconds), int(seconds) + 1
+    if minutes:
+        return int(minutes) * 60, (int(minutes) + 1) * 60
+    if hours:
+        return int(hours) * 3600, (int(hours) + 1) * 3600
+    return {
+        "Less than a second": (0, 1),
+        "About a minute": (60, 120),
+        "About an hour": (3600, 7200),
+    }[up.group(1)]
 
 
 def _worth_inspecting(row: dict[str, Any], now: float) -> bool:

@@ -415,3 +415,27 @@ def test_steady_containers_cost_no_inspect(
     assert engine.inspected == 1
     (old,) = engine.observe(rows, now + YOUNG + 1)  # old and running: the list row is enough
     assert engine.inspected == 1 and old["started_at"] is None and old["state"] == "running"
+
+
+def test_a_young_container_is_inspected_again_only_when_it_restarted(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Counting(docker_client)
+    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+    (row,) = docker_client.api.containers(
+        all=True, filters={"label": f"docklet.cluster={cluster_id}"}
+    )
+    now = time.time()
+    (seen,) = engine.observe([row], now)
+    assert engine.inspected == 1 and row["Status"].startswith("Up")
+    started = seen["started_at"]
+
+    def later(status: str) -> dict[str, Any]:
+        return {**row, "Status": status}
+
+    # Docker's words for the uptime change every second; what inspect said still holds.
+    engine.observe([later(f"Up {int(now + 40 - started)} seconds")], now + 40)
+    engine.observe([later("Up About a minute")], now + 90)
+    assert engine.inspected == 1
+    engine.observe([later("Up 3 seconds")], now + 95)  # shorter than it has been up: restarted
+    assert engine.inspected == 2

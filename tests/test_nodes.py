@@ -144,3 +144,23 @@ def test_liveness_goes_unknown_then_offline_and_back_online(cp: ControlPlane) ->
         "node_offline",
         "node_online",
     ]
+
+
+def test_a_task_report_or_poll_keeps_a_node_online_as_a_heartbeat_does(cp: ControlPlane) -> None:
+    from test_tasks import queue_deploy
+
+    cp.config = type(cp.config)(**{**dict(cp.config), "heartbeat_interval": 0.2})
+    node, token = register_node(cp, "n1")
+    task_id = queue_deploy(cp, node)
+    (leased,) = cp.lease_tasks(node, token, 0)
+    time.sleep(cp.config.unknown_seconds + 0.1)  # no heartbeat: it would be unknown now...
+    cp.report(node, task_id, TaskReport(status="running", lease_token=leased["lease_token"]))
+    cp.reconcile()
+    assert node_row(cp, node)["status"] == "online"  # ...but its agent just reported
+    time.sleep(cp.config.unknown_seconds + 0.1)
+    cp.poll_tasks(node, token, 0)
+    cp.reconcile()
+    assert node_row(cp, node)["status"] == "online"
+    time.sleep(cp.config.unknown_seconds + 0.1)
+    cp.reconcile()
+    assert node_row(cp, node)["status"] == "unknown"  # silent: no heartbeat, no report
