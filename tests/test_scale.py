@@ -214,16 +214,24 @@ class _FakeEngine:
         pass
 
 
-def test_an_agent_pauses_after_an_early_empty_poll_and_asks_at_once_when_told(
-    tmp_path: Path,
-) -> None:
-    config = AgentConfig(cp="http://fake", poll_wait=10, heartbeat_interval=2, state_dir=tmp_path)
+def _polling(fake: _FakeCP, tmp_path: Path, heartbeat_interval: float) -> tuple[Agent, Any]:
+    """An agent whose task loop (two polls) runs against `fake`, started."""
+    config = AgentConfig(
+        cp="http://fake", poll_wait=10, heartbeat_interval=heartbeat_interval, state_dir=tmp_path
+    )
     agent = Agent(config, engine=_FakeEngine())  # type: ignore[arg-type]
-    fake = _FakeCP()
     agent.cp = fake  # type: ignore[assignment]
     agent.node_id = "n1"
     loop = threading.Thread(target=agent.task_loop, kwargs={"max_iterations": 2}, daemon=True)
     loop.start()
+    return agent, loop
+
+
+def test_an_agent_pauses_after_an_early_empty_poll_and_asks_at_once_when_told(
+    tmp_path: Path,
+) -> None:
+    fake = _FakeCP()
+    agent, loop = _polling(fake, tmp_path, heartbeat_interval=2)
     wait_for(lambda: len(fake.paths) == 1, 5, "the first poll")
     time.sleep(0.3)
     assert len(fake.paths) == 1  # not spinning: it waits up to a heartbeat interval
@@ -363,13 +371,8 @@ class _SlotlessCP(_FakeCP):
 def test_an_agent_told_no_slot_leaves_long_polling_to_others_for_a_while(
     tmp_path: Path,
 ) -> None:
-    config = AgentConfig(cp="http://fake", poll_wait=10, heartbeat_interval=0.1, state_dir=tmp_path)
-    agent = Agent(config, engine=_FakeEngine())  # type: ignore[arg-type]
     fake = _SlotlessCP()
-    agent.cp = fake  # type: ignore[assignment]
-    agent.node_id = "n1"
-    loop = threading.Thread(target=agent.task_loop, kwargs={"max_iterations": 2}, daemon=True)
-    loop.start()
+    agent, loop = _polling(fake, tmp_path, heartbeat_interval=0.1)
     loop.join(timeout=5)
     (first, _), (second, _) = fake.paths
     # Not after a heartbeat interval (0.1 s), but after what the CP said, jittered (0.5-1 s).
