@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -33,6 +34,7 @@ POLL_SLICE = 5.0  # a waiting long-poll re-checks at least this often
 # A pass over every app this often, whatever was reported changed: a safety net
 # (most passes look only at the apps something changed, and those with work in flight).
 FULL_PASS_EVERY = 30.0
+GATE_SLACK = 0.05  # seconds after a health gate's wait ends that its pass comes
 FLUSH_EVERY = 1.0  # heartbeats kept in memory are written this often
 FLUSH_BATCH = 100  # nodes' heartbeat times written in one transaction
 
@@ -74,6 +76,7 @@ class ControlPlane:
         self._busy: set[str] = set()
         self._changed_lock = threading.Lock()
         self._next_full_pass = 0.0
+        self._gate_at = math.inf  # when the soonest health gate's wait ends (time.time())
         # Waiting long-polls, one per node at most, and the slots they may take: a
         # long-poll holds a server thread, and the rest of the API must always find one.
         self._polls: dict[str, _Poll] = {}
@@ -232,6 +235,7 @@ class ControlPlane:
                 self._changed = None  # what this pass missed, the next one looks at
             raise
         self._busy = done.busy
+        self._gate_at = done.wake_at
         log.debug(
             "pass: %d app(s) looked at (%s), %d queued, %d busy",
             done.looked_at,
@@ -606,7 +610,9 @@ class ControlPlane:
                             self.config.reconcile_interval,
                         )
                 done += 1
-                next_pass = time.monotonic() + self.config.reconcile_interval
+                # The next pass at the interval, or when a health gate's wait ends.
+                gate = max(0.0, self._gate_at - time.time()) + GATE_SLACK
+                next_pass = time.monotonic() + min(self.config.reconcile_interval, gate)
                 if max_iterations is not None and done >= max_iterations:
                     break
             left = next_pass - time.monotonic()

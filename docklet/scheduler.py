@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -72,6 +73,7 @@ class World:
     rollouts: dict[str, Row] = field(default_factory=dict)  # live rollouts by app
     load: Counter[str] = field(default_factory=Counter)  # slots per node, all apps
     verified: dict[str, set[int]] = field(default_factory=dict)  # slots the gate passed
+    wake_at: float = math.inf  # when a health gate's wait ends (time.time())
     _by_name: dict[tuple[str, str], Row] | None = None
 
     @classmethod
@@ -195,6 +197,9 @@ class Pass:
     # container not running as it should): the next pass looks at them again,
     # even if nothing about them is reported changed.
     busy: set[str] = field(default_factory=set)
+    # When the soonest health gate's wait ends: the controller takes a pass then,
+    # not at its next interval (which would add up to 2 s to every gate).
+    wake_at: float = math.inf
 
 
 def reconcile(
@@ -253,6 +258,7 @@ def reconcile(
                 queued += max(done, 0)
                 if done != 0 or not _settled(app, world):
                     result.busy.add(app["name"])
+            result.wake_at = min(result.wake_at, world.wake_at)
             return queued
 
         queued = _stage(store, schedule, failed=-1)

@@ -253,3 +253,17 @@ def test_a_lost_canary_node_is_not_the_revisions_fault(cp: ControlPlane) -> None
     r = latest(cp)
     assert r["status"] in ("canary", "verifying")  # placed again, not failed
     assert r["canary_node"] != canary
+
+
+def test_a_pass_says_when_the_canarys_health_wait_ends(cp: ControlPlane) -> None:
+    a = Agent(cp, "a")
+    stable_v1(cp, a)
+    put_app(cp, "web", replicas=2, image="nginx:1.27", rollout={"min_healthy_time": "3s"})
+    step(cp, a)  # the canary runs: the gate waits 3 s from its start
+    (canary,) = cp.store.query(
+        "SELECT finished_at FROM tasks WHERE app = 'web' AND revision = 2 AND status = 'done'"
+    )
+    started = canary["finished_at"]  # these simulated containers say no start time
+    done = cp._reconcile(None)
+    assert done.wake_at == started + 3  # the controller takes its pass then, not 2 s later
+    assert latest(cp)["status"] == "verifying"
