@@ -38,6 +38,8 @@ Changes = dict[str, bytes | None]  # path → new content, or None to delete
 
 MAX_MESSAGE = 4096  # of a commit message kept with a revision
 READ_KEPT = 4  # commits kept once read (GitRepo.read)
+BLOBS_KEPT_BYTES = 32 * 1024 * 1024  # spec files kept by blob id once read (GitRepo._files)
+_FILE_MODES = (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,10 @@ class GitRepo:
         self._lock = threading.Lock()
         self._read: dict[str, Commit] = {}  # the newest commits read, by sha
         self._read_lock = threading.Lock()
+        # Spec files by blob id: a commit that changes one file of a thousand reads one
+        # (a blob never changes), not a thousand. Cleared when over BLOBS_KEPT_BYTES.
+        self._blobs: dict[str, bytes] = {}
+        self._blob_bytes = 0
 
     def head(self) -> str | None:
         ref = self.repo.references.get(self.ref)
@@ -155,6 +161,17 @@ class GitRepo:
             except UnicodeDecodeError:
                 name, utf8 = entry.raw_name.decode(errors="backslashreplace"), False
             path = f"{defaults.APPS_DIR}/{name}"
+            oid = str(entry.id)
+            known = self._blobs.get(oid)
+            if (
+                known is not None
+                and n < defaults.MAX_APP_FILES
+                and utf8
+                and entry.filemode in _FILE_MODES
+                and name.endswith(defaults.SPEC_SUFFIXES)
+            ):
+                files[path], oids[path] = known, oid  # checked, sized and read before
+                continue
             if n >= defaults.MAX_APP_FILES:
                 problems[f"{defaults.APPS_DIR}/"] = (
                     f"{defaults.APPS_DIR}/ holds more than {defaults.MAX_APP_FILES} entries;"
@@ -166,8 +183,17 @@ class GitRepo:
                 problems[path] = f"{path}: {problem}"
                 continue
             files[path] = entry.data
-            oids[path] = str(entry.id)
+            oids[path] = oid
+            self._keep_blob(oid, files[path])
         return files, oids, problems
+
+    def _keep_blob(self, oid: str, data: bytes) -> None:
+        with self._read_lock:
+            if self._blob_bytes + len(data) > BLOBS_KEPT_BYTES:
+                self._blobs.clear()
+                self._blob_bytes = 0
+            self._blobs[oid] = data
+            self._blob_bytes += len(data)
 
     def commit(
         self, edit: Callable[[dict[str, bytes]], Changes], message: str, author: str

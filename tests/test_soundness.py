@@ -347,3 +347,22 @@ def test_a_body_over_the_limit_is_refused_by_the_server(served_cp: str) -> None:
     except (ConnectionError, urllib.error.URLError):
         pass  # waitress may close the connection while the client still sends: refused too
     assert Client(served_cp, token=ADMIN_TOKEN).get("/api/health") == {"status": "ok"}
+
+
+def test_a_spec_read_before_is_still_refused_as_a_symlink_or_under_another_suffix(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    """Spec bytes are kept by blob id once read; the same blob must still pass every check."""
+    work = tmp_path / "w"
+    text = b"name: web\nimage: nginx:1.25\n"
+    push(cp, work, {b"apps/web.yaml": text})
+    cp.sync()  # read: its blob is kept now
+    (work / "apps" / "link.yaml").symlink_to(text.decode())  # a link whose target is that text
+    push(cp, work, {b"apps/web.txt": text})  # the same blob under another suffix
+    cp.sync()
+    errors = {e["path"]: e["message"] for e in cp.sync_state()["errors"]}
+    assert errors == {
+        "apps/link.yaml": "apps/link.yaml: refused: a symbolic link; commit the spec itself",
+        "apps/web.txt": "apps/web.txt: ignored: spec files end in .yaml or .yml",
+    }
+    assert app_names(cp) == {"web"}
