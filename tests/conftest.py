@@ -341,7 +341,8 @@ class Cluster:
         labels = [f"docklet.cluster={self.cluster_id}"]
         if app:
             labels.append(f"docklet.app={app}")
-        return self.docker.containers.list(all=all, filters={"label": labels})
+        # The SDK inspects each listed container: one removed in between is simply gone.
+        return self.docker.containers.list(ignore_removed=True, all=all, filters={"label": labels})
 
     def close(self) -> None:
         self.agent.stop()

@@ -49,7 +49,7 @@ def agent(served_cp: str, docker_client: Any) -> Iterator[Agent]:
     a.stop.set()
     a.drain(timeout=30)
     for c in docker_client.containers.list(
-        all=True, filters={"label": f"docklet.cluster={a.cluster_id}"}
+        ignore_removed=True, all=True, filters={"label": f"docklet.cluster={a.cluster_id}"}
     ):
         c.remove(force=True)
 
@@ -229,7 +229,9 @@ def test_a_slow_stop_does_not_delay_another_apps_deploy(
     client.post("/api/apps", {"name": "fast", "image": web_image})
     wait_for(lambda: running(served_cp, "fast"), 10, "fast to run")
     assert time.monotonic() - started < 5
-    slow = docker_client.containers.list(all=True, filters={"label": "docklet.app=slow"})
+    slow = docker_client.containers.list(
+        ignore_removed=True, all=True, filters={"label": "docklet.app=slow"}
+    )
     assert slow, "the removal should still be waiting out its grace period"
 
 
@@ -299,7 +301,9 @@ def test_tasks_of_one_container_run_in_lease_order_never_at_once(
     assert all(a[3] <= b[2] for a, b in itertools.pairwise(x))  # one at a time
     (y,) = (s for s in engine.spans if s[0] == "docklet.y.1")
     assert y[3] < x[1][3]  # the other container did not wait for the slow replace
-    assert not docker_client.containers.list(all=True, filters={"name": "docklet.x.1"})
+    assert not docker_client.containers.list(
+        ignore_removed=True, all=True, filters={"name": "docklet.x.1"}
+    )
 
 
 @pytest.mark.docker
@@ -328,7 +332,9 @@ def test_stopping_lets_running_tasks_finish_and_starts_no_queued_one(
     assert agent.drain(timeout=30)
     status = {r["id"]: r["status"] for r in cp.store.query("SELECT id, status FROM tasks")}
     assert status == {first: "done", remove: "done", redeploy: "running"}  # leased, not run
-    assert not docker_client.containers.list(all=True, filters={"name": "docklet.x.1"})
+    assert not docker_client.containers.list(
+        ignore_removed=True, all=True, filters={"name": "docklet.x.1"}
+    )
 
 
 def test_the_agent_asks_only_for_what_it_has_room_for(odd_cp: Any, docker_client: Any) -> None:

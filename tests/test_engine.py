@@ -56,7 +56,9 @@ def slow_image(docker_client: Any, web_image: str) -> Iterator[str]:
 def cluster_id(docker_client: Any) -> Iterator[str]:
     cid = f"test-{uuid.uuid4().hex[:8]}"
     yield cid
-    for c in docker_client.containers.list(all=True, filters={"label": f"docklet.cluster={cid}"}):
+    for c in docker_client.containers.list(
+        ignore_removed=True, all=True, filters={"label": f"docklet.cluster={cid}"}
+    ):
         c.remove(force=True)
 
 

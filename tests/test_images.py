@@ -114,7 +114,11 @@ def test_control_plane_and_agent_run_as_containers(
         assert [n["node_id"] for n in nodes] == [node["node_id"]]  # the same node again
         wait_for(lambda: client.get("/api/apps/web")["actual"] == "running", 30, "web running")
         assert (
-            len(docker_client.containers.list(filters={"label": f"docklet.cluster={cluster_id}"}))
+            len(
+                docker_client.containers.list(
+                    ignore_removed=True, filters={"label": f"docklet.cluster={cluster_id}"}
+                )
+            )
             == 1
         )
     finally:
@@ -122,7 +126,7 @@ def test_control_plane_and_agent_run_as_containers(
             c.remove(force=True)
         if cluster_id:
             for c in docker_client.containers.list(
-                all=True, filters={"label": f"docklet.cluster={cluster_id}"}
+                ignore_removed=True, all=True, filters={"label": f"docklet.cluster={cluster_id}"}
             ):
                 c.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):

@@ -68,7 +68,7 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
         assert result.returncode == 0, result.stderr
         assert "✔ Running on node-1, node-2 (2/2)" in result.stdout
         assert len(cluster.containers("spread")) == 1  # one on each engine
-        assert len(other.containers.list(filters=on_node2)) == 1
+        assert len(other.containers.list(ignore_removed=True, filters=on_node2)) == 1
         row = cluster.docklet("ps").stdout.splitlines()[1].split()
         assert row[:5] == ["spread", "v1", "running", "running", "node-1,node-2"]
 
@@ -103,7 +103,7 @@ def test_replicas_spread_over_nodes_and_move_off_a_dead_one(
         assert cluster.app("spread")["actual"] == "running"
     finally:
         agent2.stop()
-        for c in other.containers.list(all=True, filters=on_node2):
+        for c in other.containers.list(ignore_removed=True, all=True, filters=on_node2):
             c.remove(force=True)
         dockerlab.remove_image(other, ref)
         dockerlab.remove_image(docker_client, ref)
@@ -182,7 +182,7 @@ def test_a_canary_runs_on_exactly_one_node_as_one_task_then_promotes(
         wait_for(lambda: revisions() == ["2", "2"], 30, "only v2 containers to be left")
     finally:
         agent2.stop()
-        for c in other.containers.list(all=True, filters=mine):
+        for c in other.containers.list(ignore_removed=True, all=True, filters=mine):
             c.remove(force=True)
         for ref in (v1, v2):
             dockerlab.remove_image(other, ref)
