@@ -98,25 +98,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: f
 # -- the cluster -----------------------------------------------------------------
 
 
-@contextmanager
-def images(client: docker.DockerClient) -> Iterator[tuple[str, str]]:
-    """(A, B), pushed to the local registry; removes the local tags afterwards."""
-    made: list[str] = []
-    try:
-        refs = []
-        for variant in ("a", "b"):
-            local = f"docklet-bench/concurrent:{variant}-{TAG}"
-            made.append(local)
-            dockerlab.build_web_image(client, local, {"docklet.bench": TAG})
-            made.append(f"{dockerlab.REGISTRY}/{REPO}:{variant}-{TAG}")
-            refs.append(dockerlab.push_to_registry(client, local, REPO, f"{variant}-{TAG}"))
-        yield refs[0], refs[1]
-    finally:
-        for ref in reversed(made):
-            with suppress(docker.errors.APIError):
-                dockerlab.remove_image(client, ref)
-
-
 def free_octets(n: int) -> list[int]:
     """Third octets of 10.231.X.0/24 that no interface here uses (ExtraEngine's bridges)."""
     used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
@@ -631,7 +612,7 @@ def main() -> None:
     client = engine_client(MAIN_ENGINE)
     with ExitStack() as stack:
         stack.callback(client.close)
-        image_a, image_b = stack.enter_context(images(client))
+        image_a, image_b = stack.enter_context(dockerlab.two_web_images(client, REPO, TAG))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         print("starting two extra Docker engines", flush=True)
         nodes = [Node("node-1", MAIN_ENGINE, client, main_dockerd_pid())]

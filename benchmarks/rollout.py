@@ -121,20 +121,8 @@ def serves(url: str, text: str) -> bool:
 @contextmanager
 def images(client: docker.DockerClient) -> Iterator[tuple[str, str, str]]:
     """(A, B, a missing tag), A and B pushed to the local registry; removes the local tags."""
-    made: list[str] = []
-    try:
-        refs = []
-        for variant in ("a", "b"):
-            local = f"docklet-bench/web:{variant}-{TAG}"
-            made.append(local)
-            dockerlab.build_web_image(client, local, {"docklet.bench": TAG})
-            made.append(f"{dockerlab.REGISTRY}/{REPO}:{variant}-{TAG}")
-            refs.append(dockerlab.push_to_registry(client, local, REPO, f"{variant}-{TAG}"))
-        yield refs[0], refs[1], f"{dockerlab.REGISTRY}/{REPO}:missing-{TAG}"
-    finally:
-        for ref in reversed(made):
-            with suppress(docker.errors.APIError):
-                dockerlab.remove_image(client, ref)
+    with dockerlab.two_web_images(client, REPO, TAG) as (a, b):
+        yield a, b, f"{dockerlab.REGISTRY}/{REPO}:missing-{TAG}"
 
 
 # -- Docklet ---------------------------------------------------------------------

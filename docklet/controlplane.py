@@ -295,18 +295,15 @@ class ControlPlane:
         (A thousand agents' `ps` every few seconds each would otherwise rebuild it
         from ten thousand containers every time.)
         """
+        deaf, seen = self.deaf_until(), self.last_seen()
         if name is not None:
-            return app_views(
-                self.store, self.config, name, self.deaf_until(), self.last_seen(), brief=brief
-            )
+            return app_views(self.store, self.config, name, deaf, seen, brief=brief)
         version = self.store.version  # before reading: a write meanwhile makes this stale
-        statuses = node_statuses(self.store, self.config, self.deaf_until(), self.last_seen())
+        statuses = node_statuses(self.store, self.config, deaf, seen)
         cached = self._view_cache.get(brief)
         if cached is not None and cached[0] == version and cached[1] == statuses:
             return cached[2]
-        views = app_views(
-            self.store, self.config, None, self.deaf_until(), self.last_seen(), brief=brief
-        )
+        views = app_views(self.store, self.config, None, deaf, seen, brief=brief, statuses=statuses)
         self._view_cache[brief] = (version, statuses, views)
         return views
 

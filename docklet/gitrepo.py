@@ -39,6 +39,7 @@ Changes = dict[str, bytes | None]  # path → new content, or None to delete
 MAX_MESSAGE = 4096  # of a commit message kept with a revision
 READ_KEPT = 4  # commits kept once read (GitRepo.read)
 BLOBS_KEPT_BYTES = 32 * 1024 * 1024  # spec files kept by blob id once read (GitRepo._files)
+BLOB_ENTRY_BYTES = 256  # what keeping one costs besides its bytes (its id, the dict slot)
 _FILE_MODES = (pygit2.enums.FileMode.BLOB, pygit2.enums.FileMode.BLOB_EXECUTABLE)
 
 
@@ -189,11 +190,13 @@ class GitRepo:
 
     def _keep_blob(self, oid: str, data: bytes) -> None:
         with self._read_lock:
-            if self._blob_bytes + len(data) > BLOBS_KEPT_BYTES:
+            # Counted with each entry's own cost, so many tiny specs are bounded too.
+            cost = len(data) + BLOB_ENTRY_BYTES
+            if self._blob_bytes + cost > BLOBS_KEPT_BYTES:
                 self._blobs.clear()
                 self._blob_bytes = 0
             self._blobs[oid] = data
-            self._blob_bytes += len(data)
+            self._blob_bytes += cost
 
     def commit(
         self, edit: Callable[[dict[str, bytes]], Changes], message: str, author: str

@@ -241,8 +241,11 @@ def reconcile(
 
     if _stage(store, liveness) and apps is not None:
         apps = None  # a node came or went, or work was lost: every app may be touched
-    known = [r[0] for r in store.reader().execute("SELECT name FROM apps ORDER BY name")]
-    names = known if apps is None else sorted(set(apps).intersection(known))
+    if apps is None:
+        names = [r[0] for r in store.reader().execute("SELECT name FROM apps ORDER BY name")]
+    else:
+        names = sorted(apps)  # each chunk reads its apps: one that is gone is simply not there
+    unknown: set[str] = set()  # names asked about that are no app
     # Read outside the write transactions: a node heard meanwhile is heard next pass.
     shared = read_shared(store.reader()) if names else None
     for start in range(0, len(names), CHUNK_APPS):
@@ -250,10 +253,13 @@ def reconcile(
 
         def schedule(db: sqlite3.Connection, chunk: list[str] = chunk) -> int:
             world = World.read(db, config, now, chunk, shared)
-            queued = 0
-            for app in db.execute(
+            rows = db.execute(
                 f"SELECT * FROM apps WHERE {among('name', chunk)[0]} ORDER BY name", chunk
-            ).fetchall():
+            ).fetchall()
+            unknown.update(set(chunk).difference(r["name"] for r in rows))
+            result.looked_at += len(rows)
+            queued = 0
+            for app in rows:
                 done = _isolated(db, app, world)
                 queued += max(done, 0)
                 if done != 0 or not _settled(app, world):
@@ -265,10 +271,9 @@ def reconcile(
         if queued < 0:  # looked at again next pass
             result.busy.update(chunk)
         result.queued += max(queued, 0)
-    result.looked_at = len(names)
     # Containers of apps this CP does not know come with heartbeats: a full pass, or
     # one asked about a name that is no app, looks for them.
-    if apps is None or set(apps).difference(known):
+    if apps is None or unknown:
         result.queued += _stage(store, orphans)
     _stage(store, housekeeping)
     if result.queued:

@@ -144,14 +144,18 @@ def app_views(
     seen: Mapping[str, float] | None = None,
     *,
     brief: bool = False,
+    statuses: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every app (or the one named) as `ps` shows it; `brief` leaves out each app's
-    instances and open tasks, which are most of a large cluster's answer."""
+    instances and open tasks, which are most of a large cluster's answer.
+    `statuses`: `node_statuses` as the caller already read them."""
     where, params = ("WHERE name = ?", (name,)) if name else ("", ())
     apps = store.query(f"SELECT * FROM apps {where} ORDER BY name", params)
     if not apps:
         return []
-    node_status = node_statuses(store, config, started_at, seen)
+    node_status = (
+        statuses if statuses is not None else node_statuses(store, config, started_at, seen)
+    )
     rows = AppRows.read(store, name, brief)
     return [_app_view(app, rows, node_status, brief) for app in apps]
 

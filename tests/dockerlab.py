@@ -17,6 +17,8 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,27 @@ def remove_image(client: docker.DockerClient, ref: str) -> None:
     except docker.errors.NotFound:
         return
     log.debug("removed image %s", ref)
+
+
+@contextmanager
+def two_web_images(client: docker.DockerClient, repo: str, tag: str) -> Iterator[tuple[str, str]]:
+    """Two busybox web images, A and B, pushed to the local registry as `repo`:a-`tag` and
+    `repo`:b-`tag`; yields their registry refs and removes the local tags afterwards (the
+    registry keeps them). What the rollout benchmarks update from and to."""
+    made: list[str] = []
+    try:
+        refs = []
+        for variant in ("a", "b"):
+            local = f"{repo}:{variant}-{tag}-local"
+            made.append(local)
+            build_web_image(client, local, {"docklet.bench": tag})
+            made.append(f"{REGISTRY}/{repo}:{variant}-{tag}")
+            refs.append(push_to_registry(client, local, repo, f"{variant}-{tag}"))
+        yield refs[0], refs[1]
+    finally:
+        for ref in reversed(made):
+            with suppress(docker.errors.APIError):
+                remove_image(client, ref)
 
 
 def registry_available() -> bool:

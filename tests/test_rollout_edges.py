@@ -26,19 +26,27 @@ def tasks_of(cp: ControlPlane) -> list[dict[str, Any]]:
     return cp.store.query("SELECT * FROM tasks WHERE app = 'web' ORDER BY id")
 
 
-def test_failed_no_revert_then_rollback_to_v1(cp):
-    a = Agent(cp, "a")
-    nr = {**FAST, "auto_revert": False}
-    put_app(cp, "web", replicas=2, rollout=nr)
+NO_REVERT = {**FAST, "auto_revert": False}
+
+
+def failed_in_promotion(cp: ControlPlane, a: Agent) -> None:
+    """v1 stable, then v2 (auto_revert: false) whose canary passes and whose slot-2
+    deploy Docker refuses: the rollout ends `failed`, nothing reverted."""
+    put_app(cp, "web", replicas=2, rollout=NO_REVERT)
     step(cp, a)
     step(cp, a)
-    put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=nr)
+    put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=NO_REVERT)
     step(cp, a)  # canary runs
     step(cp, a)  # verified -> promoting, slot 2 moved
     # slot 2's v2 deploy is refused by docker
     a.work(fail="boom")
     a.heartbeat()
     cp.reconcile()
+
+
+def test_failed_no_revert_then_rollback_to_v1(cp):
+    a = Agent(cp, "a")
+    failed_in_promotion(cp, a)
     r = latest(cp)
     assert r["status"] == "failed"
     cp.rollback("web", 1, "x <x@y>")
@@ -111,16 +119,7 @@ def test_rollback_held(cp):
 
 def test_failed_no_revert_view(cp):
     a = Agent(cp, "a")
-    nr = {**FAST, "auto_revert": False}
-    put_app(cp, "web", replicas=2, rollout=nr)
-    step(cp, a)
-    step(cp, a)
-    put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=nr)
-    step(cp, a)
-    step(cp, a)
-    a.work(fail="boom")
-    a.heartbeat()
-    cp.reconcile()
+    failed_in_promotion(cp, a)
     for _ in range(3):
         step(cp, a)
     v = cp.app("web")
@@ -181,18 +180,9 @@ def test_stop_start_mid_rollout(cp):
 
 def test_failed_no_revert_then_fix(cp):
     a = Agent(cp, "a")
-    nr = {**FAST, "auto_revert": False}
-    put_app(cp, "web", replicas=2, rollout=nr)
-    step(cp, a)
-    step(cp, a)
-    put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=nr)
-    step(cp, a)
-    step(cp, a)
-    a.work(fail="boom")
-    a.heartbeat()
-    cp.reconcile()
+    failed_in_promotion(cp, a)
     assert latest(cp)["status"] == "failed"
-    put_app(cp, "web", replicas=2, image="nginx:1.28", rollout=nr)
+    put_app(cp, "web", replicas=2, image="nginx:1.28", rollout=NO_REVERT)
     for _ in range(5):
         step(cp, a)
     assert errors(cp) is None and sorted(running(a).values()) == [3, 3]
