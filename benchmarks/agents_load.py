@@ -38,13 +38,13 @@ from typing import Any
 
 from controlplane import admin, control_plane
 
-import docklet.agent
-from docklet.agent import Agent
-from docklet.client import Client
-from docklet.config import AgentConfig
-from docklet.engine import Outcome
-from docklet.errors import APIError, DockletError
-from docklet.protocol import Label, LeasedTask
+import docklet.agent.loop
+from docklet.agent.engine import Outcome
+from docklet.agent.loop import Agent
+from docklet.agent.settings import AgentConfig
+from docklet.common.errors import APIError, DockletError
+from docklet.wire.client import Client
+from docklet.wire.protocol import Label, LeasedTask
 
 POLL_WAIT = 20.0
 IMAGE = "registry.bench:5000/app:1"
@@ -187,7 +187,7 @@ def agent_process(
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     meter = Meter()
-    docklet.agent.Client = metered_client(meter)  # type: ignore[misc]
+    docklet.agent.loop.Client = metered_client(meter)  # type: ignore[misc]
     agents = []
     for n in numbers:
         config = AgentConfig(

@@ -81,7 +81,7 @@ sys.path.insert(0, str(ROOT))  # the checkout this script is in, not an installe
 sys.path.insert(0, str(ROOT / "tests"))
 import dockerlab  # noqa: E402
 
-from docklet.client import Client  # noqa: E402
+from docklet.wire.client import Client  # noqa: E402
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from docklet.client import Client
+from docklet.wire.client import Client
 
 BIN = Path(sys.executable).parent
 

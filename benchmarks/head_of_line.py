@@ -41,7 +41,7 @@ IGNORE_TERM = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
 TAG = uuid.uuid4().hex[:8]
 
 sys.path.insert(0, str(ROOT))  # the checkout this script is in, not an installed docklet
-from docklet.client import Client  # noqa: E402
+from docklet.wire.client import Client  # noqa: E402
 
 
 @contextmanager

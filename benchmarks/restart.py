@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from docklet.config import CPConfig
-from docklet.controlplane import ControlPlane
-from docklet.protocol import Heartbeat, Label, Registration, TaskReport
-from docklet.state import app_views
+from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.views import app_views
+from docklet.cp.settings import CPConfig
+from docklet.wire.protocol import Heartbeat, Label, Registration, TaskReport
 
 AUTHOR = "bench <bench@localhost>"
 

@@ -1,3 +1,3 @@
-from docklet.cli import main
+from docklet.cli.main import main
 
 main()

@@ -24,9 +24,9 @@ from typing import Any
 import dockerlab
 import pytest
 
-from docklet.client import Client
-from docklet.config import CPConfig
-from docklet.controlplane import ControlPlane
+from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.settings import CPConfig
+from docklet.wire.client import Client
 
 RUN_ID = uuid.uuid4().hex[:8]
 BIN = Path(sys.executable).parent
@@ -80,8 +80,8 @@ def config(tmp_path: Path) -> CPConfig:
 
 @pytest.fixture
 def cp(config: CPConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControlPlane]:
-    from docklet import tokens
-    from docklet.status import TokenScope
+    from docklet.common.status import TokenScope
+    from docklet.cp.store import tokens
 
     plane = ControlPlane(config)
     with plane.store.write() as db:
@@ -169,7 +169,7 @@ class WSGIClient:
 
 @pytest.fixture
 def api(cp: ControlPlane) -> WSGIClient:
-    from docklet.api import make_app
+    from docklet.cp.http.api import make_app
 
     return WSGIClient(make_app(cp), join_token=cp.join_token())
 
@@ -177,7 +177,7 @@ def api(cp: ControlPlane) -> WSGIClient:
 @pytest.fixture
 def served_cp(cp: ControlPlane) -> Iterator[str]:
     """The in-process CP behind a real HTTP server on loopback, with its controller loop."""
-    from docklet.server import Server
+    from docklet.cp.server import Server
 
     cp.config = CPConfig(**{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 16})
     server = Server(cp)

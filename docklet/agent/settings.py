@@ -1,0 +1,59 @@
+"""The agent's settings: one table (see `docklet.common.settings`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from docklet.common import defaults
+from docklet.common.settings import Settings
+
+
+def default_agent_state_dir() -> Path:
+    """Where the agent keeps its node token: a volume path in a container, else XDG state."""
+    if Path("/.dockerenv").exists():
+        return Path(defaults.AGENT_STATE_DIR)
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "docklet-agent"
+
+
+class AgentConfig(Settings):
+    cp: str = Field(defaults.CP_URL, min_length=1, description="The control plane's URL.")
+    node_name: str | None = Field(None, description="Node name. Default: the Docker host's name.")
+    heartbeat_interval: float | None = Field(
+        None, ge=0.1, le=3600, description="Seconds between heartbeats. Default: what the CP says."
+    )
+    concurrency: int = Field(
+        defaults.AGENT_CONCURRENCY,
+        ge=1,
+        le=256,
+        description="Tasks run at once (one at a time per container).",
+    )
+    poll_wait: float = Field(
+        defaults.LONG_POLL_WAIT, ge=0, le=300, description="Seconds a task long-poll waits."
+    )
+    docker_timeout: float = Field(
+        defaults.DOCKER_TIMEOUT, ge=1, le=3600, description="Seconds one Docker API call may take."
+    )
+    retry_max: float = Field(
+        defaults.RETRY_MAX,
+        ge=0.1,
+        le=3600,
+        description="Longest backoff while the CP or Docker does not answer.",
+    )
+    join_token: str | None = Field(
+        None,
+        description="The cluster's join token (docklet nodes join-token); set it in the"
+        " environment, not on the command line.",
+    )
+    state_dir: Path = Field(
+        default_factory=default_agent_state_dir,
+        description="Where the agent keeps its node token across restarts.",
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern="^(?i:debug|info|warning|error)$",
+        description=("DEBUG, INFO, WARNING or ERROR."),
+    )

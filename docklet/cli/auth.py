@@ -1,0 +1,182 @@
+"""`docklet login`, `logout`, `token …` and `nodes join-token`: the CLI's credentials.
+
+The token comes from DOCKLET_TOKEN, else from where `docklet login` kept it
+(`credentials`). It is sent only as an Authorization header and is printed
+only by the command that creates it, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import click
+
+from docklet.cli import credentials
+from docklet.cli.main import TEXT, ExitCode, Failed, cli, json_option, nodes, pass_ctx
+from docklet.common.errors import APIError
+from docklet.wire.client import NULL, NUMBER, Shape
+
+if TYPE_CHECKING:
+    from docklet.cli.main import Context
+
+TOKEN: Shape = {"name": str, "scope": str, "token": str}
+WHOAMI: Shape = {"name": str, "scope": str}
+TOKENS: Shape = {"name": str, "scope": str, "created_at": NUMBER, "last_used_at": (NUMBER, NULL)}
+
+
+def stored_token(cp: str) -> tuple[str | None, str]:
+    """(token, where from): DOCKLET_TOKEN first, then what `docklet login` kept."""
+    env = os.environ.get("DOCKLET_TOKEN", "").strip()
+    if env:
+        return env, "env"
+    token = credentials.load(cp)
+    return (token, "stored") if token else (None, "")
+
+
+def _bootstrap(ctx: Context) -> dict[str, Any]:
+    name = f"{ctx.client.user or 'admin'}-{int(time.time())}"[:64]
+    return ctx.client.request("POST", "/api/auth/bootstrap", {"name": name}, expect=TOKEN)
+
+
+def auto_login(ctx: Context) -> bool:
+    """On a fresh cluster, the first command gets the admin token and keeps it."""
+    try:
+        answer = _bootstrap(ctx)
+    except APIError:
+        return False  # the window is closed: the caller's 401 stands
+    where = credentials.save(ctx.cp, answer["token"])
+    ctx.client.token, ctx.token_source = answer["token"], "stored"
+    click.echo(
+        f"! First use of this cluster: logged in to {ctx.cp} as admin ({answer['name']});"
+        f" token kept in {where}",
+        err=True,
+    )
+    return True
+
+
+def show_bootstrap(state: Any) -> None:
+    if not isinstance(state, dict):
+        return
+    for who, what in (("admin", "first login gets admin"), ("nodes", "first agent joins")):
+        window = state.get(who)
+        if isinstance(window, dict) and window.get("open"):
+            left = max(0, (window.get("closes_at") or 0) - time.time())
+            click.echo(f"bootstrap       {who} window open for {left:.0f}s ({what})")
+        else:
+            click.echo(f"bootstrap       {who} window closed")
+
+
+@cli.command()
+@click.option("--token-stdin", is_flag=True, help="Read an API token from standard input.")
+@pass_ctx
+def login(ctx: Context, token_stdin: bool) -> None:
+    """Log in to the control plane and keep the token (OS keyring, or a 0600 file).
+
+    Example: docklet login --cp http://cp:8080
+    """
+    if token_stdin:
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise Failed("no token on standard input", ExitCode.USAGE)
+    else:
+        try:
+            token = _bootstrap(ctx)["token"]
+        except APIError as exc:
+            if exc.status != 403 or not sys.stdin.isatty():
+                raise
+            click.echo(f"! {exc.message}", err=True)
+            token = click.prompt("API token", hide_input=True).strip()
+    ctx.client.token = token
+    who = ctx.client.request("GET", "/api/auth/whoami", expect=WHOAMI)
+    where = credentials.save(ctx.cp, token)
+    click.echo(f"✔ Logged in to {ctx.cp} as {who['name']} ({who['scope']}); token kept in {where}")
+
+
+@cli.command()
+@pass_ctx
+def logout(ctx: Context) -> None:
+    """Forget the token kept for this control plane.
+
+    Example: docklet logout
+    """
+    if credentials.forget(ctx.cp):
+        click.echo(f"✔ Logged out of {ctx.cp}")
+    else:
+        click.echo(f"✔ No token was kept for {ctx.cp}")
+
+
+@cli.group()
+def token() -> None:
+    """API tokens: create (shown once), list, revoke.
+
+    Example: docklet token create ci --scope read
+    """
+
+
+@token.command("create")
+@click.argument("name", type=TEXT)
+@click.option("--scope", type=click.Choice(["read", "admin"]), default="read", show_default=True)
+@json_option
+@pass_ctx
+def token_create(ctx: Context, name: str, scope: str, as_json: bool) -> None:
+    """Create an API token; it is shown only now.
+
+    Example: docklet token create ci --scope read
+    """
+    answer = ctx.call("POST", "/api/tokens", TOKEN, {"name": name, "scope": scope})
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    click.echo(f"✔ Token {answer['name']} ({answer['scope']}); it is shown only now:")
+    click.echo(answer["token"])
+
+
+@token.command("list")
+@json_option
+@pass_ctx
+def token_list(ctx: Context, as_json: bool) -> None:
+    """List API tokens (names and scopes; never the secrets).
+
+    Example: docklet token list
+    """
+    rows = ctx.call("GET", "/api/tokens", [TOKENS])
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'NAME':<24} {'SCOPE':<6} {'CREATED':<20} LAST USED")
+    for r in rows:
+        used = _when(r["last_used_at"]) if r["last_used_at"] else "never"
+        click.echo(f"{r['name']:<24} {r['scope']:<6} {_when(r['created_at']):<20} {used}")
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+@token.command("revoke")
+@click.argument("name", type=TEXT)
+@pass_ctx
+def token_revoke(ctx: Context, name: str) -> None:
+    """Revoke an API token at once.
+
+    Example: docklet token revoke ci
+    """
+    ctx.call("DELETE", f"/api/tokens/{quote(name, safe='')}", {"name": str})
+    click.echo(f"✔ Revoked {name}")
+
+
+@nodes.command("join-token")
+@click.option("--rotate", is_flag=True, help="Make a new join token; the old one stops working.")
+@pass_ctx
+def join_token(ctx: Context, rotate: bool) -> None:
+    """Print the join token agents need (as DOCKLET_JOIN_TOKEN).
+
+    Example: docklet nodes join-token --rotate
+    """
+    answer = ctx.call("POST", "/api/nodes/join-token", {"token": str}, {"rotate": rotate})
+    click.echo(answer["token"])

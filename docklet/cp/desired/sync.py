@@ -1,0 +1,318 @@
+"""Sync: the repository's head commit → validated specs → revisions.
+
+Each sync looks at every spec file at the head, so a missed or out-of-order
+notification can never leave the database behind the repository; a file is
+parsed only when its blob is new (specs are cached by path and blob id), so
+a commit costs what it changed. A file that does not validate is recorded as
+a sync error and its app keeps its last good revision; the commit still
+counts as synced, so nothing retries a bad commit, and the next commit
+supersedes it. One bad file, or one app that fails to apply, never stops the
+others.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from docklet.common import defaults
+from docklet.common.errors import InvalidSpec
+from docklet.common.status import DesiredState, EventKind, RevisionStatus
+from docklet.cp.desired import spec as specs
+from docklet.cp.desired.edits import app_name
+from docklet.cp.desired.gitrepo import Commit, GitRepo
+from docklet.cp.desired.spec import AppSpec
+from docklet.cp.store import events
+from docklet.cp.store.db import Store, dumps, get_meta, savepoint, set_meta
+
+log = logging.getLogger(__name__)
+
+SYNC_ATTEMPTS = 50  # heads read while the branch keeps moving, before giving up for now
+PARSE_CACHE_SIZE = 4096
+
+# (path, blob id) → the spec, or why it is not one. The name check depends on the
+# path, so the path is part of the key.
+_parsed: dict[tuple[str, str], AppSpec | str] = {}
+
+
+@dataclass
+class SyncResult:
+    commit: str
+    new_revisions: dict[str, int] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)  # apps the scheduler must look at
+    recorded: dict[str, str] = field(default_factory=dict)  # app → the blob now recorded
+
+
+@dataclass
+class Parsed:
+    valid: dict[str, AppSpec] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # path → message
+    kept: set[str] = field(default_factory=set)  # apps whose file is there but unusable
+
+
+def _parse_file(path: str, data: bytes) -> AppSpec | str:
+    try:
+        spec = specs.load(data, source=path)
+    except InvalidSpec as exc:
+        return exc.message
+    if spec.name != app_name(path):
+        return f"{path}: name {spec.name!r} must match the file name ({app_name(path)!r})"
+    return spec
+
+
+def _parse_cached(path: str, oid: str | None, data: bytes) -> AppSpec | str:
+    if oid is None:
+        return _parse_file(path, data)
+    key = (path, oid)
+    if key not in _parsed:
+        if len(_parsed) >= PARSE_CACHE_SIZE:
+            _parsed.clear()  # crude, but bounded; a full re-parse is what every sync used to do
+        _parsed[key] = _parse_file(path, data)
+    return _parsed[key]
+
+
+def parse_commit(commit: Commit) -> Parsed:
+    """Valid specs by app name, an error message by path for the rest."""
+    out = Parsed()
+    by_app: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(commit.files):
+        by_app[app_name(path)].append(path)
+    for name, paths in by_app.items():
+        if len(paths) > 1:
+            # Neither file wins: which one a person meant is not Docklet's guess.
+            for path in paths:
+                out.errors[path] = (
+                    f"{path}: app {name!r} is defined in {len(paths)} files"
+                    f" ({', '.join(paths)}); remove all but one"
+                )
+            out.kept.add(name)
+            continue
+        (path,) = paths
+        result = _parse_cached(path, commit.oids.get(path), commit.files[path])
+        if isinstance(result, str):
+            out.errors[path] = result
+            out.kept.add(name)
+        else:
+            out.valid[name] = result
+    for path, message in commit.problems.items():
+        out.errors[path] = message
+        if path.endswith(defaults.SPEC_SUFFIXES):  # too large, a symlink: the app keeps its state
+            out.kept.add(app_name(path))
+    return out
+
+
+def sync(store: Store, repo: GitRepo, recorded: dict[str, str] | None = None) -> SyncResult | None:
+    """Bring the database up to the repository's head; None when already there.
+
+    `recorded` (kept by the caller between syncs): the blob each app's spec
+    had when a sync last recorded it. An app whose file is the same blob is
+    not looked at again, so a commit costs what it changed, not what the
+    repository holds.
+
+    A sync writes only if the commit it read is still the head by then, so a
+    sync that read an older head can never undo a newer one; when the head
+    moved meanwhile, it syncs the new head instead. (A branch moved back on
+    purpose, by a force-push, is the head, and is synced like any other.)
+    """
+    for _ in range(SYNC_ATTEMPTS):
+        head = repo.head()
+        if head is None or _synced(store) == head:
+            return None
+        commit = repo.read(head)
+        plan = _plan(store, commit, parse_commit(commit), recorded or {})
+        with store.write() as db:
+            if get_meta(db, "synced_commit") == head:
+                return None
+            if repo.head() != head:
+                continue  # superseded while parsing: sync the newer head
+            result = _record(db, commit, plan)
+        if recorded is not None:  # only once the transaction is committed
+            recorded.clear()
+            recorded.update(result.recorded)
+        log.info(
+            "sync %s: %d new revision(s), %d removed, %d error(s)",
+            head[:8],
+            len(result.new_revisions),
+            len(result.removed),
+            len(result.errors),
+        )
+        return result
+    log.warning("sync: the branch kept moving; the next pass syncs it")
+    return None
+
+
+def recorded_blobs(store: Store, repo: GitRepo) -> dict[str, str]:
+    """What a restarted CP's first sync need not record again: app → blob of each spec
+    in the synced commit, but those with a sync error."""
+    synced = _synced(store)
+    if synced is None:
+        return {}
+    try:
+        commit = repo.read(synced)
+    except Exception:  # gone (a force-push and gc): the first sync records everything
+        log.warning("sync: the synced commit %s cannot be read; re-recording every spec", synced)
+        return {}
+    failed = {app_name(r["path"]) for r in store.query("SELECT path FROM sync_errors")}
+    return {app_name(p): oid for p, oid in commit.oids.items() if app_name(p) not in failed}
+
+
+def _synced(store: Store) -> str | None:
+    row = store.one("SELECT value FROM meta WHERE key = 'synced_commit'")
+    return row["value"] if row else None
+
+
+@dataclass
+class Plan:
+    """What a sync will write, worked out before its transaction (which stays short)."""
+
+    parsed: Parsed
+    apply: dict[str, tuple[AppSpec, str | None]]  # app → its spec and blob, to record
+    same: dict[str, str]  # app → blob: recorded already, by an earlier sync
+    gone: list[str]  # apps whose file is no longer there
+
+
+def _plan(store: Store, commit: Commit, parsed: Parsed, recorded: dict[str, str]) -> Plan:
+    plan = Plan(parsed, {}, {}, [])
+    for name, app_spec in parsed.valid.items():
+        oid = commit.oids.get(f"{defaults.APPS_DIR}/{name}.yaml") or commit.oids.get(
+            f"{defaults.APPS_DIR}/{name}.yml"
+        )
+        if oid is not None and recorded.get(name) == oid:
+            plan.same[name] = oid  # the same bytes as last time: nothing to record
+        else:
+            plan.apply[name] = (app_spec, oid)
+    present = set(parsed.valid) | parsed.kept
+    for (name,) in store.reader().execute(
+        "SELECT name FROM apps WHERE desired != ?", (DesiredState.REMOVED,)
+    ):
+        if name not in present:
+            plan.gone.append(name)
+    return plan
+
+
+def _record(db: sqlite3.Connection, commit: Commit, plan: Plan) -> SyncResult:
+    parsed = plan.parsed
+    result = SyncResult(commit=commit.sha, errors=dict(parsed.errors), recorded=dict(plan.same))
+    for name, (app_spec, oid) in plan.apply.items():
+        try:
+            with savepoint(db):
+                number = _apply(db, app_spec, commit, result.changed)
+        except Exception:  # one app that cannot be recorded must not stop the others
+            log.exception("sync %s: app %s could not be recorded", commit.sha[:8], name)
+            result.errors[f"apps/{name}"] = f"app {name}: internal error recording it (CP log)"
+            continue
+        if number is not None:
+            result.new_revisions[name] = number
+        if oid is not None:
+            result.recorded[name] = oid
+    db.execute("DELETE FROM sync_errors")
+    for path, message in result.errors.items():
+        db.execute("INSERT INTO sync_errors VALUES (?, ?, ?)", (path, commit.sha, message))
+        events.record(db, EventKind.SYNC_ERROR, message, app=app_name(path))
+    for name in plan.gone:  # read before the transaction; only sync creates apps
+        if db.execute(
+            "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ? AND desired != ?",
+            (DesiredState.REMOVED, time.time(), name, DesiredState.REMOVED),
+        ).rowcount:
+            events.record(
+                db, EventKind.APP_REMOVED, f"app {name}: removed by {commit.sha[:8]}", app=name
+            )
+            result.removed.append(name)
+    result.changed.update(result.removed)
+    result.changed.update(app_name(path) for path in result.errors)
+    set_meta(db, "synced_commit", commit.sha)
+    return result
+
+
+def _apply(
+    db: sqlite3.Connection, app_spec: AppSpec, commit: Commit, changed: set[str]
+) -> int | None:
+    """Record one valid spec; returns the new revision's number if it made one.
+
+    Adds the app to `changed` when anything of it changed.
+
+    A new app runs its first revision at once (there is nothing to protect);
+    a new revision of a running app becomes its target, which the rollout
+    controller canaries and promotes, or rolls back.
+    """
+    now = time.time()
+    name = app_spec.name
+    app = db.execute(
+        "SELECT desired, current_revision, target_revision FROM apps WHERE name = ?", (name,)
+    ).fetchone()
+    if app is None or app["desired"] != app_spec.state:
+        changed.add(name)
+    if app is None:
+        db.execute(
+            "INSERT INTO apps (name, desired, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (name, app_spec.state, now, now),
+        )
+        events.record(
+            db, EventKind.APP_CREATED, f"app {name}: created by {commit.sha[:8]}", app=name
+        )
+    elif app["desired"] != app_spec.state:
+        db.execute(
+            "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ?",
+            (app_spec.state, now, name),
+        )
+        events.record(
+            db, EventKind.APP_DESIRED, f"app {name}: desired state {app_spec.state}", app=name
+        )
+    latest = db.execute(
+        "SELECT number, spec_hash FROM revisions WHERE app = ? ORDER BY number DESC LIMIT 1",
+        (name,),
+    ).fetchone()
+    spec_hash = app_spec.revision_hash()
+    if latest is not None and latest["spec_hash"] == spec_hash:
+        return None
+    number = (latest["number"] if latest else 0) + 1
+    changed.add(name)
+    # A revision that was waiting to be rolled out is superseded by this one.
+    db.execute(
+        "UPDATE revisions SET status = ? WHERE app = ? AND status IN (?, ?)"
+        " AND number != COALESCE((SELECT current_revision FROM apps WHERE name = ?), 0)",
+        (RevisionStatus.SUPERSEDED, name, RevisionStatus.PENDING, RevisionStatus.HELD, name),
+    )
+    # The same container spec ran before (a rollback by commit): the same bytes, exactly.
+    pinned = db.execute(
+        "SELECT image_digest FROM revisions WHERE app = ? AND container_hash = ?"
+        " AND image_digest IS NOT NULL ORDER BY number DESC LIMIT 1",
+        (name, app_spec.container_hash()),
+    ).fetchone()
+    db.execute(
+        "INSERT INTO revisions (app, number, spec, spec_hash, container_hash, runtime_hash,"
+        " commit_sha, author, message, status, created_at, image_digest)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            name,
+            number,
+            dumps(app_spec.model_dump(mode="json")),
+            spec_hash,
+            app_spec.container_hash(),
+            app_spec.runtime_hash(),
+            commit.sha,
+            commit.author,
+            commit.message,
+            RevisionStatus.PENDING,
+            now,
+            pinned["image_digest"] if pinned else None,
+        ),
+    )
+    first = app is None or app["current_revision"] is None
+    db.execute(
+        "UPDATE apps SET target_revision = ?, last_error = NULL, updated_at = ?,"
+        " current_revision = CASE WHEN ? THEN ? ELSE current_revision END WHERE name = ?",
+        (number, now, first, number, name),
+    )
+    events.record(
+        db,
+        EventKind.REVISION_CREATED,
+        f"app {name}: revision v{number} ({commit.sha[:8]})",
+        app=name,
+    )
+    return number

@@ -1,0 +1,407 @@
+"""The REST API (Bottle): state queries, imperative app commands, agent endpoints.
+
+Handlers are plain functions of the `ControlPlane` and the URL's parts; they
+parse the request and shape the answer, and `ROUTES` is the one table the
+app is built from (and that the error-shape contract test walks). Every
+error, whatever raised it, leaves as one JSON shape:
+`{"error": {"code": "...", "message": "...", "status": 404}}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from bottle import Bottle, HTTPError, HTTPResponse, request, response
+
+from docklet import API_VERSION, __version__
+from docklet.common.errors import BadRequest, DockletError, InvalidSpec, TooLarge, Unauthorized
+from docklet.common.status import Access, TokenScope
+from docklet.cp.desired import spec
+from docklet.cp.desired.spec import SpecState
+from docklet.cp.http import auth
+from docklet.cp.service.controlplane import ControlPlane
+from docklet.wire.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
+
+log = logging.getLogger(__name__)
+
+_USER = re.compile(r"^[\w.@+-]{1,64}$", re.ASCII)
+MAX_TASKS_PER_POLL = 100
+
+
+# -- request and answer helpers ----------------------------------------------------
+
+
+def _json(value: Any) -> str:
+    response.content_type = "application/json"
+    return json.dumps(value, allow_nan=False)
+
+
+def _error_body(status: int, code: str, message: str) -> str:
+    response.status = status
+    return _json({"error": {"code": code, "message": message, "status": status}})
+
+
+def json_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Bottle plugin: DockletErrors become their status; anything else a logged 500."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except DockletError as exc:
+            if "retry_after" in exc.details:
+                response.set_header("Retry-After", str(exc.details["retry_after"]))
+            return _error_body(exc.status, exc.code, exc.message)
+        except HTTPResponse:
+            raise
+        except Exception:
+            log.exception("%s %s: internal error", request.method, request.path)
+            return _error_body(500, "internal", "internal error; the control plane log has details")
+
+    return wrapper
+
+
+def body(cp: ControlPlane) -> dict[str, Any]:
+    """The request's JSON object, or a 400 that says what is wrong with it."""
+    limit = cp.config.max_body
+    raw = request.body.read(limit + 1)
+    if len(raw) > limit:
+        raise TooLarge(f"request body is over {limit} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+        # Lone surrogates ("\ud800") decode but can be stored or committed nowhere.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def _not_a_number(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as infinity, which no answer can carry
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
+def header(name: str) -> str:
+    """A request header; one that is not ASCII is a 400, not a decoding crash."""
+    try:
+        value = request.get_header(name, "")
+        value.encode("ascii")
+    except UnicodeError:
+        raise BadRequest(f"header {name} must be ASCII") from None
+    return value
+
+
+def _author() -> str:
+    user = header("X-Docklet-User")
+    return f"{user} <{user}>" if _USER.match(user) else "docklet-api <docklet@localhost>"
+
+
+def _number_param(name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadRequest(f"query parameter {name!r} must be a number, not {raw!r}")
+    return min(max(value, low), high)
+
+
+def _flag_param(name: str) -> bool:
+    raw = request.query.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"query parameter {name!r} must be true or false, not {raw!r}")
+
+
+def _agent(cp: ControlPlane, node_id: str) -> str:
+    """The caller's node token, checked against the node it speaks for."""
+    auth = header("Authorization")
+    token = auth[7:] if auth.startswith("Bearer ") else ""
+    cp.authenticate(node_id, token)
+    return token
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+def health(cp: ControlPlane) -> str:
+    cp.healthy()
+    return _json({"status": "ok"})
+
+
+def version(cp: ControlPlane) -> str:
+    return _json(
+        {
+            "version": __version__,
+            "api": API_VERSION,
+            "cluster_id": cp.cluster_id,
+            "bootstrap": cp.bootstrap_windows(),
+            "metrics": cp.metrics(),
+        }
+    )
+
+
+def state_nodes(cp: ControlPlane) -> str:
+    return _json(cp.nodes())
+
+
+def state_apps(cp: ControlPlane) -> str:
+    return _json(cp.apps(brief=_flag_param("brief")))
+
+
+def state_sync(cp: ControlPlane) -> str:
+    return _json(cp.sync_state())
+
+
+def list_events(cp: ControlPlane) -> str:
+    limit = int(_number_param("limit", 50, 1, 1000))
+    return _json(cp.events(request.query.get("app") or None, limit))
+
+
+def create_app(cp: ControlPlane) -> str:
+    data = body(cp)
+    if not isinstance(data.get("image"), str) or not data["image"].strip():
+        raise InvalidSpec('\'image\' is required, e.g. {"image": "nginx:1.25"}')
+    data["image"] = spec.with_default_tag(data["image"].strip())
+    data.setdefault("name", spec.default_name(data["image"]))
+    view = cp.create_app(data, _author())
+    response.status = 201
+    return _json(view)
+
+
+def get_app(cp: ControlPlane, name: str) -> str:
+    view = cp.app(name)
+    view["events"] = cp.events(name, 20)
+    return _json(view)
+
+
+def update_app(cp: ControlPlane, name: str) -> str:
+    return _json(cp.update_app(name, body(cp), _author()))
+
+
+def stop_app(cp: ControlPlane, name: str) -> str:
+    return _json(cp.set_state(name, SpecState.STOPPED, _author()))
+
+
+def start_app(cp: ControlPlane, name: str) -> str:
+    return _json(cp.set_state(name, SpecState.RUNNING, _author()))
+
+
+def delete_app(cp: ControlPlane, name: str) -> str:
+    return _json(cp.remove_app(name, _author()))
+
+
+def revisions(cp: ControlPlane, name: str) -> str:
+    return _json(cp.revisions(name))
+
+
+def rollback(cp: ControlPlane, name: str) -> str:
+    data = body(cp)
+    to = data.get("to")
+    if to is not None and (not isinstance(to, str) or not re.fullmatch(r"v?[0-9]{1,9}", to)):
+        raise BadRequest("'to' is a revision such as \"v2\" (docklet history lists them)")
+    return _json(cp.rollback(name, int(to.lstrip("v")) if to else None, _author()))
+
+
+def retry_rollout(cp: ControlPlane, name: str) -> str:
+    return _json(cp.retry(name))
+
+
+def list_rollouts(cp: ControlPlane, name: str) -> str:
+    return _json(cp.rollouts(name))
+
+
+def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
+    return _json(cp.rollout(name, rollout_id))
+
+
+def register(cp: ControlPlane) -> str:
+    reg = parse(Registration, body(cp))
+    node_token = auth.bearer(header("Authorization"))
+    return _json(cp.register(reg, node_token=node_token, join_token=header(JOIN_HEADER)))
+
+
+# -- credentials ----------------------------------------------------------------------
+
+JOIN_HEADER = "X-Docklet-Join-Token"
+
+
+def bootstrap_login(cp: ControlPlane) -> str:
+    name = body(cp).get("name") or "admin"
+    secret = cp.bootstrap_admin(str(name), _author())
+    return _json({"name": name, "scope": TokenScope.ADMIN, "token": secret})
+
+
+def whoami(cp: ControlPlane) -> str:
+    caller: auth.Caller = request.environ["docklet.caller"]
+    return _json({"name": caller.name, "scope": caller.scope})
+
+
+def list_tokens(cp: ControlPlane) -> str:
+    return _json(cp.tokens())
+
+
+def create_token(cp: ControlPlane) -> str:
+    data = body(cp)
+    scope = data.get("scope", TokenScope.READ)
+    if scope not in tuple(TokenScope):
+        raise BadRequest("'scope' is read or admin")
+    secret = cp.create_token(data.get("name"), TokenScope(scope), _author())
+    response.status = 201
+    return _json({"name": data["name"], "scope": scope, "token": secret})
+
+
+def revoke_token(cp: ControlPlane, name: str) -> str:
+    cp.revoke_token(name, _author())
+    return _json({"name": name, "revoked": True})
+
+
+def join_token(cp: ControlPlane) -> str:
+    rotate = body(cp).get("rotate") is True
+    return _json({"token": cp.join_token(rotate=rotate), "rotated": rotate})
+
+
+def heartbeat(cp: ControlPlane, node_id: str) -> str:
+    _agent(cp, node_id)
+    data = body(cp)
+    listed = data.get("containers") if isinstance(data, dict) else None
+    if isinstance(listed, list) and len(listed) > MAX_CONTAINERS:
+        raise TooLarge(
+            f"a heartbeat lists at most {MAX_CONTAINERS} containers; this one lists"
+            f" {len(listed)}: that many on one Docker engine is beyond what Docklet manages"
+        )
+    waiting = cp.heartbeat(node_id, parse(Heartbeat, data))
+    return _json({"status": "ok", "tasks_waiting": waiting})
+
+
+def agent_tasks(cp: ControlPlane, node_id: str) -> str:
+    token = _agent(cp, node_id)
+    wait = _number_param("wait", 0, 0, cp.config.long_poll_max)
+    limit = int(_number_param("max", 10, 1, MAX_TASKS_PER_POLL))
+    return _json(cp.poll_tasks(node_id, token, wait, limit))
+
+
+def agent_report(cp: ControlPlane, node_id: str, task_id: int) -> str:
+    _agent(cp, node_id)
+    return _json(cp.report(node_id, task_id, parse(TaskReport, body(cp))))
+
+
+class Route(NamedTuple):
+    method: str
+    path: str
+    handler: Callable[..., str]
+    access: Access  # who may call it; `guarded` enforces it
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/api/health", health, Access.PUBLIC),
+    Route("GET", "/api/version", version, Access.PUBLIC),
+    Route("GET", "/api/state/nodes", state_nodes, Access.NODES_STATE),
+    Route("GET", "/api/state/apps", state_apps, Access.READ),
+    Route("GET", "/api/state/sync", state_sync, Access.READ),
+    Route("GET", "/api/events", list_events, Access.READ),
+    Route("POST", "/api/apps", create_app, Access.ADMIN),
+    Route("GET", "/api/apps/<name>", get_app, Access.READ),
+    Route("POST", "/api/apps/<name>/update", update_app, Access.ADMIN),
+    Route("POST", "/api/apps/<name>/stop", stop_app, Access.ADMIN),
+    Route("POST", "/api/apps/<name>/start", start_app, Access.ADMIN),
+    Route("DELETE", "/api/apps/<name>", delete_app, Access.ADMIN),
+    Route("GET", "/api/apps/<name>/revisions", revisions, Access.READ),
+    Route("POST", "/api/apps/<name>/rollback", rollback, Access.ADMIN),
+    Route("POST", "/api/apps/<name>/rollouts/retry", retry_rollout, Access.ADMIN),
+    Route("GET", "/api/apps/<name>/rollouts", list_rollouts, Access.READ),
+    Route("GET", "/api/apps/<name>/rollouts/<rollout_id:int>", get_rollout, Access.READ),
+    Route("POST", "/api/agents/register", register, Access.JOIN),
+    Route("POST", "/api/agents/<node_id>/heartbeat", heartbeat, Access.NODE),
+    Route("GET", "/api/agents/<node_id>/tasks", agent_tasks, Access.NODE),
+    Route("POST", "/api/agents/<node_id>/tasks/<task_id:int>", agent_report, Access.NODE),
+    Route("POST", "/api/auth/bootstrap", bootstrap_login, Access.PUBLIC),
+    Route("GET", "/api/auth/whoami", whoami, Access.READ),
+    Route("GET", "/api/tokens", list_tokens, Access.ADMIN),
+    Route("POST", "/api/tokens", create_token, Access.ADMIN),
+    Route("DELETE", "/api/tokens/<name>", revoke_token, Access.ADMIN),
+    Route("POST", "/api/nodes/join-token", join_token, Access.ADMIN),
+)
+
+
+def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
+    """The route's handler behind the check its `access` names.
+
+    Wrong credentials (never missing ones: those are no guess) count against
+    the caller's address, and are logged without the credential itself.
+    """
+    handler = functools.partial(route.handler, cp)
+    access = route.access
+    if access == Access.NODES_STATE and cp.config.public_node_state:
+        access = Access.PUBLIC
+    if access == Access.NODES_STATE:
+        access = Access.READ
+
+    @functools.wraps(route.handler)
+    def check(**kwargs: Any) -> str:
+        if access == Access.PUBLIC:
+            return handler(**kwargs)
+        address = request.environ.get("REMOTE_ADDR") or "unknown"
+        auth.refuse_if_limited(cp.limiter, address)
+        secret = auth.bearer(header("Authorization"))
+        try:
+            if access in (Access.READ, Access.ADMIN):
+                if not secret:
+                    raise auth.missing(access)
+                request.environ["docklet.caller"] = cp.authenticate_user(secret, access)
+            elif access == Access.NODE:
+                if not secret:
+                    raise auth.missing(access)
+                cp.authenticate(kwargs["node_id"], secret)
+            return handler(**kwargs)
+        except Unauthorized as exc:
+            if secret or access == Access.JOIN:
+                cp.limiter.fail(address)
+            log.warning(
+                "auth: %s %s from %s refused: %s", request.method, request.path, address, exc
+            )
+            raise
+
+    return check
+
+
+def make_app(cp: ControlPlane) -> Bottle:
+    app = Bottle()
+    app.install(json_errors)
+    for route in ROUTES:
+        app.route(route.path, route.method, guarded(cp, route))
+
+    def http_error(err: HTTPError) -> str:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            err.status_code, "http_error"
+        )
+        message = {
+            404: f"no such endpoint: {request.method} {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+        }.get(err.status_code, str(err.body))
+        return _error_body(err.status_code, code, message)
+
+    for status in (400, 401, 403, 404, 405, 413, 429, 500):
+        app.error_handler[status] = http_error
+    return app

@@ -1,0 +1,140 @@
+"""The control plane's settings: one table (see `docklet.common.settings`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from docklet.common import defaults
+from docklet.common.settings import Settings
+
+
+def default_data_dir() -> Path:
+    """`/data` inside a container (where the volume is mounted), else the user's data dir."""
+    if Path("/.dockerenv").exists():
+        return Path(defaults.CONTAINER_DATA_DIR)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "docklet"
+
+
+class CPConfig(Settings):
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the database and the Git repository live.",
+    )
+    host: str = Field(defaults.CP_HOST, description="Address to listen on.")
+    port: int = Field(defaults.CP_PORT, ge=0, le=65535, description="Port (0 picks a free one).")
+    threads: int = Field(
+        defaults.CP_THREADS, ge=4, le=512, description="HTTP worker threads (one per request)."
+    )
+    poll_reserve: int = Field(
+        defaults.CP_POLL_RESERVE,
+        ge=0,
+        le=512,
+        description="Threads task long-polls never take (at most half of --threads): the rest"
+        " of the API always finds one.",
+    )
+    overload_wait: float = Field(
+        defaults.CP_OVERLOAD_WAIT,
+        gt=0,
+        le=3600,
+        description="Seconds the oldest request may wait for a thread before the CP answers"
+        " 503 (Retry-After).",
+    )
+    heartbeat_interval: float = Field(
+        defaults.HEARTBEAT_INTERVAL,
+        ge=0.1,
+        le=3600,
+        description="Seconds between agent heartbeats (told to agents).",
+    )
+    unknown_after: int = Field(
+        defaults.UNKNOWN_AFTER_BEATS,
+        ge=1,
+        le=100,
+        description="Missed heartbeats before a node is unknown.",
+    )
+    offline_after: int = Field(
+        defaults.OFFLINE_AFTER_BEATS,
+        ge=2,
+        le=1000,
+        description="Missed heartbeats before a node is offline and its slots move.",
+    )
+    heal_delay: float = Field(
+        defaults.HEAL_DELAY,
+        ge=0,
+        le=86400,
+        description="Seconds a dead container stays down before it is restarted.",
+    )
+    task_lease: float = Field(
+        defaults.TASK_LEASE, ge=5, le=86400, description="Seconds an agent holds a task unreported."
+    )
+    task_max_attempts: int = Field(
+        defaults.TASK_MAX_ATTEMPTS,
+        ge=1,
+        le=100,
+        description="Leases that may expire before a task fails.",
+    )
+    long_poll_max: float = Field(
+        defaults.LONG_POLL_MAX, ge=0, le=300, description="Longest task long-poll, in seconds."
+    )
+    reconcile_interval: float = Field(
+        defaults.RECONCILE_INTERVAL,
+        ge=0.05,
+        le=3600,
+        description="Seconds between reconcile passes (work also wakes it).",
+    )
+    events_kept: int = Field(
+        defaults.EVENTS_KEPT, ge=1, le=10_000_000, description="Newest events the log keeps."
+    )
+    max_body: int = Field(
+        defaults.MAX_BODY,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body, in bytes.",
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern="^(?i:debug|info|warning|error)$",
+        description=("DEBUG, INFO, WARNING or ERROR."),
+    )
+    bootstrap_window: float = Field(
+        defaults.BOOTSTRAP_WINDOW,
+        ge=0,
+        le=7 * 86400,
+        description="Seconds after the first start in which the first login gets an admin"
+        " token and the first agent joins without a join token (0: never).",
+    )
+    public_node_state: bool = Field(
+        True,
+        description="Let GET /api/state/nodes answer without a token (node names, status,"
+        " Docker versions; no secrets).",
+    )
+    auth_failures: int = Field(
+        defaults.AUTH_FAILURES,
+        ge=1,
+        le=1_000_000,
+        description="Failed credentials one address may send per minute before 429.",
+    )
+
+    @property
+    def long_poll_slots(self) -> int:
+        """Task long-polls that may wait at once; more answer at once with what is there."""
+        return max(1, self.threads - min(self.poll_reserve, self.threads // 2))
+
+    @property
+    def unknown_seconds(self) -> float:
+        return self.unknown_after * self.heartbeat_interval
+
+    @property
+    def offline_seconds(self) -> float:
+        return max(self.offline_after, self.unknown_after + 1) * self.heartbeat_interval
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "docklet.db"
+
+    @property
+    def repo_path(self) -> Path:
+        return self.data_dir / "repo.git"
