@@ -14,7 +14,7 @@ from typing import Any
 
 from docklet.common import defaults
 from docklet.common.errors import Conflict, InvalidSpec, NotFound
-from docklet.cp.desired import spec
+from docklet.cp.desired import spec, specfile
 from docklet.cp.desired.gitrepo import Changes
 
 Edit = Callable[[dict[str, bytes]], Changes]
@@ -49,7 +49,7 @@ def _the_file(files: dict[str, bytes], name: str) -> str:
 def _read(files: dict[str, bytes], path: str) -> dict[str, Any]:
     """The file as data, read as the sync reads it; it need not be valid (the edit may fix it)."""
     try:
-        data = spec.parse(files[path], source=path)
+        data = specfile.parse(files[path], source=path)
     except InvalidSpec as exc:
         raise InvalidSpec(
             f"{exc.message}; fix it with a commit, or remove the app (docklet rm)"
@@ -59,7 +59,7 @@ def _read(files: dict[str, bytes], path: str) -> dict[str, Any]:
 
 def create(app_spec: spec.AppSpec) -> Edit:
     """Add the app's file; refused when the app exists."""
-    text = app_spec.to_yaml().encode()
+    text = specfile.to_yaml(app_spec).encode()
 
     def edit(files: dict[str, bytes]) -> Changes:
         if paths_of(files, app_spec.name):
@@ -78,7 +78,7 @@ def change(name: str, apply: Callable[[dict[str, Any]], dict[str, Any]]) -> Edit
         path = _the_file(files, name)
         new = apply(_read(files, path))
         spec.validate(new, source=path)
-        return {path: spec.dump(new)}
+        return {path: specfile.dump(new)}
 
     return edit
 

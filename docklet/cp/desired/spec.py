@@ -1,13 +1,9 @@
-"""The app spec: one `apps/<name>.yaml` file in the desired-state repository.
+"""The app spec: what one `apps/<name>.yaml` file in the desired-state repository asks for.
 
-`AppSpec` is the single source of the format: validation, defaults and the
-published JSON Schema (`schemas/app.schema.json`, written by
-`python -m docklet.cp.desired.spec`) all come from it.
-
-Reading a file: `load(bytes, source)` → AppSpec, or `parse(bytes, source)` → its data for an
-edit; writing one: `dump(data)` → bytes that read back exactly. Both refuse, with the file and
-line, what would cost minutes or gigabytes (size, alias expansion, nesting) or what only Docker
-would refuse later.
+`AppSpec` is the single source of the format: validation, defaults, the hashes a revision is
+known by, and the error wording all live here. Reading and writing the file (YAML, its bounds,
+which line a problem is on) is `specfile`; the published JSON Schema is `schema`. Both build
+on this module, which knows nothing of either.
 """
 
 from __future__ import annotations
@@ -15,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
+from collections.abc import Callable
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -32,9 +26,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from docklet.common.defaults import MAX_SPEC_BYTES, MAX_SPEC_EXPANDED
 from docklet.common.errors import InvalidSpec
 from docklet.common.status import DesiredState
 from docklet.common.units import (
@@ -43,12 +35,10 @@ from docklet.common.units import (
     parse_duration,
     parse_port,
     short,
-    size_text,
 )
 
 # Bounds of one spec beyond the file sizes in defaults: each keeps a pushed file from asking
 # Docker for what it refuses at deploy time, or the control plane for minutes of work.
-MAX_DEPTH = 32  # nesting of YAML collections (a spec needs 3); PyYAML's composer recurses
 MAX_ENV = 1000  # environment variables
 MAX_LABELS = 256
 MAX_PORTS = 100
@@ -91,7 +81,7 @@ Duration = Annotated[
 def _scalar_text(value: Any) -> Any:
     """`PORT: 8000` and `DEBUG: true` mean what a shell would pass: "8000", "true".
 
-    YAML files keep the text as written (see `_SHAPE`); this is for data that arrives
+    YAML files keep the text as written (see `specfile`); this is for data that arrives
     already parsed, as JSON from the API.
     """
     if isinstance(value, bool):
@@ -289,11 +279,10 @@ class AppSpec(Strict):
         """What an agent needs to make the container: its fields and the pull policy."""
         return self.model_dump(mode="json", include=CONTAINER_FIELDS | {"pull"})
 
-    def to_yaml(self) -> str:
-        """The spec as a user would write it: defaults left out; `load` reads it back exactly."""
+    def as_written(self) -> dict[str, Any]:
+        """The spec as a user would write it: name and image first, defaults left out."""
         data = self.model_dump(mode="json", exclude_defaults=True)
-        data = {"name": self.name, "image": self.image, **data}
-        return dump(data).decode()
+        return {"name": self.name, "image": self.image, **data}
 
 
 def _digest(data: Any) -> str:
@@ -324,7 +313,10 @@ FORMATS = {
 }
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
+Loc = tuple[int | str, ...]  # where pydantic says a problem is: ("env", "KEY"), ("command", 0)
+
+
+def _where(loc: Loc) -> str:
     """'env.KEY', 'command.0': a field path as a user reads it."""
     parts = []
     for i, part in enumerate(loc):
@@ -337,9 +329,9 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "spec"
 
 
-def _problems(error: ValidationError) -> list[tuple[tuple[int | str, ...], str]]:
+def problems(error: ValidationError) -> list[tuple[Loc, str]]:
     """(pydantic location, 'field: message') for each problem: what a person needs to fix it."""
-    problems = []
+    found = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else ""
         message = item["msg"].removeprefix("Value error, ")
@@ -350,269 +342,29 @@ def _problems(error: ValidationError) -> list[tuple[tuple[int | str, ...], str]]
         elif item["type"] == "string_pattern_mismatch":
             hint = FORMATS.get(field, "see schemas/app.schema.json")
             message = f"{short(item['input'])} is not valid: {hint}"
-        problems.append((item["loc"], f"{_where(item['loc'])}: {message}"))
-    return problems
+        found.append((item["loc"], f"{_where(item['loc'])}: {message}"))
+    return found
 
 
 def describe(error: ValidationError) -> str:
     """One line per problem, each naming the field: what a person needs to fix it."""
-    return "; ".join(text for _, text in _problems(error))
+    return "; ".join(text for _, text in problems(error))
 
 
-def validate(data: Any, source: str = "spec") -> AppSpec:
-    """An AppSpec from parsed data, or InvalidSpec that says what is wrong and where."""
-    return _validate(data, source, None)
+def validate(
+    data: Any, source: str = "spec", line_of: Callable[[Loc], int] | None = None
+) -> AppSpec:
+    """An AppSpec from parsed data, or InvalidSpec that says what is wrong and where.
 
-
-def _validate(data: Any, source: str, root: Node | None) -> AppSpec:
-    """validate(), with each problem's line when the data came from the YAML node `root`."""
+    `line_of` names the line of the file each problem is on, when the data was read from one
+    (`specfile.load` passes it; this module knows nothing of YAML).
+    """
     if not isinstance(data, dict):
         raise InvalidSpec(f"{source}: an app spec is a mapping of keys to values", source=source)
     try:
         return AppSpec.model_validate(data)
     except ValidationError as exc:
-        if root is None:
+        if line_of is None:
             raise InvalidSpec(f"{source}: {describe(exc)}", source=source) from None
-        lines = [f"{source}:{_line(root, loc)}: {text}" for loc, text in _problems(exc)]
+        lines = [f"{source}:{line_of(loc)}: {text}" for loc, text in problems(exc)]
         raise InvalidSpec("; ".join(lines), source=source) from None
-
-
-def load(content: bytes | str, source: str = "spec") -> AppSpec:
-    """An AppSpec from a spec file's bytes (or text); errors carry the file name and line."""
-    data, root = _parse(content, source)
-    return _validate(data, source, root)
-
-
-def parse(content: bytes | str, source: str = "spec") -> Any:
-    """A spec file's data, unvalidated, read as `load` reads it (bounds, text as written).
-
-    For editing a file: change the data, validate() it, and write it with dump().
-    """
-    return _parse(content, source)[0]
-
-
-def dump(data: dict[str, Any]) -> bytes:
-    """YAML that parse() and load() read back as exactly `data`, every string included."""
-    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=_NO_FOLDING)
-    return text.encode()
-
-
-# -- reading YAML ------------------------------------------------------------------
-
-# Tags of plain scalars YAML 1.1 turns into numbers, booleans, dates: in a string field the
-# text as written is meant (`1.10` is not 1.1, `NO` not False, `3000:22` not 180022).
-_TEXT_TAGS = frozenset(
-    f"tag:yaml.org,2002:{name}"
-    for name in ("str", "int", "float", "bool", "timestamp", "value", "merge")
-)
-_TEXT = "text"  # a string field, or a list of them: scalars keep their text
-# Where the spec has string fields. Keys of a mapping shape are always text; "*" is any key.
-_SHAPE: dict[str, Any] = {
-    "name": _TEXT,
-    "image": _TEXT,
-    "state": _TEXT,
-    "restart": _TEXT,  # `restart: no` is the policy "no", not False
-    "pull": _TEXT,
-    "command": _TEXT,
-    "env": {"*": _TEXT},
-    "ports": _TEXT,
-    "volumes": _TEXT,
-    "labels": {"*": _TEXT},
-    "healthcheck": {"test": _TEXT},
-    "placement": {"nodes": _TEXT},
-    "rollout": {},
-}
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses deep nesting before its recursive composer exhausts the stack."""
-
-    depth = 0
-
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
-        if self.depth >= MAX_DEPTH:
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(
-                None, None, f"nested more than {MAX_DEPTH} levels deep", mark
-            )
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-def _parse(content: bytes | str, source: str) -> tuple[Any, Node | None]:
-    raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
-    if len(raw) > MAX_SPEC_BYTES:
-        size, limit = size_text(len(raw)), size_text(MAX_SPEC_BYTES)
-        raise InvalidSpec(f"{source}: {size} is over the {limit} limit for a spec file")
-    text = _decode(raw, source)
-    try:
-        loader = _Loader(text)  # its reader refuses control characters at once
-        try:
-            root = loader.get_single_node()
-            if root is None:
-                return None, None
-            _check_expansion(root, source)
-            return _build(loader, root, _SHAPE), root
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, text, source) from None
-
-
-def _decode(raw: bytes, source: str) -> str:
-    """UTF-8 or an error that points at the bad byte; never U+FFFD deployed in its place."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise InvalidSpec(
-            f"{source}:{line}: not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
-            f" (line {line}, column {column}); save the file as UTF-8",
-            source=source,
-        ) from None
-
-
-def _yaml_error(exc: yaml.YAMLError, text: str, source: str) -> InvalidSpec:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    line = mark.line + 1 if mark else None
-    if isinstance(exc, yaml.reader.ReaderError):
-        line = text.count("\n", 0, exc.position) + 1
-        problem = (
-            f"character U+{exc.character:04X} is not allowed;"
-            ' write it as an escape in a double-quoted string ("\\x01")'
-        )
-    where = f"{source}:{line}" if line else source
-    return InvalidSpec(f"{where}: not valid YAML: {problem}", source=source)
-
-
-def _check_expansion(root: Node, source: str) -> None:
-    """Refuse a spec whose aliases expand it past MAX_SPEC_EXPANDED bytes.
-
-    Sizes are memoized per node, so a nested "billion laughs" costs one visit per node,
-    and counting stops as soon as the budget is passed.
-    """
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    budget = MAX_SPEC_EXPANDED
-
-    def size(node: Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in open_nodes:
-            raise InvalidSpec(
-                f"{source}:{node.start_mark.line + 1}: an alias refers to a collection"
-                " that contains it; an app spec cannot be recursive",
-                source=source,
-            )
-        if isinstance(node, ScalarNode):
-            total = len(node.value.encode("utf-8", "surrogatepass")) + 1
-        else:
-            open_nodes.add(key)
-            total = 1
-            children = node.value if isinstance(node, SequenceNode) else _pairs(node)
-            for child in children:
-                total += size(child)
-                if total > budget:
-                    break  # the caller only needs to know it is over
-            open_nodes.discard(key)
-        sizes[key] = total
-        return total
-
-    if size(root) > budget:
-        limit = size_text(MAX_SPEC_EXPANDED)
-        raise InvalidSpec(f"{source}: expands to more than {limit} (YAML aliases?)")
-
-
-def _pairs(node: Node) -> list[Node]:
-    return [part for pair in node.value for part in pair]
-
-
-def _build(loader: _Loader, node: Node, shape: Any) -> Any:
-    """The data of `node`, with the text as written for the string fields `shape` names."""
-    if shape == _TEXT and isinstance(node, ScalarNode) and node.tag in _TEXT_TAGS:
-        return node.value
-    if shape == _TEXT and isinstance(node, SequenceNode):
-        return [_build(loader, item, _TEXT) for item in node.value]
-    if isinstance(shape, dict) and isinstance(node, MappingNode):
-        loader.flatten_mapping(node)  # resolve `<<: *base` merges as the loader would
-        data = {}
-        for key_node, value_node in node.value:
-            key = _build(loader, key_node, _TEXT)
-            if not isinstance(key, str | int | float | bool | None):
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a mapping key must be a scalar", key_node.start_mark
-                )
-            inner = shape.get(key, shape.get("*")) if isinstance(key, str) else None
-            data[key] = _build(loader, value_node, inner)
-        return data
-    return loader.construct_object(node, deep=True)
-
-
-def _line(root: Node, loc: tuple[int | str, ...]) -> int:
-    """The line of the file where the value at pydantic location `loc` is written."""
-    node, marked = root, root
-    for part in loc:
-        if part == "[key]":
-            break  # `marked` is already the key's node
-        child = _child(node, part)
-        if child is None:
-            continue  # a union member's tag, or a key that is missing: keep the parent
-        node, marked = child
-    return marked.start_mark.line + 1
-
-
-def _child(node: Node, part: int | str) -> tuple[Node, Node] | None:
-    """(node of `part` in `node`, node whose line names it: the key in a mapping)."""
-    if isinstance(node, MappingNode):
-        for key_node, value_node in reversed(node.value):  # the last of duplicate keys wins
-            if isinstance(key_node, ScalarNode) and key_node.value == str(part):
-                return value_node, key_node
-    elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
-        return node.value[part], node.value[part]
-    return None
-
-
-# -- writing YAML ------------------------------------------------------------------
-
-_NO_FOLDING = 1 << 30  # line width: a folded long line is one more way to change a string
-
-
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper whose strings read back exactly."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # Double quotes escape what YAML would otherwise read as a line break (U+0085, U+2028,
-    # U+2029) or strip (control and format characters); the rest the emitter quotes itself.
-    plain = all(" " <= c <= "~" or (c >= "\xa0" and c.isprintable()) for c in value)
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=None if plain else '"')
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
-def json_schema() -> dict[str, Any]:
-    schema = AppSpec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://docklet.dev/schemas/app.schema.json"
-    return schema
-
-
-def schema_text() -> str:
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "app.schema.json"
-
-
-if __name__ == "__main__":
-    # Regenerate the published schema: `python -m docklet.cp.desired.spec`.
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else SCHEMA_PATH
-    target.write_text(schema_text())
-    print(f"wrote {target}")
