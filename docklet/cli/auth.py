@@ -1,74 +1,26 @@
-"""`docklet login`, `logout`, `token …` and `nodes join-token`: the CLI's credentials.
+"""`docklet login`, `logout` and `token …`: the CLI's credentials.
 
 The token comes from DOCKLET_TOKEN, else from where `docklet login` kept it
-(`credentials`). It is sent only as an Authorization header and is printed
+(`credentials.stored_token`). It is sent only as an Authorization header and is printed
 only by the command that creates it, once.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import click
 
 from docklet.cli import credentials
-from docklet.cli.main import TEXT, ExitCode, Failed, cli, json_option, nodes, pass_ctx
+from docklet.cli.base import TEXT, TOKEN, Context, ExitCode, Failed, cli, json_option, pass_ctx
 from docklet.common.errors import APIError
 from docklet.wire.client import NULL, NUMBER, Shape
 
-if TYPE_CHECKING:
-    from docklet.cli.main import Context
-
-TOKEN: Shape = {"name": str, "scope": str, "token": str}
 WHOAMI: Shape = {"name": str, "scope": str}
 TOKENS: Shape = {"name": str, "scope": str, "created_at": NUMBER, "last_used_at": (NUMBER, NULL)}
-
-
-def stored_token(cp: str) -> tuple[str | None, str]:
-    """(token, where from): DOCKLET_TOKEN first, then what `docklet login` kept."""
-    env = os.environ.get("DOCKLET_TOKEN", "").strip()
-    if env:
-        return env, "env"
-    token = credentials.load(cp)
-    return (token, "stored") if token else (None, "")
-
-
-def _bootstrap(ctx: Context) -> dict[str, Any]:
-    name = f"{ctx.client.user or 'admin'}-{int(time.time())}"[:64]
-    return ctx.client.request("POST", "/api/auth/bootstrap", {"name": name}, expect=TOKEN)
-
-
-def auto_login(ctx: Context) -> bool:
-    """On a fresh cluster, the first command gets the admin token and keeps it."""
-    try:
-        answer = _bootstrap(ctx)
-    except APIError:
-        return False  # the window is closed: the caller's 401 stands
-    where = credentials.save(ctx.cp, answer["token"])
-    ctx.client.token, ctx.token_source = answer["token"], "stored"
-    click.echo(
-        f"! First use of this cluster: logged in to {ctx.cp} as admin ({answer['name']});"
-        f" token kept in {where}",
-        err=True,
-    )
-    return True
-
-
-def show_bootstrap(state: Any) -> None:
-    if not isinstance(state, dict):
-        return
-    for who, what in (("admin", "first login gets admin"), ("nodes", "first agent joins")):
-        window = state.get(who)
-        if isinstance(window, dict) and window.get("open"):
-            left = max(0, (window.get("closes_at") or 0) - time.time())
-            click.echo(f"bootstrap       {who} window open for {left:.0f}s ({what})")
-        else:
-            click.echo(f"bootstrap       {who} window closed")
 
 
 @cli.command()
@@ -85,7 +37,7 @@ def login(ctx: Context, token_stdin: bool) -> None:
             raise Failed("no token on standard input", ExitCode.USAGE)
     else:
         try:
-            token = _bootstrap(ctx)["token"]
+            token = ctx.bootstrap()["token"]
         except APIError as exc:
             if exc.status != 403 or not sys.stdin.isatty():
                 raise
@@ -168,15 +120,3 @@ def token_revoke(ctx: Context, name: str) -> None:
     """
     ctx.call("DELETE", f"/api/tokens/{quote(name, safe='')}", {"name": str})
     click.echo(f"✔ Revoked {name}")
-
-
-@nodes.command("join-token")
-@click.option("--rotate", is_flag=True, help="Make a new join token; the old one stops working.")
-@pass_ctx
-def join_token(ctx: Context, rotate: bool) -> None:
-    """Print the join token agents need (as DOCKLET_JOIN_TOKEN).
-
-    Example: docklet nodes join-token --rotate
-    """
-    answer = ctx.call("POST", "/api/nodes/join-token", {"token": str}, {"rotate": rotate})
-    click.echo(answer["token"])

@@ -3,7 +3,7 @@
 The index file ($XDG_CONFIG_HOME/docklet/credentials.json, 0600) records, per
 control plane URL, which store holds the token; so a command whose token is in
 the file never imports `keyring` (slow to import: it scans entry points).
-DOCKLET_TOKEN in the environment overrides both (see cli.Context).
+DOCKLET_TOKEN in the environment overrides both (`stored_token`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def _keyring() -> Any:
         return keyring
     except Exception:  # no keyring, or a backend that breaks on load: use the file
         return None
+
+
+def stored_token(cp_url: str) -> tuple[str | None, str]:
+    """(token, where from): DOCKLET_TOKEN first, then what `docklet login` kept."""
+    env = os.environ.get("DOCKLET_TOKEN", "").strip()
+    if env:
+        return env, "env"
+    token = load(cp_url)
+    return (token, "stored") if token else (None, "")
 
 
 def load(cp_url: str) -> str | None:

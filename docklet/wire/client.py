@@ -131,34 +131,45 @@ def bad_answer(url: str, problem: str) -> APIError:
 def mismatch(value: Any, expected: Any, where: str = "") -> str | None:
     """What is wrong with `value` against `expected` (see Shape), or None if nothing."""
     if isinstance(expected, Mapping):
-        if not isinstance(value, dict):
-            return f"{_name(where)} is {_kind(value)}, not an object"
-        for key, sub in expected.items():
-            path = f"{where}.{key}" if where else key
-            if key not in value:
-                return f"missing {path!r}"
-            problem = mismatch(value[key], sub, path)
-            if problem:
-                return problem
-        return None
+        return _object_mismatch(value, expected, where)
     if isinstance(expected, list):
-        if not isinstance(value, list):
-            return f"{_name(where)} is {_kind(value)}, not a list"
-        for i, item in enumerate(value):
-            problem = mismatch(item, expected[0], f"{where}[{i}]")
-            if problem:
-                return problem
-        return None
-    alternatives = _flat(expected)
+        return _list_mismatch(value, expected[0], where)
+    return _alternatives_mismatch(value, _flat(expected), where)
+
+
+def _object_mismatch(value: Any, expected: Shape, where: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{_name(where)} is {_kind(value)}, not an object"
+    for key, sub in expected.items():
+        path = f"{where}.{key}" if where else key
+        if key not in value:
+            return f"missing {path!r}"
+        problem = mismatch(value[key], sub, path)
+        if problem:
+            return problem
+    return None
+
+
+def _list_mismatch(value: Any, element: Any, where: str) -> str | None:
+    if not isinstance(value, list):
+        return f"{_name(where)} is {_kind(value)}, not a list"
+    for i, item in enumerate(value):
+        problem = mismatch(item, element, f"{where}[{i}]")
+        if problem:
+            return problem
+    return None
+
+
+def _alternatives_mismatch(value: Any, alternatives: tuple[Any, ...], where: str) -> str | None:
     types = tuple(t for t in alternatives if isinstance(t, type))
     # JSON true is not a number, though Python's bool is an int.
     if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
         return None
     for alternative in alternatives:  # an object or a list: what is wrong inside it
         if isinstance(alternative, Mapping) and isinstance(value, dict):
-            return mismatch(value, alternative, where)
+            return _object_mismatch(value, alternative, where)
         if isinstance(alternative, list) and isinstance(value, list):
-            return mismatch(value, alternative, where)
+            return _list_mismatch(value, alternative[0], where)
     wanted = " or ".join(_wanted(t) for t in alternatives)
     return f"{_name(where)} is {_kind(value)}, not {wanted}"
 
