@@ -45,9 +45,10 @@ os.environ.pop("DOCKLET_TOKEN", None)
 
 def silence(cp: Any, node_id: str, at: float) -> None:
     """The node's latest heartbeat was at `at`: as stored, and with no newer one in memory."""
-    with cp._seen_lock:
-        cp._seen.pop(node_id, None)
-        cp._seen_dirty.pop(node_id, None)
+    liveness = cp.liveness
+    with liveness._seen_lock:
+        liveness._seen.pop(node_id, None)
+        liveness._seen_dirty.pop(node_id, None)
     with cp.store.write() as db:
         db.execute("UPDATE nodes SET last_seen = ? WHERE node_id = ?", (at, node_id))
 
@@ -171,12 +172,13 @@ class WSGIClient:
 def api(cp: ControlPlane) -> WSGIClient:
     from docklet.cp.http.api import make_app
 
-    return WSGIClient(make_app(cp), join_token=cp.join_token())
+    return WSGIClient(make_app(cp), join_token=cp.tokens.join_token())
 
 
 @pytest.fixture
 def served_cp(cp: ControlPlane) -> Iterator[str]:
     """The in-process CP behind a real HTTP server on loopback, with its controller loop."""
+    from docklet.cp.controller import Controller
     from docklet.cp.server import Server
 
     cp.config = CPConfig(**{**dict(cp.config), "host": "127.0.0.1", "port": 0, "threads": 16})
@@ -184,13 +186,13 @@ def served_cp(cp: ControlPlane) -> Iterator[str]:
     stop = threading.Event()
     threads = [
         threading.Thread(target=server.run, daemon=True),
-        threading.Thread(target=cp.run_controller, args=(stop,), daemon=True),
+        threading.Thread(target=Controller(cp).run, args=(stop,), daemon=True),
     ]
     for t in threads:
         t.start()
     yield f"http://127.0.0.1:{server.port}"
     stop.set()
-    cp.wake()
+    cp.changes.wake()
     threads[1].join(timeout=10)
     server.stop()
 

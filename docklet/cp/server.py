@@ -14,6 +14,7 @@ import click
 
 from docklet import __version__
 from docklet.common import logs, settings
+from docklet.cp.controller import Controller
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.settings import CPConfig
 
@@ -86,13 +87,14 @@ class Server:
         from docklet.cp.http.githttp import GitHTTP
 
         config = cp.config
-        cp.limit_long_polls(config.long_poll_slots)  # this server's threads, not the defaults
+        cp.polls.limit(config.long_poll_slots)  # this server's threads, not the defaults
         self.app = Overload(
             GitHTTP(cp, make_app(cp)),  # /git/apps.git: clone and push over HTTP
             self.waited,
             config.overload_wait,
         )
-        cp.overload = self.app  # its count of 503s shows in GET /api/version's metrics
+        # Its 503s make the CP deaf for a while, and show in GET /api/version's metrics.
+        cp.liveness.overload = self.app
         self.http = wsgi.Server(
             (config.host, config.port),
             self.app,
@@ -167,8 +169,9 @@ def serve(config: CPConfig) -> None:
     # which stop every thread (a write transaction included) for their length.
     gc.freeze()
     stop = threading.Event()
-    for target in (cp.run_controller, cp.watch_repo):
-        threading.Thread(target=target, args=(stop,), daemon=True, name=target.__name__).start()
+    controller = Controller(cp)
+    for name, target in (("controller", controller.run), ("watch_repo", controller.watch_repo)):
+        threading.Thread(target=target, args=(stop,), daemon=True, name=name).start()
     server = Server(cp)
     log.info(
         "control plane %s listening on http://%s:%s (data in %s, cluster %s)",
@@ -178,7 +181,7 @@ def serve(config: CPConfig) -> None:
         config.data_dir,
         cp.cluster_id,
     )
-    cp.announce_bootstrap(f"http://{config.host}:{server.port}")
+    cp.tokens.announce_bootstrap(f"http://{config.host}:{server.port}")
     try:
         server.run()
     finally:

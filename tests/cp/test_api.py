@@ -223,7 +223,7 @@ def test_nan_wait_is_a_bad_request_not_an_endless_poll(cp: ControlPlane, api: WS
     if still_polling:  # give it a task, so that the thread ends
         with cp.store.write() as db:
             tasks.create(db, node_id=node, app="x", kind=TaskKind.STOP, container="docklet.x.1")
-        cp.reconcile()
+        cp.passes.reconcile()
         poll.join(timeout=10)
     assert not still_polling, "GET tasks?wait=nan was still polling after 5s"
     assert_error(*answer[0], 400)
@@ -352,7 +352,7 @@ def test_an_app_whose_file_is_broken_yaml_can_still_be_removed(
     cp: ControlPlane, api: WSGIClient
 ) -> None:
     create(api)
-    cp.commit(lambda f: {"apps/web.yaml": b"name: [web\n"}, "Break web", "x <x@x>")
+    cp.apps.commit(lambda f: {"apps/web.yaml": b"name: [web\n"}, "Break web", "x <x@x>")
     status, body = api.post("/api/apps/web/stop")
     assert_error(status, body, 400)
     assert "not valid YAML" in body["error"]["message"]
@@ -391,7 +391,7 @@ def test_every_route_meets_bad_input_with_a_4xx_in_the_error_shape(
 def test_a_brief_app_list_leaves_out_instances_and_tasks(cp: ControlPlane, api: WSGIClient) -> None:
     node, agent = register(api)
     create(api, replicas=2)
-    cp.lease_tasks(node, agent["Authorization"][7:], 0, limit=1)  # one leased, one pending
+    cp.agents.lease_tasks(node, agent["Authorization"][7:], 0, limit=1)  # one leased, one pending
     status, full = api.get("/api/state/apps")
     assert status == 200 and len(full[0]["tasks"]) == 2 and "instances" in full[0]
     status, brief = api.get("/api/state/apps?brief=true")

@@ -17,12 +17,12 @@ from docklet.wire.protocol import Heartbeat, Registration, TaskReport, parse
 
 def register_node(cp: ControlPlane, name: str, engine_id: str | None = None) -> tuple[str, str]:
     reg = Registration(engine_id=engine_id or f"engine-{name}", name=name, info={"os": "linux"})
-    reply = cp.register(reg, join_token=cp.join_token())
+    reply = cp.agents.register(reg, join_token=cp.tokens.join_token())
     return reply["node_id"], reply["token"]
 
 
 def heartbeat(cp: ControlPlane, node_id: str, **body: Any) -> None:
-    cp.heartbeat(node_id, parse(Heartbeat, body))
+    cp.agents.heartbeat(node_id, parse(Heartbeat, body))
 
 
 def container(cid: str, slot: int = 1, state: str = "running") -> dict[str, Any]:
@@ -114,9 +114,9 @@ def test_heartbeat_older_than_the_latest_report_keeps_the_containers(cp: Control
         task_id = tasks.create(
             db, node_id=node, app="web", kind=TaskKind.DEPLOY, container="docklet.web.1", slot=1
         )
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     body = {"status": "done", "lease_token": leased["lease_token"], "seq": 5}
-    cp.report(node, task_id, parse(TaskReport, {**body, "container": container("new")}))
+    cp.agents.report(node, task_id, parse(TaskReport, {**body, "container": container("new")}))
 
     heartbeat(cp, node, report_seq=4, containers=[])  # listed before the deploy finished
     assert container_ids(cp, node) == ["new"]
@@ -153,15 +153,15 @@ def test_a_task_report_or_poll_keeps_a_node_online_as_a_heartbeat_does(cp: Contr
     cp.config = type(cp.config)(**{**dict(cp.config), "heartbeat_interval": 0.2})
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     time.sleep(cp.config.unknown_seconds + 0.1)  # no heartbeat: it would be unknown now...
-    cp.report(node, task_id, TaskReport(status="running", lease_token=leased["lease_token"]))
-    cp.reconcile()
+    cp.agents.report(node, task_id, TaskReport(status="running", lease_token=leased["lease_token"]))
+    cp.passes.reconcile()
     assert node_row(cp, node)["status"] == "online"  # ...but its agent just reported
     time.sleep(cp.config.unknown_seconds + 0.1)
-    cp.poll_tasks(node, token, 0)
-    cp.reconcile()
+    cp.agents.poll_tasks(node, token, 0)
+    cp.passes.reconcile()
     assert node_row(cp, node)["status"] == "online"
     time.sleep(cp.config.unknown_seconds + 0.1)
-    cp.reconcile()
+    cp.passes.reconcile()
     assert node_row(cp, node)["status"] == "unknown"  # silent: no heartbeat, no report

@@ -16,6 +16,7 @@ from test_tasks import queue_deploy, register_node
 
 from docklet.agent.loop import Agent
 from docklet.agent.settings import AgentConfig
+from docklet.cp.controller import Controller
 from docklet.cp.server import Overload
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.settings import CPConfig
@@ -26,7 +27,7 @@ def _poll_in_thread(cp: ControlPlane, node: str, token: str, wait: float) -> dic
 
     def run() -> None:
         started = time.monotonic()
-        out["tasks"] = cp.lease_tasks(node, token, wait)
+        out["tasks"] = cp.agents.lease_tasks(node, token, wait)
         out["took"] = time.monotonic() - started
 
     out["thread"] = threading.Thread(target=run, daemon=True)
@@ -37,31 +38,32 @@ def _poll_in_thread(cp: ControlPlane, node: str, token: str, wait: float) -> dic
 def test_a_second_poll_from_a_node_makes_the_first_answer_at_once(cp: ControlPlane) -> None:
     node, token = register_node(cp, "n1")
     first = _poll_in_thread(cp, node, token, 20)
-    wait_for(lambda: cp.metrics()["long_polls"] == 1, 5, "the first poll to wait")
+    wait_for(lambda: cp.views.metrics()["long_polls"] == 1, 5, "the first poll to wait")
     second = _poll_in_thread(cp, node, token, 20)
     first["thread"].join(timeout=5)
     assert first["tasks"] == [] and first["took"] < 3  # replaced, not left to time out
-    wait_for(lambda: cp.metrics()["long_polls"] == 1, 5, "the second poll to wait")
+    wait_for(lambda: cp.views.metrics()["long_polls"] == 1, 5, "the second poll to wait")
     task_id = queue_deploy(cp, node)
-    cp._wake_polls()  # what a reconcile pass that queued work does
+    cp.polls.wake()  # what a reconcile pass that queued work does
     second["thread"].join(timeout=5)
     assert [t["id"] for t in second["tasks"]] == [task_id]  # the newer poll gets the work
-    assert cp.metrics()["long_polls"] == 0
+    assert cp.views.metrics()["long_polls"] == 0
 
 
 def test_polls_beyond_the_slots_answer_at_once_with_what_is_there(cp: ControlPlane) -> None:
-    cp.limit_long_polls(2)
+    cp.polls.limit(2)
     waiting = [_poll_in_thread(cp, *register_node(cp, f"n{i}"), 20) for i in range(2)]
-    wait_for(lambda: cp.metrics()["long_polls"] == 2, 5, "two polls to wait")
+    wait_for(lambda: cp.views.metrics()["long_polls"] == 2, 5, "two polls to wait")
     node, token = register_node(cp, "late")
     started = time.monotonic()
-    assert cp.lease_tasks(node, token, 20) == []  # no slot: an empty answer, at once
+    assert cp.agents.lease_tasks(node, token, 20) == []  # no slot: an empty answer, at once
     assert time.monotonic() - started < 2
     task_id = queue_deploy(cp, node)
-    assert [t["id"] for t in cp.lease_tasks(node, token, 20)] == [task_id]  # waiting work: at once
+    leased = cp.agents.lease_tasks(node, token, 20)
+    assert [t["id"] for t in leased] == [task_id]  # waiting work: at once
     for i in range(len(waiting)):
         queue_deploy(cp, f"n{i}")
-    cp._wake_polls()
+    cp.polls.wake()
     for poll in waiting:
         poll["thread"].join(timeout=5)
         assert len(poll["tasks"]) == 1
@@ -91,11 +93,11 @@ def test_long_polls_from_many_nodes_and_one_node_never_starve_health(
 
     with ThreadPoolExecutor(len(agents)) as pool:
         polls = [pool.submit(poll, a) for a in agents]
-        wait_for(lambda: cp.metrics()["long_polls"] >= 8, 10, "the slots to fill")
+        wait_for(lambda: cp.views.metrics()["long_polls"] >= 8, 10, "the slots to fill")
         for _ in range(20):
             status, answer, took = _get(f"{served_cp}/api/health", 5)
             assert (status, answer) == (200, {"status": "ok"}) and took < 1.0
-            assert cp.metrics()["long_polls"] <= 8
+            assert cp.views.metrics()["long_polls"] <= 8
         # Polls that found no slot, and the busy node's replaced polls, answered already;
         # those without a slot tell their agent to leave long-polling to others a while.
         answered = [p for p in polls if p.done()]
@@ -105,7 +107,7 @@ def test_long_polls_from_many_nodes_and_one_node_never_starve_health(
         assert slotless and all(p.result()["poll_after"] == 30 for p in slotless)
         for node in {node for node, _ in agents}:
             queue_deploy(cp, node)
-        cp._wake_polls()
+        cp.polls.wake()
         assert all(p.result(timeout=10)["tasks"] or p in answered for p in polls)
 
 
@@ -183,7 +185,7 @@ def test_the_server_watches_how_long_requests_wait_for_a_thread(cp: ControlPlane
             release.set()
             assert health.result(timeout=10)[:2] == (200, {"status": "ok"})
             assert [h.result(timeout=10) for h in holding] == [404] * 4
-        assert server.waited() == 0 and cp.metrics()["overloaded"] == 0
+        assert server.waited() == 0 and cp.views.metrics()["overloaded"] == 0
     finally:
         server.stop()
 
@@ -280,14 +282,14 @@ def test_an_unchanged_heartbeat_writes_nothing_and_a_changed_one_writes(
 
     node, _ = register_node(cp, "n1")
     same = Heartbeat.model_validate({"containers": _containers(10)})
-    assert _writes(cp, lambda: cp.heartbeat(node, same))  # new containers: recorded
-    assert _writes(cp, lambda: cp.heartbeat(node, same)) == []  # only "still here"
-    cp.heartbeat(node, same)
+    assert _writes(cp, lambda: cp.agents.heartbeat(node, same))  # new containers: recorded
+    assert _writes(cp, lambda: cp.agents.heartbeat(node, same)) == []  # only "still here"
+    cp.agents.heartbeat(node, same)
     exited = Heartbeat.model_validate({"containers": _containers(10, "exited")})
-    assert any("containers" in s for s in _writes(cp, lambda: cp.heartbeat(node, exited)))
+    assert any("containers" in s for s in _writes(cp, lambda: cp.agents.heartbeat(node, exited)))
     down = Heartbeat.model_validate({"docker_ok": False, "docker_error": "no answer"})
-    assert _writes(cp, lambda: cp.heartbeat(node, down))  # Docker's state changed: written
-    assert _writes(cp, lambda: cp.heartbeat(node, down)) == []
+    assert _writes(cp, lambda: cp.agents.heartbeat(node, down))  # Docker's state changed: written
+    assert _writes(cp, lambda: cp.agents.heartbeat(node, down)) == []
 
 
 def test_heartbeat_times_are_flushed_in_one_write_and_read_from_memory(
@@ -298,25 +300,25 @@ def test_heartbeat_times_are_flushed_in_one_write_and_read_from_memory(
     beat = Heartbeat.model_validate({"containers": []})
     names = [register_node(cp, f"n{i}")[0] for i in range(50)]
     for node in names:
-        cp.heartbeat(node, beat)
+        cp.agents.heartbeat(node, beat)
     long_ago = time.time() - 3600
     with cp.store.write() as db:  # the stored times are old: only memory knows better
         db.execute("UPDATE nodes SET last_seen = ?", (long_ago,))
     before = time.time()
     for node in names:
-        cp.heartbeat(node, beat)
+        cp.agents.heartbeat(node, beat)
     # Liveness and the node views read the memory: nobody is marked unknown.
-    cp.started_at = long_ago  # no grace from the CP's start either
-    cp.reconcile()
-    assert {n["status"] for n in cp.nodes()} == {"online"}
-    assert all(n["last_seen"] >= before for n in cp.nodes())
+    cp.liveness.started_at = long_ago  # no grace from the CP's start either
+    cp.passes.reconcile()
+    assert {n["status"] for n in cp.views.nodes()} == {"online"}
+    assert all(n["last_seen"] >= before for n in cp.views.nodes())
     assert {r["status"] for r in cp.store.query("SELECT status FROM nodes")} == {"online"}
     # One flush writes them all, in one transaction.
-    verbs = [s.split()[0].upper() for s in _writes(cp, cp.flush_seen)]
+    verbs = [s.split()[0].upper() for s in _writes(cp, cp.liveness.flush_seen)]
     assert verbs == ["BEGIN"] + ["UPDATE"] * len(names) + ["COMMIT"]
     stored = cp.store.query("SELECT last_seen FROM nodes")
     assert all(r["last_seen"] >= before for r in stored)
-    assert cp.flush_seen() == 0  # nothing new since
+    assert cp.liveness.flush_seen() == 0  # nothing new since
 
 
 def test_the_controller_loop_flushes_heartbeat_times_every_second(cp: ControlPlane) -> None:
@@ -324,12 +326,12 @@ def test_the_controller_loop_flushes_heartbeat_times_every_second(cp: ControlPla
 
     node, _ = register_node(cp, "n1")
     beat = Heartbeat.model_validate({"containers": []})
-    cp.heartbeat(node, beat)
+    cp.agents.heartbeat(node, beat)
     with cp.store.write() as db:
         db.execute("UPDATE nodes SET last_seen = 0")
-    cp.heartbeat(node, beat)
+    cp.agents.heartbeat(node, beat)
     stop = threading.Event()
-    loop = threading.Thread(target=cp.run_controller, args=(stop,), daemon=True)
+    loop = threading.Thread(target=Controller(cp).run, args=(stop,), daemon=True)
     loop.start()
     try:
         wait_for(
@@ -339,7 +341,7 @@ def test_the_controller_loop_flushes_heartbeat_times_every_second(cp: ControlPla
         )
     finally:
         stop.set()
-        cp.wake()
+        cp.changes.wake()
         loop.join(timeout=5)
 
 
@@ -348,19 +350,22 @@ def test_the_app_list_is_rebuilt_only_when_what_it_shows_changed(cp: ControlPlan
 
     cp.config = CPConfig(**{**dict(cp.config), "heartbeat_interval": 0.2})  # unknown after 0.6 s
     node, _ = register_node(cp, "n1")
-    cp.heartbeat(node, Heartbeat(containers=[]))
-    cp.create_app({"name": "web", "image": "nginx:1.25"}, "alice")
-    first = cp.apps(brief=True)
-    assert cp.apps(brief=True) is first  # nothing changed: the same list, not rebuilt
-    cp.heartbeat(node, Heartbeat(containers=[]))
-    cp.flush_seen()  # heartbeat times: written, but nothing the list shows
-    assert cp.apps(brief=True) is first
-    cp.create_app({"name": "api", "image": "nginx:1.25"}, "alice")  # a write: seen at once
-    assert [a["name"] for a in cp.apps(brief=True)] == ["api", "web"]
-    listed = cp.apps(brief=True)
+    cp.agents.heartbeat(node, Heartbeat(containers=[]))
+    cp.apps.create({"name": "web", "image": "nginx:1.25"}, "alice")
+    first = cp.views.apps(brief=True)
+    assert cp.views.apps(brief=True) is first  # nothing changed: the same list, not rebuilt
+    cp.agents.heartbeat(node, Heartbeat(containers=[]))
+    cp.liveness.flush_seen()  # heartbeat times: written, but nothing the list shows
+    assert cp.views.apps(brief=True) is first
+    cp.apps.create({"name": "api", "image": "nginx:1.25"}, "alice")  # a write: seen at once
+    assert [a["name"] for a in cp.views.apps(brief=True)] == ["api", "web"]
+    listed = cp.views.apps(brief=True)
     assert listed[1]["nodes"] == [node]
     time.sleep(0.8)  # the node goes silent: no write, but its status changed
-    assert cp.apps(brief=True) is not listed and cp.apps(brief=True)[1]["actual"] == "unknown"
+    assert (
+        cp.views.apps(brief=True) is not listed
+        and cp.views.apps(brief=True)[1]["actual"] == "unknown"
+    )
 
 
 class _SlotlessCP(_FakeCP):
@@ -389,11 +394,11 @@ def test_a_report_refused_with_503_is_sent_again_not_lost(
 
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     config = AgentConfig(cp=served_cp, state_dir=tmp_path, retry_max=0.5)
     agent = Agent(config, engine=_FakeEngine())  # type: ignore[arg-type]
     agent.node_id, agent.cp.token = node, token
-    overload = cp.overload
+    overload = cp.liveness.overload
     limit, overload.limit = overload.limit, -1.0  # every request waits "too long": 503s
     report = threading.Thread(
         target=agent._report, args=(LeasedTask(**leased), TaskStatus.DONE), daemon=True

@@ -20,7 +20,8 @@ from typing import Any
 from conftest import ADMIN_TOKEN, WSGIClient
 
 from docklet.common import defaults
-from docklet.cp.desired.spec import parse
+from docklet.cp.controller import Controller
+from docklet.cp.desired.specfile import parse
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.wire.client import Client
 from docklet.wire.protocol import Heartbeat, Registration
@@ -65,7 +66,7 @@ def push(cp: ControlPlane, work: Path, files: dict[bytes, bytes], *config: str) 
 
 
 def app_names(cp: ControlPlane) -> set[str]:
-    return {a["name"] for a in cp.apps()}
+    return {a["name"] for a in cp.views.apps()}
 
 
 def create(api: WSGIClient, name: str) -> tuple[int, Any]:
@@ -76,9 +77,9 @@ def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_goes_on(
     cp: ControlPlane, api: WSGIClient, tmp_path: Path
 ) -> None:
     push(cp, tmp_path / "w", {b"apps/caf\xe9.yaml": b"name: cafe\nimage: x\n"})
-    cp.sync()
-    assert cp.reconcile() == 0
-    errors = cp.sync_state()["errors"]
+    cp.passes.sync()
+    assert cp.passes.reconcile() == 0
+    errors = cp.views.sync_state()["errors"]
     assert errors == [
         {
             "path": "apps/caf\\xe9.yaml",
@@ -99,7 +100,7 @@ def test_a_commit_with_an_unknown_encoding_syncs(cp: ControlPlane, tmp_path: Pat
         "-c",
         "i18n.commitEncoding=bogus-enc",
     )
-    result = cp.sync()
+    result = cp.passes.sync()
     assert result is not None and result.new_revisions == {"web": 1}
 
 
@@ -111,8 +112,8 @@ def test_symlinks_subdirectories_and_big_files_are_reported_not_read(
     (work / "apps" / "link.yaml").symlink_to("/etc/passwd")
     big = b"name: big\nimage: nginx\nlabels: {a: '" + b"x" * defaults.MAX_SPEC_BYTES + b"'}\n"
     push(cp, work, {b"apps/sub/x.yaml": b"name: x\nimage: x\n", b"apps/big.yaml": big})
-    cp.sync()
-    errors = {e["path"]: e["message"] for e in cp.sync_state()["errors"]}
+    cp.passes.sync()
+    errors = {e["path"]: e["message"] for e in cp.views.sync_state()["errors"]}
     assert errors == {
         "apps/big.yaml": "apps/big.yaml: 256.1 KiB is over the 256 KiB limit for a spec file",
         "apps/link.yaml": "apps/link.yaml: refused: a symbolic link; commit the spec itself",
@@ -128,8 +129,8 @@ def test_alias_amplification_is_a_sync_error_not_a_gigabyte(
     aliases = ", ".join(["*s"] * 40)
     bomb = f"name: amp\nimage: nginx\nlabels: {{big: &s '{long}'}}\ncommand: [{aliases}]\n"
     push(cp, tmp_path / "w", {b"apps/amp.yaml": bomb.encode()})
-    cp.sync()
-    (error,) = cp.sync_state()["errors"]
+    cp.passes.sync()
+    (error,) = cp.views.sync_state()["errors"]
     assert "expands to more than 1 MiB" in error["message"]
     assert app_names(cp) == set()
 
@@ -137,19 +138,19 @@ def test_alias_amplification_is_a_sync_error_not_a_gigabyte(
 def test_an_unchanged_file_is_not_parsed_again(
     cp: ControlPlane, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    from docklet.cp.desired import spec, sync
+    from docklet.cp.desired import specfile, sync
 
     sync._parsed.clear()  # the cache is per process: another test may have parsed these bytes
     work = tmp_path / "w"
     push(cp, work, {b"apps/web.yaml": b"name: web\nimage: nginx:1.25\n"})
-    cp.sync()
+    cp.passes.sync()
     parsed: list[str] = []
-    load = spec.load
+    load = specfile.load
     monkeypatch.setattr(
-        sync.specs, "load", lambda data, source: parsed.append(source) or load(data, source)
+        sync.specfile, "load", lambda data, source: parsed.append(source) or load(data, source)
     )
     push(cp, work, {b"apps/api.yaml": b"name: api\nimage: api:1\n"})
-    cp.sync()
+    cp.passes.sync()
     assert parsed == ["apps/api.yaml"]
 
 
@@ -192,7 +193,7 @@ def test_duplicate_files_are_all_removed_and_other_edits_refused(
             b"apps/dup.yml": b"name: dup\nimage: nginx:2\n",
         },
     )
-    cp.sync()
+    cp.passes.sync()
     status, answer = api.post("/api/apps/dup/stop")
     assert status == 409
     assert "apps/dup.yaml and apps/dup.yml" in answer["error"]["message"]
@@ -241,9 +242,9 @@ def test_a_heartbeat_over_the_container_limit_is_refused(api: WSGIClient) -> Non
 def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(
     cp: ControlPlane,
 ) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
-        "node_id"
-    ]
+    node = cp.agents.register(
+        Registration(engine_id="e1", name="n1"), join_token=cp.tokens.join_token()
+    )["node_id"]
 
     def beat(n: int) -> None:
         containers = [
@@ -255,13 +256,13 @@ def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(
             }
             for i in range(n)
         ]
-        cp.heartbeat(node, Heartbeat.model_validate({"containers": containers}))
+        cp.agents.heartbeat(node, Heartbeat.model_validate({"containers": containers}))
 
     def selects_in_a_pass() -> int:
         statements: list[str] = []
         cp.store._writer.set_trace_callback(statements.append)
         try:
-            cp.reconcile()
+            cp.passes.reconcile()
         finally:
             cp.store._writer.set_trace_callback(None)
         return sum(1 for s in statements if s.lstrip().upper().startswith("SELECT"))
@@ -272,13 +273,13 @@ def test_thousands_of_orphans_cost_a_pass_a_constant_number_of_queries(
     many = selects_in_a_pass()
     assert many == few  # not one query per container (it was: minutes per pass)
     assert len(cp.store.query("SELECT id FROM tasks WHERE app = 'ghost'")) == 3000
-    assert cp.reconcile() == 0  # queued once, never twice
+    assert cp.passes.reconcile() == 0  # queued once, never twice
 
 
 def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
     cp: ControlPlane, api: WSGIClient
 ) -> None:
-    cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())
+    cp.agents.register(Registration(engine_id="e1", name="n1"), join_token=cp.tokens.join_token())
     create(api, "bad")
     with cp.store.write() as db:  # a revision this CP cannot read (a bug, a bad migration)
         db.execute("UPDATE revisions SET spec = '{\"oops\": 1}' WHERE app = 'bad'")
@@ -287,48 +288,48 @@ def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
     scheduler._specs.clear()
     status, _ = create(api, "good")
     assert status == 201
-    cp.reconcile()  # a pass over every app, as the controller makes
+    cp.passes.reconcile()  # a pass over every app, as the controller makes
     tasks = {t["app"] for t in cp.store.query("SELECT app FROM tasks")}
     assert "good" in tasks
-    (bad,) = [a for a in cp.apps() if a["name"] == "bad"]
+    (bad,) = [a for a in cp.views.apps() if a["name"] == "bad"]
     assert "internal error" in bad["last_error"]
 
 
 def test_a_failing_sync_does_not_stop_the_reconcile(cp: ControlPlane, monkeypatch: Any) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
-        "node_id"
-    ]
+    node = cp.agents.register(
+        Registration(engine_id="e1", name="n1"), join_token=cp.tokens.join_token()
+    )["node_id"]
     with cp.store.write() as db:
         db.execute("UPDATE nodes SET last_seen = 0")
-    cp.started_at = 0
+    cp.liveness.started_at = 0
 
     def broken() -> None:
         raise RuntimeError("the repository is unreadable")
 
-    monkeypatch.setattr(cp, "sync", broken)
+    monkeypatch.setattr(cp.passes, "sync", broken)
     stop = threading.Event()
-    cp.run_controller(stop, max_iterations=1)
-    assert cp.nodes()[0]["status"] == "offline"  # liveness still ran
+    Controller(cp).run(stop, max_iterations=1)
+    assert cp.views.nodes()[0]["status"] == "offline"  # liveness still ran
     assert node
 
 
 def test_a_cp_restart_gives_nodes_a_fresh_grace(cp: ControlPlane, config: Any) -> None:
-    node = cp.register(Registration(engine_id="e1", name="n1"), join_token=cp.join_token())[
-        "node_id"
-    ]
+    node = cp.agents.register(
+        Registration(engine_id="e1", name="n1"), join_token=cp.tokens.join_token()
+    )["node_id"]
     with cp.store.write() as db:  # the CP was down for five minutes
         db.execute("UPDATE nodes SET last_seen = ?", (time.time() - 300,))
     restarted = ControlPlane(config)
     try:
-        restarted.reconcile()
-        assert restarted.nodes()[0]["status"] == "online"
-        kinds = [e["kind"] for e in restarted.events(None, 50)]
+        restarted.passes.reconcile()
+        assert restarted.views.nodes()[0]["status"] == "online"
+        kinds = [e["kind"] for e in restarted.views.events(None, 50)]
         assert "node_offline" not in kinds and "node_unknown" not in kinds
         # Heartbeats it has itself missed still count.
-        restarted.started_at -= config.offline_seconds + 1
-        restarted.reconcile()
-        assert restarted.nodes()[0] == {
-            **restarted.nodes()[0],
+        restarted.liveness.started_at -= config.offline_seconds + 1
+        restarted.passes.reconcile()
+        assert restarted.views.nodes()[0] == {
+            **restarted.views.nodes()[0],
             "node_id": node,
             "status": "offline",
         }
@@ -356,11 +357,11 @@ def test_a_spec_read_before_is_still_refused_as_a_symlink_or_under_another_suffi
     work = tmp_path / "w"
     text = b"name: web\nimage: nginx:1.25\n"
     push(cp, work, {b"apps/web.yaml": text})
-    cp.sync()  # read: its blob is kept now
+    cp.passes.sync()  # read: its blob is kept now
     (work / "apps" / "link.yaml").symlink_to(text.decode())  # a link whose target is that text
     push(cp, work, {b"apps/web.txt": text})  # the same blob under another suffix
-    cp.sync()
-    errors = {e["path"]: e["message"] for e in cp.sync_state()["errors"]}
+    cp.passes.sync()
+    errors = {e["path"]: e["message"] for e in cp.views.sync_state()["errors"]}
     assert errors == {
         "apps/link.yaml": "apps/link.yaml: refused: a symbolic link; commit the spec itself",
         "apps/web.txt": "apps/web.txt: ignored: spec files end in .yaml or .yml",

@@ -17,8 +17,8 @@ from docklet.wire.protocol import Registration, TaskReport, parse
 
 
 def register_node(cp: ControlPlane, name: str) -> tuple[str, str]:
-    reply = cp.register(
-        Registration(engine_id=f"engine-{name}", name=name), join_token=cp.join_token()
+    reply = cp.agents.register(
+        Registration(engine_id=f"engine-{name}", name=name), join_token=cp.tokens.join_token()
     )
     return reply["node_id"], reply["token"]
 
@@ -38,7 +38,7 @@ def queue_deploy(cp: ControlPlane, node_id: str, slot: int = 1) -> int:
 
 
 def report(cp: ControlPlane, node_id: str, task_id: int, **body: Any) -> dict[str, Any]:
-    return cp.report(node_id, task_id, parse(TaskReport, body))
+    return cp.agents.report(node_id, task_id, parse(TaskReport, body))
 
 
 def expire(cp: ControlPlane) -> None:
@@ -75,13 +75,13 @@ def running_container(task_id: int, container_id: str = "c0ffee") -> dict[str, A
 def test_lease_hands_out_a_token_and_marks_the_task_running(cp: ControlPlane) -> None:
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     assert leased["id"] == task_id
     assert leased["lease_token"]
     assert leased["payload"]["image"] == "nginx:1.25"
     row = task_row(cp, task_id)
     assert (row["status"], row["lease_token"]) == ("running", leased["lease_token"])
-    assert cp.lease_tasks(node, token, 0) == []  # not handed out twice
+    assert cp.agents.lease_tasks(node, token, 0) == []  # not handed out twice
 
 
 def test_report_with_a_wrong_or_old_lease_token_is_refused(
@@ -89,9 +89,9 @@ def test_report_with_a_wrong_or_old_lease_token_is_refused(
 ) -> None:
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    (first,) = cp.lease_tasks(node, token, 0)
+    (first,) = cp.agents.lease_tasks(node, token, 0)
     expire(cp)
-    (second,) = cp.lease_tasks(node, token, 0)
+    (second,) = cp.agents.lease_tasks(node, token, 0)
     auth = {"Authorization": f"Bearer {token}"}
     path = f"/api/agents/{node}/tasks/{task_id}"
 
@@ -110,7 +110,7 @@ def test_report_through_another_nodes_path_is_not_found(cp: ControlPlane, api: W
     node, token = register_node(cp, "n1")
     other, other_token = register_node(cp, "n2")
     task_id = queue_deploy(cp, node)
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     status, body = api.post(
         f"/api/agents/{other}/tasks/{task_id}",
         {"status": "done", "lease_token": leased["lease_token"]},
@@ -123,7 +123,7 @@ def test_report_through_another_nodes_path_is_not_found(cp: ControlPlane, api: W
 def test_done_report_records_the_container(cp: ControlPlane) -> None:
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     report(
         cp,
         node,
@@ -143,10 +143,10 @@ def test_done_report_records_the_container(cp: ControlPlane) -> None:
 def test_expired_lease_is_handed_out_again(cp: ControlPlane) -> None:
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    (first,) = cp.lease_tasks(node, token, 0)
+    (first,) = cp.agents.lease_tasks(node, token, 0)
     expire(cp)
     assert task_row(cp, task_id)["status"] == "pending"
-    (second,) = cp.lease_tasks(node, token, 0)
+    (second,) = cp.agents.lease_tasks(node, token, 0)
     assert second["id"] == task_id
     assert second["lease_token"] != first["lease_token"]
 
@@ -155,22 +155,22 @@ def test_task_fails_readably_after_max_attempts_expiries(cp: ControlPlane) -> No
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
     for _ in range(defaults.TASK_MAX_ATTEMPTS):
-        assert [t["id"] for t in cp.lease_tasks(node, token, 0)] == [task_id]
+        assert [t["id"] for t in cp.agents.lease_tasks(node, token, 0)] == [task_id]
         expire(cp)
     row = task_row(cp, task_id)
     assert row["status"] == "failed"
     assert row["error"] == f"no report from node n1 after {defaults.TASK_MAX_ATTEMPTS} leases"
-    assert cp.lease_tasks(node, token, 0) == []
+    assert cp.agents.lease_tasks(node, token, 0) == []
 
 
 def test_agent_restart_returns_leased_tasks_to_pending(cp: ControlPlane) -> None:
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    cp.lease_tasks(node, token, 0)
+    cp.agents.lease_tasks(node, token, 0)
     _, new_token = register_node(cp, "n1")
     row = task_row(cp, task_id)
     assert (row["status"], row["lease_token"]) == ("pending", None)
-    assert [t["id"] for t in cp.lease_tasks(node, new_token, 0)] == [task_id]
+    assert [t["id"] for t in cp.agents.lease_tasks(node, new_token, 0)] == [task_id]
 
 
 def test_replaced_agent_cannot_lease(cp: ControlPlane) -> None:
@@ -178,14 +178,14 @@ def test_replaced_agent_cannot_lease(cp: ControlPlane) -> None:
     queue_deploy(cp, node)
     register_node(cp, "n1")  # a new agent on the same engine
     with pytest.raises(Unauthorized, match="replaced"):
-        cp.lease_tasks(node, old_token, 0)
+        cp.agents.lease_tasks(node, old_token, 0)
     assert cp.store.one("SELECT status FROM tasks")["status"] == "pending"
 
 
 def test_running_report_extends_the_lease(cp: ControlPlane) -> None:
     node, token = register_node(cp, "n1")
     task_id = queue_deploy(cp, node)
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     soon = time.time() + 1
     with cp.store.write() as db:  # the lease is about to run out
         db.execute("UPDATE tasks SET lease_expires = ? WHERE id = ?", (soon, task_id))
@@ -203,10 +203,10 @@ def test_pruning_keeps_the_newest_task_of_each_container_and_is_bounded(
     node, token = register_node(cp, "n1")
     for _ in range(3):  # three finished deploys of slot 1, one of slot 2
         task_id = queue_deploy(cp, node)
-        (leased,) = cp.lease_tasks(node, token, 0)
+        (leased,) = cp.agents.lease_tasks(node, token, 0)
         report(cp, node, task_id, status="done", lease_token=leased["lease_token"])
     task_id = queue_deploy(cp, node, slot=2)
-    (leased,) = cp.lease_tasks(node, token, 0)
+    (leased,) = cp.agents.lease_tasks(node, token, 0)
     report(cp, node, task_id, status="done", lease_token=leased["lease_token"])
     ids = [r["id"] for r in cp.store.query("SELECT id FROM tasks ORDER BY id")]
     with cp.store.write() as db:

@@ -1,10 +1,11 @@
 """The REST API (Bottle): state queries, imperative app commands, agent endpoints.
 
 Handlers are plain functions of the `ControlPlane` and the URL's parts; they
-parse the request and shape the answer, and `ROUTES` is the one table the
-app is built from (and that the error-shape contract test walks). Every
-error, whatever raised it, leaves as one JSON shape:
-`{"error": {"code": "...", "message": "...", "status": 404}}`.
+parse the request, call the service of their resource (`cp.apps`, `cp.views`,
+`cp.agents`, `cp.tokens`) and shape the answer. `ROUTES` is the one table the
+app is built from, with the access level of every route (and that the
+error-shape contract test walks). Every error, whatever raised it, leaves as
+one JSON shape: `{"error": {"code": "...", "message": "...", "status": 404}}`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from docklet.cp.desired import spec
 from docklet.cp.desired.spec import SpecState
 from docklet.cp.http import auth
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.tokens import Caller
 from docklet.wire.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
 
 log = logging.getLogger(__name__)
@@ -136,9 +138,9 @@ def _flag_param(name: str) -> bool:
 
 def _agent(cp: ControlPlane, node_id: str) -> str:
     """The caller's node token, checked against the node it speaks for."""
-    auth = header("Authorization")
-    token = auth[7:] if auth.startswith("Bearer ") else ""
-    cp.authenticate(node_id, token)
+    authorization = header("Authorization")
+    token = authorization[7:] if authorization.startswith("Bearer ") else ""
+    cp.agents.authenticate(node_id, token)
     return token
 
 
@@ -146,7 +148,7 @@ def _agent(cp: ControlPlane, node_id: str) -> str:
 
 
 def health(cp: ControlPlane) -> str:
-    cp.healthy()
+    cp.views.healthy()
     return _json({"status": "ok"})
 
 
@@ -156,27 +158,27 @@ def version(cp: ControlPlane) -> str:
             "version": __version__,
             "api": API_VERSION,
             "cluster_id": cp.cluster_id,
-            "bootstrap": cp.bootstrap_windows(),
-            "metrics": cp.metrics(),
+            "bootstrap": cp.tokens.windows(),
+            "metrics": cp.views.metrics(),
         }
     )
 
 
 def state_nodes(cp: ControlPlane) -> str:
-    return _json(cp.nodes())
+    return _json(cp.views.nodes())
 
 
 def state_apps(cp: ControlPlane) -> str:
-    return _json(cp.apps(brief=_flag_param("brief")))
+    return _json(cp.views.apps(brief=_flag_param("brief")))
 
 
 def state_sync(cp: ControlPlane) -> str:
-    return _json(cp.sync_state())
+    return _json(cp.views.sync_state())
 
 
 def list_events(cp: ControlPlane) -> str:
     limit = int(_number_param("limit", 50, 1, 1000))
-    return _json(cp.events(request.query.get("app") or None, limit))
+    return _json(cp.views.events(request.query.get("app") or None, limit))
 
 
 def create_app(cp: ControlPlane) -> str:
@@ -185,35 +187,35 @@ def create_app(cp: ControlPlane) -> str:
         raise InvalidSpec('\'image\' is required, e.g. {"image": "nginx:1.25"}')
     data["image"] = spec.with_default_tag(data["image"].strip())
     data.setdefault("name", spec.default_name(data["image"]))
-    view = cp.create_app(data, _author())
+    view = cp.apps.create(data, _author())
     response.status = 201
     return _json(view)
 
 
 def get_app(cp: ControlPlane, name: str) -> str:
-    view = cp.app(name)
-    view["events"] = cp.events(name, 20)
+    view = cp.views.app(name)
+    view["events"] = cp.views.events(name, 20)
     return _json(view)
 
 
 def update_app(cp: ControlPlane, name: str) -> str:
-    return _json(cp.update_app(name, body(cp), _author()))
+    return _json(cp.apps.update(name, body(cp), _author()))
 
 
 def stop_app(cp: ControlPlane, name: str) -> str:
-    return _json(cp.set_state(name, SpecState.STOPPED, _author()))
+    return _json(cp.apps.set_state(name, SpecState.STOPPED, _author()))
 
 
 def start_app(cp: ControlPlane, name: str) -> str:
-    return _json(cp.set_state(name, SpecState.RUNNING, _author()))
+    return _json(cp.apps.set_state(name, SpecState.RUNNING, _author()))
 
 
 def delete_app(cp: ControlPlane, name: str) -> str:
-    return _json(cp.remove_app(name, _author()))
+    return _json(cp.apps.remove(name, _author()))
 
 
 def revisions(cp: ControlPlane, name: str) -> str:
-    return _json(cp.revisions(name))
+    return _json(cp.views.revisions(name))
 
 
 def rollback(cp: ControlPlane, name: str) -> str:
@@ -221,25 +223,26 @@ def rollback(cp: ControlPlane, name: str) -> str:
     to = data.get("to")
     if to is not None and (not isinstance(to, str) or not re.fullmatch(r"v?[0-9]{1,9}", to)):
         raise BadRequest("'to' is a revision such as \"v2\" (docklet history lists them)")
-    return _json(cp.rollback(name, int(to.lstrip("v")) if to else None, _author()))
+    return _json(cp.apps.rollback(name, int(to.lstrip("v")) if to else None, _author()))
 
 
 def retry_rollout(cp: ControlPlane, name: str) -> str:
-    return _json(cp.retry(name))
+    return _json(cp.apps.retry(name))
 
 
 def list_rollouts(cp: ControlPlane, name: str) -> str:
-    return _json(cp.rollouts(name))
+    return _json(cp.views.rollouts(name))
 
 
 def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
-    return _json(cp.rollout(name, rollout_id))
+    return _json(cp.views.rollout(name, rollout_id))
 
 
 def register(cp: ControlPlane) -> str:
     reg = parse(Registration, body(cp))
     node_token = auth.bearer(header("Authorization"))
-    return _json(cp.register(reg, node_token=node_token, join_token=header(JOIN_HEADER)))
+    answer = cp.agents.register(reg, node_token=node_token, join_token=header(JOIN_HEADER))
+    return _json(answer)
 
 
 # -- credentials ----------------------------------------------------------------------
@@ -249,17 +252,17 @@ JOIN_HEADER = "X-Docklet-Join-Token"
 
 def bootstrap_login(cp: ControlPlane) -> str:
     name = body(cp).get("name") or "admin"
-    secret = cp.bootstrap_admin(str(name), _author())
+    secret = cp.tokens.bootstrap_admin(str(name), _author())
     return _json({"name": name, "scope": TokenScope.ADMIN, "token": secret})
 
 
 def whoami(cp: ControlPlane) -> str:
-    caller: auth.Caller = request.environ["docklet.caller"]
+    caller: Caller = request.environ["docklet.caller"]
     return _json({"name": caller.name, "scope": caller.scope})
 
 
 def list_tokens(cp: ControlPlane) -> str:
-    return _json(cp.tokens())
+    return _json(cp.tokens.listing())
 
 
 def create_token(cp: ControlPlane) -> str:
@@ -267,19 +270,19 @@ def create_token(cp: ControlPlane) -> str:
     scope = data.get("scope", TokenScope.READ)
     if scope not in tuple(TokenScope):
         raise BadRequest("'scope' is read or admin")
-    secret = cp.create_token(data.get("name"), TokenScope(scope), _author())
+    secret = cp.tokens.create(data.get("name"), TokenScope(scope), _author())
     response.status = 201
     return _json({"name": data["name"], "scope": scope, "token": secret})
 
 
 def revoke_token(cp: ControlPlane, name: str) -> str:
-    cp.revoke_token(name, _author())
+    cp.tokens.revoke(name, _author())
     return _json({"name": name, "revoked": True})
 
 
 def join_token(cp: ControlPlane) -> str:
     rotate = body(cp).get("rotate") is True
-    return _json({"token": cp.join_token(rotate=rotate), "rotated": rotate})
+    return _json({"token": cp.tokens.join_token(rotate=rotate), "rotated": rotate})
 
 
 def heartbeat(cp: ControlPlane, node_id: str) -> str:
@@ -291,7 +294,7 @@ def heartbeat(cp: ControlPlane, node_id: str) -> str:
             f"a heartbeat lists at most {MAX_CONTAINERS} containers; this one lists"
             f" {len(listed)}: that many on one Docker engine is beyond what Docklet manages"
         )
-    waiting = cp.heartbeat(node_id, parse(Heartbeat, data))
+    waiting = cp.agents.heartbeat(node_id, parse(Heartbeat, data))
     return _json({"status": "ok", "tasks_waiting": waiting})
 
 
@@ -299,12 +302,12 @@ def agent_tasks(cp: ControlPlane, node_id: str) -> str:
     token = _agent(cp, node_id)
     wait = _number_param("wait", 0, 0, cp.config.long_poll_max)
     limit = int(_number_param("max", 10, 1, MAX_TASKS_PER_POLL))
-    return _json(cp.poll_tasks(node_id, token, wait, limit))
+    return _json(cp.agents.poll_tasks(node_id, token, wait, limit))
 
 
 def agent_report(cp: ControlPlane, node_id: str, task_id: int) -> str:
     _agent(cp, node_id)
-    return _json(cp.report(node_id, task_id, parse(TaskReport, body(cp))))
+    return _json(cp.agents.report(node_id, task_id, parse(TaskReport, body(cp))))
 
 
 class Route(NamedTuple):
@@ -363,21 +366,16 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
         if access == Access.PUBLIC:
             return handler(**kwargs)
         address = request.environ.get("REMOTE_ADDR") or "unknown"
-        auth.refuse_if_limited(cp.limiter, address)
+        auth.refuse_if_limited(cp.tokens.limiter, address)
         secret = auth.bearer(header("Authorization"))
         try:
-            if access in (Access.READ, Access.ADMIN):
-                if not secret:
-                    raise auth.missing(access)
-                request.environ["docklet.caller"] = cp.authenticate_user(secret, access)
-            elif access == Access.NODE:
-                if not secret:
-                    raise auth.missing(access)
-                cp.authenticate(kwargs["node_id"], secret)
+            caller = auth.check(cp, access, secret, kwargs.get("node_id", ""))
+            if caller is not None:
+                request.environ["docklet.caller"] = caller
             return handler(**kwargs)
         except Unauthorized as exc:
             if secret or access == Access.JOIN:
-                cp.limiter.fail(address)
+                cp.tokens.limiter.fail(address)
             log.warning(
                 "auth: %s %s from %s refused: %s", request.method, request.path, address, exc
             )

@@ -22,12 +22,14 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from docklet.common.errors import DockletError, Unauthorized
 from docklet.common.status import Access
 from docklet.cp.http import auth
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.tokens import Caller
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +77,14 @@ class GitHTTP:
                 return _error(start_response, 404, "not_found", f"no repository at {path}")
             if self.git is None:
                 return _error(start_response, 503, "no_git", "git is not installed on the CP")
-            auth.refuse_if_limited(self.cp.limiter, address)
+            auth.refuse_if_limited(self.cp.tokens.limiter, address)
             secret = _password(environ)
             if not secret:
                 raise auth.missing(Access.READ)
             try:
-                caller = self.cp.authenticate_user(secret, _needs(environ))
+                caller = self.cp.tokens.authenticate(secret, _needs(environ))
             except Unauthorized as exc:
-                self.cp.limiter.fail(address)
+                self.cp.tokens.limiter.fail(address)
                 log.warning("auth: git %s from %s refused: %s", path, address, exc)
                 raise
         except DockletError as exc:
@@ -93,35 +95,10 @@ class GitHTTP:
         return self._backend(environ, start_response, caller)
 
     def _backend(
-        self, environ: dict[str, Any], start_response: StartResponse, caller: auth.Caller
+        self, environ: dict[str, Any], start_response: StartResponse, caller: Caller
     ) -> Iterator[bytes]:
-        repo = self.cp.config.repo_path
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "GIT_PROJECT_ROOT": str(repo.parent),
-            "GIT_HTTP_EXPORT_ALL": "1",
-            "GIT_HTTP_MAX_REQUEST_BUFFER": str(self.cp.config.max_body),
-            "PATH_INFO": "/" + repo.name + environ["PATH_INFO"][len(PREFIX + REPO_URL_NAME) :],
-            "REQUEST_METHOD": environ.get("REQUEST_METHOD", "GET"),
-            "QUERY_STRING": environ.get("QUERY_STRING", ""),
-            "CONTENT_TYPE": environ.get("CONTENT_TYPE", ""),
-            "REMOTE_USER": caller.name,  # also what enables receive-pack
-            "REMOTE_ADDR": environ.get("REMOTE_ADDR", ""),
-            "GIT_COMMITTER_NAME": caller.name,
-            "GIT_COMMITTER_EMAIL": f"{caller.name}@docklet",
-        }
-        for name in ("CONTENT_LENGTH",):
-            if environ.get(name):
-                env[name] = environ[name]
-        for header, var in (
-            ("HTTP_GIT_PROTOCOL", "GIT_PROTOCOL"),  # protocol v2
-            ("HTTP_CONTENT_ENCODING", "HTTP_CONTENT_ENCODING"),  # gzip-ed requests
-        ):
-            if environ.get(header):
-                env[var] = environ[header]
-        # The hook imports Docklet the way this process does.
-        if os.environ.get("PYTHONPATH"):
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        """Run `git http-backend` for this request: the body streamed in, the answer out."""
+        env = _cgi_env(environ, caller, self.cp.config.repo_path, self.cp.config.max_body)
         proc = subprocess.Popen(
             [str(self.git), "http-backend"],
             stdin=subprocess.PIPE,
@@ -137,17 +114,7 @@ class GitHTTP:
         drain = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
         drain.start()
         assert proc.stdout is not None
-        status, headers = "200 OK", []
-        while True:
-            line = proc.stdout.readline()
-            if not line or line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
-            if name.lower() == "status":
-                status = value.strip()
-            else:
-                headers.append((name, value.strip()))
-        start_response(status, headers)
+        start_response(*_cgi_headers(proc.stdout))
         try:
             while chunk := proc.stdout.read1(CHUNK):
                 yield chunk
@@ -159,6 +126,52 @@ class GitHTTP:
             message = b"".join(errors).decode(errors="replace").strip()
             if code or message:
                 log.info("git http-backend (%s) exited %s: %s", caller.name, code, message[:500])
+
+
+def _cgi_env(environ: dict[str, Any], caller: Caller, repo: Path, max_body: int) -> dict[str, str]:
+    """The CGI environment `git http-backend` runs in: the request, the caller, the repo."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_PROJECT_ROOT": str(repo.parent),
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "GIT_HTTP_MAX_REQUEST_BUFFER": str(max_body),
+        "PATH_INFO": "/" + repo.name + environ["PATH_INFO"][len(PREFIX + REPO_URL_NAME) :],
+        "REQUEST_METHOD": environ.get("REQUEST_METHOD", "GET"),
+        "QUERY_STRING": environ.get("QUERY_STRING", ""),
+        "CONTENT_TYPE": environ.get("CONTENT_TYPE", ""),
+        "REMOTE_USER": caller.name,  # also what enables receive-pack
+        "REMOTE_ADDR": environ.get("REMOTE_ADDR", ""),
+        "GIT_COMMITTER_NAME": caller.name,
+        "GIT_COMMITTER_EMAIL": f"{caller.name}@docklet",
+    }
+    for name in ("CONTENT_LENGTH",):
+        if environ.get(name):
+            env[name] = environ[name]
+    for header, var in (
+        ("HTTP_GIT_PROTOCOL", "GIT_PROTOCOL"),  # protocol v2
+        ("HTTP_CONTENT_ENCODING", "HTTP_CONTENT_ENCODING"),  # gzip-ed requests
+    ):
+        if environ.get(header):
+            env[var] = environ[header]
+    # The hook imports Docklet the way this process does.
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def _cgi_headers(stdout: IO[bytes]) -> tuple[str, list[tuple[str, str]]]:
+    """The CGI's status line and headers, read up to the blank line that ends them."""
+    status, headers = "200 OK", []
+    while True:
+        line = stdout.readline()
+        if not line or line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+        if name.lower() == "status":
+            status = value.strip()
+        else:
+            headers.append((name, value.strip()))
+    return status, headers
 
 
 def _feed(stream: Any, proc: subprocess.Popen[bytes], length: str | None) -> None:

@@ -10,8 +10,6 @@ actual state is what agents reported, through heartbeats and task reports.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -20,24 +18,50 @@ from typing import Any
 from docklet.common.errors import NotFound, Unauthorized
 from docklet.common.status import ContainerState, EventKind, NodeStatus
 from docklet.cp.settings import CPConfig
-from docklet.cp.store import events, tokens
+from docklet.cp.store import events
 from docklet.cp.store.db import Store, dumps
+from docklet.cp.store.secret import NODE_PREFIX, hash_secret, matches, new_secret
 from docklet.wire.protocol import Heartbeat, Label, ObservedContainer, Registration
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hash_secret(token)
 
 
 def token_matches(token_hash: str, token: str) -> bool:
-    return hmac.compare_digest(token_hash, hash_token(token))
+    return matches(token_hash, token)
+
+
+def by_engine(db: sqlite3.Connection, engine_id: str) -> sqlite3.Row | None:
+    """The node on this Docker engine (its id and token hash), or None: an engine never seen."""
+    return db.execute(
+        "SELECT node_id, token_hash FROM nodes WHERE engine_id = ?", (engine_id,)
+    ).fetchone()
+
+
+def by_token(db: sqlite3.Connection, node_id: str, token_hash: str) -> sqlite3.Row | None:
+    """The node, while `token_hash` is its token; None once a newer registration replaced it."""
+    return db.execute(
+        "SELECT node_id FROM nodes WHERE node_id = ? AND token_hash = ?", (node_id, token_hash)
+    ).fetchone()
+
+
+def require_current(db: sqlite3.Connection, node_id: str, token_hash: str) -> None:
+    """Raise unless `token_hash` is still the node's token: the one check an agent's task
+    polls and leases pass (an agent that was replaced must not take the new one's work)."""
+    if by_token(db, node_id, token_hash) is None:
+        raise Unauthorized(f"node {node_id!r}: this agent was replaced by a newer registration")
+
+
+def any_registered(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM nodes LIMIT 1").fetchone() is not None
 
 
 def register(db: sqlite3.Connection, reg: Registration) -> tuple[str, str, bool]:
     """(node_id, token, known) for the agent on this engine; the same node_id on every restart."""
     now = time.time()
-    token = tokens.new_secret(tokens.NODE_PREFIX)
-    row = db.execute("SELECT node_id FROM nodes WHERE engine_id = ?", (reg.engine_id,)).fetchone()
+    token = new_secret(NODE_PREFIX)
+    row = by_engine(db, reg.engine_id)
     if row is not None:
         node_id = row["node_id"]
         db.execute(
@@ -89,7 +113,7 @@ def authenticate(store: Store, node_id: str, token: str | None) -> None:
     row = store.one("SELECT token_hash FROM nodes WHERE node_id = ?", (node_id,))
     if row is None:
         raise NotFound(f"node {node_id!r} is not registered; restart its agent to register")
-    if not token or not hmac.compare_digest(row["token_hash"], hash_token(token)):
+    if not token or not token_matches(row["token_hash"], token):
         raise Unauthorized(f"node {node_id!r}: missing or wrong token; restart its agent")
 
 
@@ -98,7 +122,7 @@ def unchanged(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
 
     Reads only (on a reader connection): the node's status and Docker state,
     and its containers' fingerprints. Most heartbeats say "still here, same
-    containers": they are kept in memory (see ControlPlane.heartbeat), not written.
+    containers": they are kept in memory (see Agents.heartbeat), not written.
     """
     node = db.execute(
         "SELECT status, report_seq, docker_ok, docker_error FROM nodes WHERE node_id = ?",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from docklet.common.errors import NotFound, StaleLease, Unauthorized
+from docklet.common.errors import NotFound, StaleLease
 from docklet.common.status import OPEN_TASK_STATUSES, EventKind, TaskKind, TaskStatus
 from docklet.cp.store import events, nodes
 from docklet.cp.store.db import Store, among, dumps
@@ -83,9 +83,7 @@ def waiting(store: Store, node_id: str, token_hash: str | None = None) -> bool:
     With `token_hash`, an agent whose token was replaced is refused, as `lease` does.
     """
     if token_hash is not None:
-        node = store.one("SELECT token_hash FROM nodes WHERE node_id = ?", (node_id,))
-        if node is None or node["token_hash"] != token_hash:
-            raise Unauthorized(f"node {node_id!r}: this agent was replaced by a newer registration")
+        nodes.require_current(store.reader(), node_id, token_hash)
     row = store.one(
         "SELECT 1 AS yes FROM tasks WHERE node_id = ? AND status = ? LIMIT 1",
         (node_id, TaskStatus.PENDING),
@@ -101,9 +99,7 @@ def lease(
     The token is checked again here, in the same transaction: a long poll
     that began before its agent was replaced must not lease the new agent's work.
     """
-    node = db.execute("SELECT token_hash FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
-    if node is None or node["token_hash"] != token_hash:
-        raise Unauthorized(f"node {node_id!r}: this agent was replaced by a newer registration")
+    nodes.require_current(db, node_id, token_hash)
     now = time.time()
     rows = db.execute(
         "SELECT * FROM tasks WHERE node_id = ? AND status = ? ORDER BY id LIMIT ?",

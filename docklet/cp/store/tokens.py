@@ -5,7 +5,7 @@ once and stored only as SHA-256. The join token lets a new agent register; it
 lives in a 0600 file in the data directory (as k3s keeps its server token), so
 an admin can show it again. Each kind of secret carries its own prefix, so one
 is never mistaken for another (a node token is refused by user endpoints
-whatever its hash) and log redaction can recognise them.
+whatever its hash) and log redaction can recognise them (see `secret`).
 
 The bootstrap windows make a fresh cluster usable without a secret in hand:
 the first login gets an admin token, and the first agent joins without the
@@ -15,12 +15,10 @@ the control plane's very first start, whichever comes first, for good.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
 import re
-import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -29,27 +27,17 @@ from typing import Any
 from docklet.common import defaults
 from docklet.common.errors import BadRequest, Conflict, Forbidden, NotFound
 from docklet.common.status import EventKind, TokenScope
-from docklet.cp.store import events
+from docklet.cp.store import events, nodes
 from docklet.cp.store.db import Store, get_meta, set_meta
+from docklet.cp.store.secret import JOIN_PREFIX, USER_PREFIX, hash_secret, new_secret
 
 log = logging.getLogger(__name__)
 
-USER_PREFIX = "dku_"
-NODE_PREFIX = "dkn_"
-JOIN_PREFIX = "dkj_"
 _NAME = re.compile(r"^[A-Za-z0-9][\w.@+-]{0,63}$", re.ASCII)
 
 FIRST_START = "first_started_at"
 ADMIN_BOOTSTRAP = "admin_bootstrap_used"
 NODE_BOOTSTRAP = "node_bootstrap_used"
-
-
-def new_secret(prefix: str) -> str:
-    return prefix + secrets.token_urlsafe(32)  # 256 bits
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def check_name(name: str) -> str:
@@ -130,7 +118,7 @@ def windows(store: Store, window: float, now: float | None = None) -> dict[str, 
     now = time.time() if now is None else now
     rows = {r["key"]: r["value"] for r in store.query("SELECT key, value FROM meta")}
     closes = float(rows.get(FIRST_START, now)) + window
-    any_node = store.one("SELECT 1 AS x FROM nodes LIMIT 1") is not None
+    any_node = nodes.any_registered(store.reader())
     return {
         "admin": _window(ADMIN_BOOTSTRAP in rows, closes, now),
         "nodes": _window(NODE_BOOTSTRAP in rows or any_node, closes, now),
@@ -165,7 +153,7 @@ def claim_node(db: sqlite3.Connection, window: float, engine: str) -> bool:
     now = time.time()
     if get_meta(db, NODE_BOOTSTRAP) is not None or now >= first_start(db, now) + window:
         return False
-    if db.execute("SELECT 1 FROM nodes LIMIT 1").fetchone():
+    if nodes.any_registered(db):
         return False
     set_meta(db, NODE_BOOTSTRAP, str(now))
     log.warning(

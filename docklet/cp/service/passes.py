@@ -1,0 +1,101 @@
+"""The two passes that converge the cluster: sync (Git → store) and reconcile (store → tasks).
+
+A commit runs both before its call returns (read-your-writes); the controller
+loop (cp/controller.py) runs them on every wake-up and every interval. A
+reconcile pass that queued work wakes the agents' long-polls; finished
+rollouts' outcomes are then written to Git, outside any database transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection
+from typing import Any
+
+from docklet.common.status import RolloutStatus
+from docklet.cp.desired.gitrepo import GitRepo
+from docklet.cp.desired.sync import SyncResult, recorded_blobs, sync
+from docklet.cp.reconcile import rollout, scheduler
+from docklet.cp.service.changes import Changes
+from docklet.cp.service.liveness import Liveness
+from docklet.cp.service.polls import Polls
+from docklet.cp.settings import CPConfig
+from docklet.cp.store.db import Store
+
+log = logging.getLogger(__name__)
+
+# The outcomes worth a note on the rolled-out commit: what went wrong, in Git's words.
+NOTED = (RolloutStatus.ROLLED_BACK, RolloutStatus.ROLLBACK_FAILED, RolloutStatus.FAILED)
+
+
+class Passes:
+    """Sync and reconcile, with what each needs of this process's memory."""
+
+    def __init__(
+        self,
+        store: Store,
+        repo: GitRepo,
+        config: CPConfig,
+        liveness: Liveness,
+        polls: Polls,
+        changes: Changes,
+    ) -> None:
+        self.store, self.repo, self.config = store, repo, config
+        self.liveness, self.polls, self.changes = liveness, polls, changes
+        # One sync at a time: a sync that read an older head must never write
+        # after one that read a newer head (it would undo the newer commit).
+        self._sync_lock = threading.Lock()
+        # app → blob last synced (see sync.sync), from the database's synced commit on.
+        self.synced_blobs = recorded_blobs(store, repo)
+
+    def sync(self) -> SyncResult | None:
+        with self._sync_lock:
+            result = sync(self.store, self.repo, self.synced_blobs)
+        if result is not None:
+            self.changes.wake(result.changed)
+        return result
+
+    def reconcile(self, apps: Collection[str] | None = None) -> int:
+        """A reconcile pass over `apps` (every app if None); returns the tasks it queued."""
+        return self.run(apps).queued
+
+    def run(self, apps: Collection[str] | None) -> scheduler.Pass:
+        """A reconcile pass over `apps` (every app if None), as liveness stands now."""
+        done = scheduler.reconcile(
+            self.store,
+            self.config,
+            started_at=self.liveness.deaf_until(),
+            seen=self.liveness.last_seen(),
+            apps=apps,
+        )
+        if done.queued:
+            self.polls.wake()
+        self._record_outcomes()
+        return done
+
+    def _record_outcomes(self) -> None:
+        """Write finished rollouts' outcomes to Git, outside any database transaction."""
+        for r in rollout.unrecorded(self.store.reader()):
+            deployed, note = outcome(r)
+            try:
+                self.repo.record_outcome(r["app"], deployed, note)
+            except Exception:  # Git is where people look; the database stays the truth
+                log.exception("rollout %s: could not record its outcome in Git", r["id"])
+            with self.store.write() as db:
+                rollout.mark_recorded(db, r["id"])
+
+
+def outcome(row: Any) -> tuple[str | None, tuple[str, str] | None]:
+    """What a finished rollout leaves in Git: the commit that now runs (None: unchanged),
+    and a note on the rolled-out commit when it went wrong."""
+    status = RolloutStatus(row["status"])
+    deployed = {
+        RolloutStatus.STABLE: row["to_commit"],
+        RolloutStatus.ROLLED_BACK: row["from_commit"],
+    }.get(status)
+    note = None
+    if status in NOTED:
+        text = f"docklet: {row['app']} v{row['revision']} {status}: {row['reason']}\n"
+        note = (row["to_commit"], text)
+    return deployed, note
