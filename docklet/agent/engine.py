@@ -22,10 +22,10 @@ import docker
 import docker.errors
 import docker.utils
 
+from docklet.agent.container import TaskFailed, create_options, task_labels
 from docklet.common import defaults
-from docklet.common.errors import DockerUnavailable, DockletError
+from docklet.common.errors import DockerUnavailable
 from docklet.common.status import ContainerState
-from docklet.common.units import parse_duration, parse_port
 from docklet.wire.protocol import MAX_EVIDENCE, ContainerSpec, Label, LeasedTask
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ LOG_LINES = 20  # of an exited, restarting or unhealthy container, as evidence
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class TaskFailed(DockletError):
-    """Docker refused the task; the message is Docker's own words."""
 
 
 @dataclass(frozen=True)
@@ -261,13 +257,9 @@ class Engine:
 
     def _create(self, task: LeasedTask, spec: ContainerSpec, node_id: str, cluster_id: str) -> Any:
         api = self.client.api
-        options = _create_options(task, spec, node_id, cluster_id)
-        created = api.create_container(
-            spec.image,
-            name=task.container,
-            host_config=api.create_host_config(**options.pop("host")),
-            **options,
-        )
+        options = create_options(spec, task.container, task_labels(task, node_id, cluster_id))
+        host_config = api.create_host_config(**options.pop("host_config"))
+        created = api.create_container(**options, host_config=host_config)
         return self.client.containers.get(created["Id"])
 
     def _switch(
@@ -410,67 +402,6 @@ def _stop(container: Any) -> None:
         container.stop()
     else:
         container.stop(timeout=grace)
-
-
-def _create_options(
-    task: LeasedTask, spec: ContainerSpec, node_id: str, cluster_id: str
-) -> dict[str, Any]:
-    ours = {
-        Label.CLUSTER: cluster_id,
-        Label.APP: task.app,
-        Label.SLOT: task.slot,
-        Label.REVISION: task.revision,
-        Label.TASK: task.id,
-        Label.NODE: node_id,
-        Label.SPEC_HASH: spec.container_hash,
-    }
-    labels = {**spec.labels, **{k.value: str(v) for k, v in ours.items() if v is not None}}
-    bindings: dict[str, Any] = {}
-    for text in spec.ports:
-        p = parse_port(text)
-        bindings[f"{p.container_port}/{p.protocol}"] = (
-            (p.host_ip, p.host_port) if p.host_ip else p.host_port
-        )
-    binds = {}
-    for text in spec.volumes:
-        source, target, *mode = text.split(":")
-        binds[source] = {"bind": target, "mode": mode[0] if mode else "rw"}
-    try:
-        grace = parse_duration(spec.stop_grace_period)
-    except ValueError as exc:
-        raise TaskFailed(f"stop_grace_period: {exc}") from None
-    options: dict[str, Any] = {
-        "command": spec.command,
-        "environment": spec.env,
-        "labels": labels,
-        "ports": [tuple(k.split("/")) for k in bindings],
-        "volumes": [b["bind"] for b in binds.values()],
-        "stop_timeout": max(1, round(grace)),
-        "host": {
-            "port_bindings": bindings,
-            "binds": binds,
-            "restart_policy": {"Name": spec.restart},
-        },
-    }
-    if spec.healthcheck:
-        options["healthcheck"] = _healthcheck(spec.healthcheck)
-    return options
-
-
-def _healthcheck(hc: dict[str, Any]) -> dict[str, Any]:
-    test = hc["test"]
-    if isinstance(test, str):
-        test = ["CMD-SHELL", test]
-    elif test and test[0] not in ("CMD", "CMD-SHELL", "NONE"):
-        test = ["CMD", *test]
-    ns = 1_000_000_000
-    return {
-        "test": test,
-        "interval": int(parse_duration(hc["interval"]) * ns),
-        "timeout": int(parse_duration(hc["timeout"]) * ns),
-        "retries": hc["retries"],
-        "start_period": int(parse_duration(hc["start_period"]) * ns),
-    }
 
 
 def observed(container: Any) -> dict[str, Any]:

@@ -5,9 +5,8 @@ manages on this engine, with start time, restarts, health output and last
 log lines for the young and failing ones a rollout judges, and whether Docker
 answers at all), the task poller
 (long-poll for as many tasks as there are free workers) and one lease
-renewer. Tasks run on a bounded pool of workers, one lane per container:
-tasks of the same container run one at a time in lease order, and a slow
-stop or pull of one app never holds up another app's deploy. No loop ever
+renewer. Tasks run on a bounded pool of workers, one lane per container
+(docklet.agent.pool); running one and reporting it is here. No loop ever
 dies: a control plane or a Docker engine that does not answer is logged
 and retried with backoff.
 """
@@ -19,16 +18,15 @@ import random
 import signal
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from docklet import __version__
 from docklet.agent import identity
-from docklet.agent.engine import Engine, Outcome, TaskFailed
+from docklet.agent.container import TaskFailed
+from docklet.agent.engine import Engine, Outcome
+from docklet.agent.pool import TaskPool
 from docklet.agent.settings import AgentConfig
 from docklet.common import defaults, logs
 from docklet.common import settings as settings_table
@@ -74,15 +72,6 @@ class Backoff:
         self.current = self.first
 
 
-@dataclass
-class Held:
-    """A task this agent holds a lease on: running, or queued behind its container's lane."""
-
-    task: LeasedTask  # replaced when the CP leases the same task again (new token)
-    renew_at: float  # time.monotonic() of the next lease renewal
-    running: bool = False
-
-
 def docker_detail(exc: DockletError) -> str:
     """The SDK's own words, for the agent's log only (people see `exc.message`)."""
     detail = exc.details.get("detail")
@@ -90,6 +79,8 @@ def docker_detail(exc: DockletError) -> str:
 
 
 class Agent:
+    """One Docker engine's agent: registers it, reports on it, and runs the tasks leased to it."""
+
     def __init__(self, config: AgentConfig, *, engine: Engine | None = None) -> None:
         self.config = config
         self.cp = Client(config.cp)
@@ -107,13 +98,9 @@ class Agent:
         self._refused = Backoff(config.retry_max, first=1.0)
         # Set by a heartbeat whose answer says tasks wait: the poller asks at once.
         self.tasks_waiting = threading.Event()
-        # Guards everything below; notified whenever a task starts or ends.
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()  # guards the report sequence and the registration
         self._report_seq = 0
-        self._held: dict[int, Held] = {}
-        self._lanes: dict[str, deque[LeasedTask]] = {}
-        self._renewer: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="task")
+        self._pool = TaskPool(config.concurrency, self.stop, run=self.run_task, renew=self._renew)
         self._poll_after: float | None = None  # the CP had no long-poll slot: wait this long
 
     @property
@@ -256,17 +243,12 @@ class Agent:
 
     # -- leasing tasks ---------------------------------------------------------
 
-    def free_capacity(self) -> int:
-        """Workers not spoken for: tasks held (running or queued) each take one."""
-        with self._lock:
-            return self.config.concurrency - len(self._held)
-
     def poll_once(self, wait: float | None = None) -> int:
         """Long-poll for as many tasks as there are free workers and start them.
 
         Returns how many were leased; they run in the background (see `drain`).
         """
-        free = self.free_capacity()
+        free = self._pool.free()
         if free <= 0:
             return 0
         wait = self.config.poll_wait if wait is None else wait
@@ -278,7 +260,7 @@ class Agent:
         self._poll_after = reply.get("poll_after") if isinstance(reply, dict) else None
         if self.stop.is_set():
             return 0  # shutting down: the CP hands these out again when we re-register
-        self._accept(leased)
+        self._pool.accept(leased)
         return len(leased)
 
     def _parse_tasks(self, reply: Any) -> list[LeasedTask]:
@@ -316,7 +298,7 @@ class Agent:
         done = 0
         while not self.stop.is_set() and (max_iterations is None or done < max_iterations):
             done += 1
-            if not self._wait_for_capacity():
+            if not self._pool.wait_for_capacity():
                 break
             generation = self._generation
             try:
@@ -373,87 +355,14 @@ class Agent:
                 return
             self.tasks_waiting.wait(min(left, 0.5))  # `stop` is looked at now and then
 
-    def _wait_for_capacity(self) -> bool:
-        """Block until a worker is free; False when the agent is stopping instead."""
-        with self._lock:
-            while len(self._held) >= self.config.concurrency:
-                if self.stop.is_set():
-                    return False
-                self._lock.wait(timeout=1.0)  # `stop` is an Event: look at it now and then
-        return not self.stop.is_set()
-
     # -- running tasks -----------------------------------------------------------
-
-    def _accept(self, leased: list[LeasedTask]) -> None:
-        """Queue each task on its container's lane, in lease order, and keep its lease."""
-        now = time.monotonic()
-        with self._lock:
-            for task in leased:
-                if task.id in self._held:
-                    # Leased again (after a re-registration): report under the new token.
-                    self._held[task.id].task = task
-                    continue
-                self._held[task.id] = Held(task, now + task.lease_seconds / 3)
-                lane = self._lanes.get(task.slot_key)
-                if lane is not None:
-                    lane.append(task)  # its container is busy: wait for the task ahead
-                    continue
-                self._lanes[task.slot_key] = deque([task])
-                self._pool.submit(self._run_lane, task.slot_key)
-            if self._held and self._renewer is None:
-                self._renewer = threading.Thread(
-                    target=self._renew_leases, daemon=True, name="lease-renewer"
-                )
-                self._renewer.start()
-            self._lock.notify_all()
-
-    def _run_lane(self, key: str) -> None:
-        """Run one container's tasks one after another until its lane is empty."""
-        while True:
-            with self._lock:
-                lane = self._lanes[key]
-                if not lane or self.stop.is_set():
-                    # Shutting down: queued tasks never start; the CP hands them out again.
-                    self._drop(key)
-                    return
-                task = lane.popleft()
-                self._held[task.id].running = True
-            ended = False
-            try:
-                ended = self.run_task(task)
-            except Exception:  # run_task reports its own failures; this is a last guard
-                log.exception("task %s: agent error", task.id)
-            finally:
-                with self._lock:
-                    del self._held[task.id]
-                    self._lock.notify_all()
-            if not ended:
-                with self._lock:
-                    # The task comes back after its lease runs out; the ones behind
-                    # it come back with it, so this container's tasks keep their order.
-                    self._drop(key)
-                return
-
-    def _drop(self, key: str) -> None:
-        """Give up a lane and the tasks queued in it (caller holds the lock)."""
-        for queued in self._lanes.pop(key):
-            log.info("task %s: not started; it will be handed out again", queued.id)
-            del self._held[queued.id]
-        self._lock.notify_all()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every held task has ended (when stopping: every running one).
 
         Returns False if some are still going after `timeout` seconds.
         """
-
-        def idle() -> bool:
-            if self.stop.is_set():
-                return not any(h.running for h in self._held.values())
-            return not self._held
-
-        with self._lock:
-            return self._lock.wait_for(idle, timeout)
+        return self._pool.drain(timeout)
 
     def run_task(self, task: LeasedTask) -> bool:
         """Execute one task and report it; False when Docker being down left it for a retry."""
@@ -488,12 +397,6 @@ class Agent:
             return None
         raise TaskFailed(f"this agent ({__version__}) does not know task kind {task.kind!r}")
 
-    def _current(self, task: LeasedTask) -> LeasedTask:
-        """The task under its newest lease (the CP may have leased it again meanwhile)."""
-        with self._lock:
-            held = self._held.get(task.id)
-            return held.task if held else task
-
     def _report(
         self,
         task: LeasedTask,
@@ -502,7 +405,7 @@ class Agent:
         error: str | None = None,
         outcome: Outcome | None = None,
     ) -> None:
-        task = self._current(task)
+        task = self._pool.current(task)
         container = outcome.container if outcome else None
         # Numbered after the Docker work ended: a heartbeat that read an equal or
         # higher number listed containers after this task's change.
@@ -536,43 +439,13 @@ class Agent:
                     )
                     return
             backoff.wait(self.stop)
-            body["lease_token"] = self._current(task).lease_token  # leased again meanwhile?
+            body["lease_token"] = self._pool.current(task).lease_token  # leased again meanwhile?
 
     # -- lease renewal -------------------------------------------------------------
 
-    def _renew_leases(self) -> None:
-        """Keep every held lease, running or queued, so none is handed out again.
-
-        One thread for all: it sleeps until the earliest renewal is due and
-        ends when nothing is held (the next accepted task starts another). Once
-        the agent is stopping, queued tasks are given up: only running ones count.
-        """
-        while True:
-            with self._lock:
-                kept = self._kept()
-                if not kept:
-                    self._renewer = None
-                    return
-                now = time.monotonic()
-                due = [h.task for h in kept if h.renew_at <= now]
-                for task in due:
-                    self._held[task.id].renew_at = now + task.lease_seconds / 3
-            for task in due:
-                self._renew(task)
-            with self._lock:
-                kept = self._kept()
-                if kept:
-                    earliest = min(h.renew_at for h in kept)
-                    self._lock.wait(timeout=max(0.05, earliest - time.monotonic()))
-
-    def _kept(self) -> list[Held]:
-        """The leases worth keeping (caller holds the lock)."""
-        if self.stop.is_set():
-            return [h for h in self._held.values() if h.running]
-        return list(self._held.values())
-
     def _renew(self, task: LeasedTask) -> None:
-        task = self._current(task)
+        """Keep one task's lease; the pool's renewer calls this when it is due."""
+        task = self._pool.current(task)
         try:
             self.cp.post(
                 f"/api/agents/{self.node_id}/tasks/{task.id}",
@@ -596,8 +469,7 @@ class Agent:
             pass
         # The poller may sit in a long poll: it is a daemon and is left there;
         # whatever it leases now is not started (see poll_once).
-        with self._lock:
-            running = sum(h.running for h in self._held.values())
+        running = self._pool.running()
         if running:
             log.info("stopping: waiting for %d running task(s) to finish", running)
         self.drain()

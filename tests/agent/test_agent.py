@@ -18,7 +18,8 @@ from conftest import ADMIN_TOKEN, wait_for
 from test_engine import IGNORE_TERM, slow_stop_image
 
 from docklet.agent.engine import Engine, Outcome
-from docklet.agent.loop import Agent, Held
+from docklet.agent.loop import Agent
+from docklet.agent.pool import Held
 from docklet.agent.settings import AgentConfig
 from docklet.common.status import TaskKind
 from docklet.cp.store import tasks
@@ -236,8 +237,9 @@ def test_a_slow_stop_does_not_delay_another_apps_deploy(
 
 
 def _stopping(agent: Agent) -> bool:
-    with agent._lock:
-        return any(h.running and h.task.kind == TaskKind.REMOVE for h in agent._held.values())
+    pool = agent._pool
+    with pool._lock:
+        return any(h.running and h.task.kind == TaskKind.REMOVE for h in pool._held.values())
 
 
 class Recording(Engine):
@@ -345,20 +347,21 @@ def test_the_agent_asks_only_for_what_it_has_room_for(odd_cp: Any, docker_client
     queued = LeasedTask(
         id=7, kind=TaskKind.STOP, app="x", container="c", lease_token="t", lease_seconds=60
     )
-    with agent._lock:  # held, say waiting behind another task of its container
-        agent._held[queued.id] = Held(queued, renew_at=time.monotonic() + 60)
+    pool = agent._pool
+    with pool._lock:  # held, say waiting behind another task of its container
+        pool._held[queued.id] = Held(queued, renew_at=time.monotonic() + 60)
     assert agent.poll_once() == 0
     assert paths == [
         "/api/agents/node-a/tasks?wait=1&max=3",
         "/api/agents/node-a/tasks?wait=1&max=2",
     ]
-    with agent._lock:
+    with pool._lock:
         for n in range(8, 10):
-            agent._held[n] = Held(queued, renew_at=time.monotonic() + 60)
+            pool._held[n] = Held(queued, renew_at=time.monotonic() + 60)
     assert agent.poll_once() == 0 and len(paths) == 2  # no room: not even asked
     agent.stop.set()
-    with agent._lock:  # nothing real to renew
-        agent._held.clear()
+    with pool._lock:  # nothing real to renew
+        pool._held.clear()
 
 
 @pytest.mark.docker
@@ -369,7 +372,7 @@ def test_an_agent_whose_token_was_replaced_registers_again_after_a_pause(
     # gave up on it, or by another agent on the engine: either way it never stops for good.
     newer = make_agent(served_cp, docker_client)
     newer.register()  # same Docker engine: same node, and the old token is void
-    agent.config = agent.config.model_copy(update={"join_token": cp.join_token()})
+    agent.config = agent.config.model_copy(update={"join_token": cp.tokens.join_token()})
     generation = agent._generation
     started = time.monotonic()
     agent.heartbeat_loop(max_iterations=1)
@@ -387,7 +390,7 @@ def test_an_agent_forgotten_by_the_cp_registers_again(
     with cp.store.write() as db:  # the CP lost its data, say
         db.execute("DELETE FROM nodes")
     # Its node token means nothing now, and the bootstrap window is spent: it needs the join token.
-    agent.config = agent.config.model_copy(update={"join_token": cp.join_token()})
+    agent.config = agent.config.model_copy(update={"join_token": cp.tokens.join_token()})
     agent.heartbeat_loop(max_iterations=1)
     assert not agent.stop.is_set()
     assert [n["node_id"] for n in Client(served_cp, token=ADMIN_TOKEN).get("/api/state/nodes")] == [

@@ -1,0 +1,3 @@
+from docklet.agent.loop import main
+
+main()
