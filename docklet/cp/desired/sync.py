@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 from docklet.common import defaults
 from docklet.common.errors import InvalidSpec
-from docklet.common.status import DesiredState, EventKind, RevisionStatus
-from docklet.cp.desired import spec as specs
+from docklet.common.status import EventKind
+from docklet.cp.desired import specfile
 from docklet.cp.desired.edits import app_name
 from docklet.cp.desired.gitrepo import Commit, GitRepo
 from docklet.cp.desired.spec import AppSpec
-from docklet.cp.store import events
+from docklet.cp.store import apps, events, revisions, sync_errors
 from docklet.cp.store.db import Store, dumps, get_meta, savepoint, set_meta
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Parsed:
 
 def _parse_file(path: str, data: bytes) -> AppSpec | str:
     try:
-        spec = specs.load(data, source=path)
+        spec = specfile.load(data, source=path)
     except InvalidSpec as exc:
         return exc.message
     if spec.name != app_name(path):
@@ -157,13 +157,12 @@ def recorded_blobs(store: Store, repo: GitRepo) -> dict[str, str]:
     except Exception:  # gone (a force-push and gc): the first sync records everything
         log.warning("sync: the synced commit %s cannot be read; re-recording every spec", synced)
         return {}
-    failed = {app_name(r["path"]) for r in store.query("SELECT path FROM sync_errors")}
+    failed = {app_name(path) for path in sync_errors.paths(store.reader())}
     return {app_name(p): oid for p, oid in commit.oids.items() if app_name(p) not in failed}
 
 
 def _synced(store: Store) -> str | None:
-    row = store.one("SELECT value FROM meta WHERE key = 'synced_commit'")
-    return row["value"] if row else None
+    return get_meta(store.reader(), "synced_commit")
 
 
 @dataclass
@@ -187,17 +186,14 @@ def _plan(store: Store, commit: Commit, parsed: Parsed, recorded: dict[str, str]
         else:
             plan.apply[name] = (app_spec, oid)
     present = set(parsed.valid) | parsed.kept
-    for (name,) in store.reader().execute(
-        "SELECT name FROM apps WHERE desired != ?", (DesiredState.REMOVED,)
-    ):
-        if name not in present:
-            plan.gone.append(name)
+    plan.gone = [name for name in apps.not_removed(store.reader()) if name not in present]
     return plan
 
 
 def _record(db: sqlite3.Connection, commit: Commit, plan: Plan) -> SyncResult:
-    parsed = plan.parsed
-    result = SyncResult(commit=commit.sha, errors=dict(parsed.errors), recorded=dict(plan.same))
+    result = SyncResult(
+        commit=commit.sha, errors=dict(plan.parsed.errors), recorded=dict(plan.same)
+    )
     for name, (app_spec, oid) in plan.apply.items():
         try:
             with savepoint(db):
@@ -210,23 +206,31 @@ def _record(db: sqlite3.Connection, commit: Commit, plan: Plan) -> SyncResult:
             result.new_revisions[name] = number
         if oid is not None:
             result.recorded[name] = oid
-    db.execute("DELETE FROM sync_errors")
-    for path, message in result.errors.items():
-        db.execute("INSERT INTO sync_errors VALUES (?, ?, ?)", (path, commit.sha, message))
-        events.record(db, EventKind.SYNC_ERROR, message, app=app_name(path))
-    for name in plan.gone:  # read before the transaction; only sync creates apps
-        if db.execute(
-            "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ? AND desired != ?",
-            (DesiredState.REMOVED, time.time(), name, DesiredState.REMOVED),
-        ).rowcount:
-            events.record(
-                db, EventKind.APP_REMOVED, f"app {name}: removed by {commit.sha[:8]}", app=name
-            )
-            result.removed.append(name)
+    _record_errors(db, commit, result.errors)
+    result.removed = _remove_gone(db, commit, plan.gone)
     result.changed.update(result.removed)
     result.changed.update(app_name(path) for path in result.errors)
     set_meta(db, "synced_commit", commit.sha)
     return result
+
+
+def _record_errors(db: sqlite3.Connection, commit: Commit, errors: dict[str, str]) -> None:
+    """The commit's sync errors replace the last commit's, each also an event."""
+    sync_errors.replace(db, commit.sha, errors)
+    for path, message in errors.items():
+        events.record(db, EventKind.SYNC_ERROR, message, app=app_name(path))
+
+
+def _remove_gone(db: sqlite3.Connection, commit: Commit, gone: list[str]) -> list[str]:
+    """Apps whose file is gone are to be removed; returns those that were not already."""
+    removed = []
+    for name in gone:  # read before the transaction; only sync creates apps
+        if apps.mark_removed(db, name, time.time()):
+            events.record(
+                db, EventKind.APP_REMOVED, f"app {name}: removed by {commit.sha[:8]}", app=name
+            )
+            removed.append(name)
+    return removed
 
 
 def _apply(
@@ -242,73 +246,18 @@ def _apply(
     """
     now = time.time()
     name = app_spec.name
-    app = db.execute(
-        "SELECT desired, current_revision, target_revision FROM apps WHERE name = ?", (name,)
-    ).fetchone()
+    app = apps.get(db, name)
     if app is None or app["desired"] != app_spec.state:
         changed.add(name)
-    if app is None:
-        db.execute(
-            "INSERT INTO apps (name, desired, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            (name, app_spec.state, now, now),
-        )
-        events.record(
-            db, EventKind.APP_CREATED, f"app {name}: created by {commit.sha[:8]}", app=name
-        )
-    elif app["desired"] != app_spec.state:
-        db.execute(
-            "UPDATE apps SET desired = ?, updated_at = ? WHERE name = ?",
-            (app_spec.state, now, name),
-        )
-        events.record(
-            db, EventKind.APP_DESIRED, f"app {name}: desired state {app_spec.state}", app=name
-        )
-    latest = db.execute(
-        "SELECT number, spec_hash FROM revisions WHERE app = ? ORDER BY number DESC LIMIT 1",
-        (name,),
-    ).fetchone()
-    spec_hash = app_spec.revision_hash()
-    if latest is not None and latest["spec_hash"] == spec_hash:
+        _record_desired(db, app_spec, commit, now, new=app is None)
+    latest = revisions.latest(db, name)
+    if latest is not None and latest["spec_hash"] == app_spec.revision_hash():
         return None
     number = (latest["number"] if latest else 0) + 1
     changed.add(name)
-    # A revision that was waiting to be rolled out is superseded by this one.
-    db.execute(
-        "UPDATE revisions SET status = ? WHERE app = ? AND status IN (?, ?)"
-        " AND number != COALESCE((SELECT current_revision FROM apps WHERE name = ?), 0)",
-        (RevisionStatus.SUPERSEDED, name, RevisionStatus.PENDING, RevisionStatus.HELD, name),
-    )
-    # The same container spec ran before (a rollback by commit): the same bytes, exactly.
-    pinned = db.execute(
-        "SELECT image_digest FROM revisions WHERE app = ? AND container_hash = ?"
-        " AND image_digest IS NOT NULL ORDER BY number DESC LIMIT 1",
-        (name, app_spec.container_hash()),
-    ).fetchone()
-    db.execute(
-        "INSERT INTO revisions (app, number, spec, spec_hash, container_hash, runtime_hash,"
-        " commit_sha, author, message, status, created_at, image_digest)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            name,
-            number,
-            dumps(app_spec.model_dump(mode="json")),
-            spec_hash,
-            app_spec.container_hash(),
-            app_spec.runtime_hash(),
-            commit.sha,
-            commit.author,
-            commit.message,
-            RevisionStatus.PENDING,
-            now,
-            pinned["image_digest"] if pinned else None,
-        ),
-    )
+    _record_revision(db, app_spec, commit, number, now)
     first = app is None or app["current_revision"] is None
-    db.execute(
-        "UPDATE apps SET target_revision = ?, last_error = NULL, updated_at = ?,"
-        " current_revision = CASE WHEN ? THEN ? ELSE current_revision END WHERE name = ?",
-        (number, now, first, number, name),
-    )
+    apps.set_target(db, name, number, now, first=first)
     events.record(
         db,
         EventKind.REVISION_CREATED,
@@ -316,3 +265,39 @@ def _apply(
         app=name,
     )
     return number
+
+
+def _record_desired(
+    db: sqlite3.Connection, app_spec: AppSpec, commit: Commit, now: float, *, new: bool
+) -> None:
+    """A new app, or a new desired state (running, stopped) of one."""
+    name = app_spec.name
+    if new:
+        apps.create(db, name, app_spec.state, now)
+        events.record(
+            db, EventKind.APP_CREATED, f"app {name}: created by {commit.sha[:8]}", app=name
+        )
+    else:
+        apps.set_desired(db, name, app_spec.state, now)
+        events.record(
+            db, EventKind.APP_DESIRED, f"app {name}: desired state {app_spec.state}", app=name
+        )
+
+
+def _record_revision(
+    db: sqlite3.Connection, app_spec: AppSpec, commit: Commit, number: int, now: float
+) -> None:
+    name = app_spec.name
+    # A revision that was waiting to be rolled out is superseded by this one.
+    revisions.supersede_waiting(db, name)
+    revisions.create(
+        db,
+        app=name,
+        number=number,
+        spec=dumps(app_spec.model_dump(mode="json")),
+        hashes=(app_spec.revision_hash(), app_spec.container_hash(), app_spec.runtime_hash()),
+        commit=(commit.sha, commit.author, commit.message),
+        created_at=now,
+        # The same container spec ran before (a rollback by commit): the same bytes, exactly.
+        image_digest=revisions.pinned_digest(db, name, app_spec.container_hash()),
+    )
