@@ -25,7 +25,7 @@ def step(cp: ControlPlane, *agents: Agent, fail: str | None = None) -> None:
     for a in agents:
         a.work(fail=fail)
         a.heartbeat()
-    cp.reconcile()
+    cp.passes.reconcile()
 
 
 def running(agent: Agent) -> dict[str, int]:
@@ -38,14 +38,14 @@ def running(agent: Agent) -> dict[str, int]:
 
 
 def latest(cp: ControlPlane, app: str = "web") -> dict[str, Any]:
-    return cp.rollouts(app)[0]
+    return cp.views.rollouts(app)[0]
 
 
 def stable_v1(cp: ControlPlane, *agents: Agent, replicas: int = 2, **spec: Any) -> None:
     put_app(cp, "web", replicas=replicas, rollout=FAST, **spec)
     step(cp, *agents)
     step(cp, *agents)
-    assert cp.app("web")["status"] == "stable"
+    assert cp.views.app("web")["status"] == "stable"
 
 
 def test_a_good_update_canaries_promotes_and_becomes_stable(cp: ControlPlane) -> None:
@@ -53,21 +53,21 @@ def test_a_good_update_canaries_promotes_and_becomes_stable(cp: ControlPlane) ->
     stable_v1(cp, a)
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=FAST)
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]
-    assert cp.app("web")["status"] == "rolling_update"
-    assert cp.app("web")["revision"] == "v2"
+    assert cp.views.app("web")["status"] == "rolling_update"
+    assert cp.views.app("web")["revision"] == "v2"
     step(cp, a)  # the canary runs next to the old container (start-first)
     assert sorted(running(a).values()) in ([1, 1, 2], [1, 2])
     for _ in range(4):
         step(cp, a)
-    view = cp.app("web")
+    view = cp.views.app("web")
     assert (view["status"], view["revision"], view["running_revision"]) == ("stable", "v2", "v2")
     assert sorted(running(a).values()) == [2, 2]
     assert len(a.containers) == 2  # the old ones are gone once v2 is stable
     r = latest(cp)
     assert (r["status"], r["done"], r["total"]) == ("stable", 2, 2)
-    history = {h["revision"]: h["status"] for h in cp.revisions("web")}
+    history = {h["revision"]: h["status"] for h in cp.views.revisions("web")}
     assert history == {"v2": "stable", "v1": "replaced"}
-    kinds = [e["message"] for e in cp.events("web", 200) if e["kind"] == "rollout"]
+    kinds = [e["message"] for e in cp.views.events("web", 200) if e["kind"] == "rollout"]
     assert any("pending → canary" in k for k in kinds) and any("→ stable" in k for k in kinds)
 
 
@@ -90,13 +90,13 @@ def test_a_canary_docker_refuses_is_rolled_back_and_the_old_revision_never_stops
         "logs": None,
     }
     assert running(a) == before  # never interrupted
-    view = cp.app("web")
+    view = cp.views.app("web")
     assert (view["status"], view["revision"], view["actual"]) == ("stable", "v1", "running")
-    assert {h["revision"]: h["status"] for h in cp.revisions("web")}["v2"] == "failed"
+    assert {h["revision"]: h["status"] for h in cp.views.revisions("web")}["v2"] == "failed"
     # Git tells the truth without a revert commit: a note on the failed commit, and
     # the deployed ref on the commit that runs.
     repo = pygit2.Repository(str(cp.config.repo_path))
-    v1, v2 = (cp.revisions("web")[i]["commit_sha"] for i in (1, 0))
+    v1, v2 = (cp.views.revisions("web")[i]["commit_sha"] for i in (1, 0))
     assert str(repo.references["refs/docklet/deployed/web"].target) == v1
     note = repo.lookup_note(v2, "refs/notes/docklet").message
     assert "rolled_back" in note and "manifest unknown" in note
@@ -111,7 +111,7 @@ def test_a_canary_that_exits_fails_with_its_exit_code(cp: ControlPlane) -> None:
     (canary,) = [n for n, c in a.containers.items() if c["labels"]["docklet.revision"] == "2"]
     a.containers[canary] = {**a.containers[canary], "state": "exited", "exit_code": 1}
     a.heartbeat()
-    cp.reconcile()
+    cp.passes.reconcile()
     r = latest(cp)
     assert r["status"] in ("rolling_back", "rolled_back")
     assert r["reason"].startswith("exited with code 1 after")
@@ -126,13 +126,13 @@ def test_a_newer_revision_supersedes_the_rollout_and_starts_from_the_stable_one(
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout={"min_healthy_time": "1h"})
     step(cp, a)
     put_app(cp, "web", replicas=2, image="nginx:1.28", rollout=FAST)
-    first, second = cp.rollouts("web")[1], cp.rollouts("web")[0]
+    first, second = cp.views.rollouts("web")[1], cp.views.rollouts("web")[0]
     assert first["status"] == "superseded"
     assert (second["from_revision"], second["revision"]) == ("v1", "v3")
     for _ in range(5):
         step(cp, a)
     assert sorted(running(a).values()) == [3, 3]
-    assert {h["revision"]: h["status"] for h in cp.revisions("web")}["v2"] == "superseded"
+    assert {h["revision"]: h["status"] for h in cp.views.revisions("web")}["v2"] == "superseded"
 
 
 def test_the_same_failed_spec_is_held_until_a_person_retries(cp: ControlPlane) -> None:
@@ -143,10 +143,10 @@ def test_the_same_failed_spec_is_held_until_a_person_retries(cp: ControlPlane) -
     step(cp, a)
     # Only a label changes: the same container that failed is not tried again by itself.
     put_app(cp, "web", replicas=2, image="nginx:bad", rollout=FAST, labels={"team": "x"})
-    view = cp.app("web")
+    view = cp.views.app("web")
     assert view["held"] and "docklet rollout retry web" in view["held"]
     assert open_tasks(cp, "web") == []
-    cp.retry("web")
+    cp.apps.retry("web")
     assert latest(cp)["revision"] == "v3" and not latest(cp)["terminal"]
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]
 
@@ -171,11 +171,11 @@ def test_a_canary_that_never_gets_healthy_fails_at_its_deadline(cp: ControlPlane
         if c["labels"]["docklet.revision"] == "2":
             c["health"] = "starting"
     a.heartbeat()
-    cp.reconcile()
+    cp.passes.reconcile()
     assert latest(cp)["status"] == "verifying"
     with cp.store.write() as db:  # 30 s pass while the canary stays "starting"
         db.execute("UPDATE rollouts SET deadline = ?", (time.time() - 1,))
-    cp.reconcile()
+    cp.passes.reconcile()
     r = latest(cp)
     assert r["status"] in ("rolling_back", "rolled_back")
     assert "not healthy within the healthy deadline (30s)" in r["reason"]
@@ -195,11 +195,11 @@ def test_a_restarted_control_plane_resumes_the_rollout_with_its_downtime_given_b
     cp.store.close()
     restarted = ControlPlane(config)
     try:
-        assert restarted.rollouts("web")[0]["deadline"] >= deadline + 99
+        assert restarted.views.rollouts("web")[0]["deadline"] >= deadline + 99
         a.cp = restarted
         for _ in range(5):
             step(restarted, a)
-        assert restarted.rollouts("web")[0]["status"] == "stable"
+        assert restarted.views.rollouts("web")[0]["status"] == "stable"
     finally:
         restarted.store.close()
 
@@ -210,15 +210,15 @@ def test_rollback_commits_the_old_spec_and_rolls_out_fast(cp: ControlPlane) -> N
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=FAST)
     for _ in range(5):
         step(cp, a)
-    assert cp.app("web")["running_revision"] == "v2"
-    answer = cp.rollback("web", None, "Alice <alice@example.com>")
+    assert cp.views.app("web")["running_revision"] == "v2"
+    answer = cp.apps.rollback("web", None, "Alice <alice@example.com>")
     assert answer["commit"] and answer["revision"] == "v3"
     commit = cp.repo.read(cp.repo.head())
     assert commit.message.startswith("Roll back app web to v1")
     assert latest(cp)["status"] == "promoting"  # v1's containers are known good: no canary
     for _ in range(4):
         step(cp, a)
-    assert cp.app("web")["running_revision"] == "v3"
+    assert cp.views.app("web")["running_revision"] == "v3"
     assert sorted(running(a).values()) == [3, 3] or sorted(running(a).values()) == [1, 1]
 
 
@@ -234,7 +234,7 @@ def test_a_canary_whose_health_check_turns_unhealthy_is_rolled_back_with_its_out
         if c["labels"]["docklet.revision"] == "2":
             c.update(health="unhealthy", health_log="wget: server returned error: 500")
     a.heartbeat()
-    cp.reconcile()
+    cp.passes.reconcile()
     r = latest(cp)
     assert r["status"] in ("rolling_back", "rolled_back")
     assert r["reason"] == "unhealthy: wget: server returned error: 500"
@@ -247,9 +247,9 @@ def test_a_lost_canary_node_is_not_the_revisions_fault(cp: ControlPlane) -> None
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout={"min_healthy_time": "1h"})
     canary = latest(cp)["canary_node"]
     silence(cp, canary, time.time() - 3600)  # the canary's node goes silent for an hour
-    cp.started_at = time.time() - 7200
-    cp.reconcile()  # the slot moves to b…
-    cp.reconcile()  # …and the rollout follows it, with a fresh deadline
+    cp.liveness.started_at = time.time() - 7200
+    cp.passes.reconcile()  # the slot moves to b…
+    cp.passes.reconcile()  # …and the rollout follows it, with a fresh deadline
     r = latest(cp)
     assert r["status"] in ("canary", "verifying")  # placed again, not failed
     assert r["canary_node"] != canary
@@ -264,6 +264,6 @@ def test_a_pass_says_when_the_canarys_health_wait_ends(cp: ControlPlane) -> None
         "SELECT finished_at FROM tasks WHERE app = 'web' AND revision = 2 AND status = 'done'"
     )
     started = canary["finished_at"]  # these simulated containers say no start time
-    done = cp._reconcile(None)
+    done = cp.passes.run(None)
     assert done.wake_at == started + 3  # the controller takes its pass then, not 2 s later
     assert latest(cp)["status"] == "verifying"

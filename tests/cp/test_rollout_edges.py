@@ -19,7 +19,7 @@ def errors(cp: ControlPlane) -> Any:
 
 
 def hist(cp: ControlPlane) -> dict[str, str]:
-    return {h["revision"]: h["status"] for h in cp.revisions("web")}
+    return {h["revision"]: h["status"] for h in cp.views.revisions("web")}
 
 
 def tasks_of(cp: ControlPlane) -> list[dict[str, Any]]:
@@ -41,7 +41,7 @@ def failed_in_promotion(cp: ControlPlane, a: Agent) -> None:
     # slot 2's v2 deploy is refused by docker
     a.work(fail="boom")
     a.heartbeat()
-    cp.reconcile()
+    cp.passes.reconcile()
 
 
 def test_failed_no_revert_then_rollback_to_v1(cp):
@@ -49,7 +49,7 @@ def test_failed_no_revert_then_rollback_to_v1(cp):
     failed_in_promotion(cp, a)
     r = latest(cp)
     assert r["status"] == "failed"
-    cp.rollback("web", 1, "x <x@y>")
+    cp.apps.rollback("web", 1, "x <x@y>")
     for _ in range(3):
         step(cp, a)
     assert errors(cp) is None
@@ -88,7 +88,7 @@ def test_retry_failed(cp):
     step(cp, a, fail="manifest unknown")
     step(cp, a)
     assert latest(cp)["status"] == "rolled_back"
-    cp.retry("web")
+    cp.apps.retry("web")
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]
 
 
@@ -102,7 +102,7 @@ def test_rollback_held(cp):
     step(cp, a, fail="registry down")
     step(cp, a)
     put_app(cp, "web", replicas=2, image="nginx:x", rollout=FAST, labels={"t": "1"})  # v3 held
-    cp.retry("web")
+    cp.apps.retry("web")
     for _ in range(5):
         step(cp, a)
     assert hist(cp)["v3"] == "stable"
@@ -110,7 +110,7 @@ def test_rollback_held(cp):
     for _ in range(5):
         step(cp, a)
     assert hist(cp)["v4"] == "stable"
-    cp.rollback("web", None, "x <x@y>")  # back to v3 -> v5
+    cp.apps.rollback("web", None, "x <x@y>")  # back to v3 -> v5
     assert hist(cp)["v5"] != "held"
 
 
@@ -122,7 +122,7 @@ def test_failed_no_revert_view(cp):
     failed_in_promotion(cp, a)
     for _ in range(3):
         step(cp, a)
-    v = cp.app("web")
+    v = cp.views.app("web")
     assert not (v["status"] == "stable" and v["revision"] == "v1" and 1 not in running(a).values())
 
 
@@ -135,7 +135,7 @@ def test_retry_failed_next_pass(cp):
     put_app(cp, "web", replicas=2, image="nginx:bad", rollout=FAST)
     step(cp, a, fail="manifest unknown")
     step(cp, a)
-    cp.retry("web")
+    cp.apps.retry("web")
     step(cp, a)
     assert latest(cp)["status"] not in ("rolling_back", "rolled_back")
 
@@ -168,7 +168,7 @@ def test_stop_start_mid_rollout(cp):
     )
     for _ in range(3):
         step(cp, a)
-    v = cp.app("web")
+    v = cp.views.app("web")
     assert v["running_revision"] == "v2" or latest(cp)["status"] not in (
         "rolled_back",
         "rollback_failed",
@@ -196,12 +196,12 @@ def test_rollback_not_exact(cp):
             "UPDATE revisions SET image_digest = 'nginx@sha256:' || hex(randomblob(32))"
             " WHERE number = 1"
         )
-    d1 = cp.revisions("web")[0]["image_digest"]
+    d1 = cp.views.revisions("web")[0]["image_digest"]
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=FAST)
     for _ in range(5):
         step(cp, a)
     assert hist(cp)["v2"] == "stable"
-    cp.rollback("web", None, "x <x@y>")
+    cp.apps.rollback("web", None, "x <x@y>")
     r = latest(cp)
     print("rollback rollout", r["status"])
     step(cp, a)
@@ -287,7 +287,7 @@ def test_remove_mid_rollout(cp):
     delete_app(cp, "web")
     for _ in range(4):
         step(cp, a)
-    assert a.containers == {} and cp.apps() == []
+    assert a.containers == {} and cp.views.apps() == []
 
 
 def test_rollback_no_earlier(cp):
@@ -296,9 +296,9 @@ def test_rollback_no_earlier(cp):
     from docklet.common.errors import Conflict
 
     with pytest.raises(Conflict):
-        cp.rollback("web", None, "x <x@y>")
+        cp.apps.rollback("web", None, "x <x@y>")
     with pytest.raises(Conflict):
-        cp.retry("web")
+        cp.apps.retry("web")
 
 
 def test_stopfirst_rollback_delay(cp):
@@ -313,7 +313,7 @@ def test_stopfirst_rollback_delay(cp):
         if c["labels"]["docklet.revision"] == "2":
             c.update(health="unhealthy", health_log="500")
     a.heartbeat()
-    cp.reconcile()
+    cp.passes.reconcile()
     step(cp, a)
     step(cp, a)
     with cp.store.write() as db:
@@ -367,7 +367,7 @@ def test_restart_in_phase(cp, config, phase):
                     "unhealthy" if bad else ("starting" if phase == "verifying" else "healthy")
                 )
         a.heartbeat()
-        cp.reconcile()
+        cp.passes.reconcile()
     assert latest(cp)["status"] == phase
     cp = restart(cp, config, [a])
     try:
@@ -377,7 +377,7 @@ def test_restart_in_phase(cp, config, phase):
                 if c["labels"]["docklet.revision"] == "2" and c["health"] in (None, "starting"):
                     c["health"] = "healthy"
             a.heartbeat()
-            cp.reconcile()
+            cp.passes.reconcile()
         r = latest(cp)
         assert r["status"] == ("rolled_back" if bad else "stable")
     finally:
@@ -390,10 +390,10 @@ def test_repeated_restart_adds_downtime_twice(cp, config):
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout={"min_healthy_time": "1h"})
     d0 = latest(cp)["deadline"]
     cp = restart(cp, config, [a], last_pass_ago=100)  # +100
-    cp.rollouts("web")[0]["deadline"]
+    cp.views.rollouts("web")[0]["deadline"]
     cp.store.close()
     cp = ControlPlane(config)  # restarted again before any pass
-    d2 = cp.rollouts("web")[0]["deadline"]
+    d2 = cp.views.rollouts("web")[0]["deadline"]
     cp.store.close()
     assert d2 - d0 < 150
 
@@ -409,7 +409,9 @@ def test_single_node_lost_in_canary_fails_revision(cp):
         rollout={"min_healthy_time": "1h", "healthy_deadline": "30s"},
     )
     go_offline(cp, "a")
-    scheduler.reconcile(cp.store, cp.config, now=time.time() + 31, started_at=cp.started_at)
+    scheduler.reconcile(
+        cp.store, cp.config, now=time.time() + 31, started_at=cp.liveness.started_at
+    )
     latest(cp)
     assert hist(cp)["v2"] != "failed"
 
@@ -424,7 +426,7 @@ def test_stopped_app_new_revision_history(cp):
     put_app(cp, "web", replicas=2, image="nginx:1.27", rollout=FAST, state="running")
     for _ in range(3):
         step(cp, a)
-    cp.app("web")
+    cp.views.app("web")
     assert list(hist(cp).values()).count("stable") == 1
 
 
@@ -443,7 +445,7 @@ def test_node_lost_mid_promotion(cp):
     for _ in range(5):
         keep.work()
         keep.heartbeat()
-        cp.reconcile()
+        cp.passes.reconcile()
     r = latest(cp)
     print(r["status"], placements(cp, "web"), running(keep))
     assert r["status"] == "stable"
@@ -463,9 +465,9 @@ def test_promote_replacement_gets_no_fresh_deadline(cp):
             "UPDATE rollouts SET deadline = ? WHERE status='promoting'", (time.time() + 0.3,)
         )
     go_offline(cp, lost)
-    cp.reconcile()  # re-placed on the other node
+    cp.passes.reconcile()  # re-placed on the other node
     time.sleep(0.4)
-    cp.reconcile()  # the new node has not deployed yet
+    cp.passes.reconcile()  # the new node has not deployed yet
     r = latest(cp)
     print(r["status"], r["reason"])
     assert r["status"] == "promoting"
@@ -479,5 +481,5 @@ def test_view_while_rolling_back(cp):
     step(cp, a)
     a.work(fail="x")
     a.heartbeat()
-    cp.reconcile()
-    cp.app("web")
+    cp.passes.reconcile()
+    cp.views.app("web")

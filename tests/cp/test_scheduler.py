@@ -36,16 +36,16 @@ class Agent:
 
     def register(self) -> None:
         """Start (or restart) the agent: same engine, so the same node, a new token."""
-        reply = self.cp.register(
+        reply = self.cp.agents.register(
             Registration(engine_id=f"engine-{self.name}", name=self.name),
-            join_token=self.cp.join_token(),
+            join_token=self.cp.tokens.join_token(),
         )
         self.node_id, self.token = reply["node_id"], reply["token"]
         self.seq = 0
 
     def heartbeat(self) -> None:
         body = {"report_seq": self.seq, "containers": list(self.containers.values())}
-        self.cp.heartbeat(self.node_id, Heartbeat.model_validate(body))
+        self.cp.agents.heartbeat(self.node_id, Heartbeat.model_validate(body))
 
     def work(self, fail: str | None = None) -> list[dict[str, Any]]:
         """Lease this node's tasks and carry them out (or fail them with `fail`)."""
@@ -60,7 +60,7 @@ class Agent:
                 container = self._execute(task)
                 body.update(status="done", container=container)
                 body["container_id"] = container["id"] if container else None
-            self.cp.report(self.node_id, task["id"], TaskReport.model_validate(body))
+            self.cp.agents.report(self.node_id, task["id"], TaskReport.model_validate(body))
         return leased
 
     def _execute(self, task: dict[str, Any]) -> dict[str, Any] | None:
@@ -110,11 +110,11 @@ def put_app(cp: ControlPlane, name: str, **fields: Any) -> None:
     """Commit apps/<name>.yaml with these fields (the CP syncs and reconciles at once)."""
     spec = {"name": name, "image": "nginx:1.25", **fields}
     text = yaml.safe_dump(spec).encode()
-    cp.commit(lambda files: {f"apps/{name}.yaml": text}, f"Put {name}", AUTHOR)
+    cp.apps.commit(lambda files: {f"apps/{name}.yaml": text}, f"Put {name}", AUTHOR)
 
 
 def delete_app(cp: ControlPlane, name: str) -> None:
-    cp.commit(lambda files: {f"apps/{name}.yaml": None}, f"Remove {name}", AUTHOR)
+    cp.apps.commit(lambda files: {f"apps/{name}.yaml": None}, f"Remove {name}", AUTHOR)
 
 
 def open_tasks(cp: ControlPlane, app: str) -> list[tuple[str, int | None, str]]:
@@ -138,7 +138,7 @@ def containers(cp: ControlPlane, app: str) -> list[dict[str, Any]]:
 
 def go_offline(cp: ControlPlane, node_id: str) -> None:
     """The node's heartbeats stopped an hour ago (and the CP has been up all along)."""
-    cp.started_at = time.time() - 7200
+    cp.liveness.started_at = time.time() - 7200
     silence(cp, node_id, time.time() - 3600)
 
 
@@ -175,12 +175,12 @@ def test_reconcile_twice_queues_nothing_twice(cp: ControlPlane) -> None:
     agent = Agent(cp, "a")
     put_app(cp, "web", replicas=2)
     queued = open_tasks(cp, "web")
-    assert cp.reconcile() == 0
+    assert cp.passes.reconcile() == 0
     assert open_tasks(cp, "web") == queued
     agent.work()
     agent.heartbeat()
-    assert cp.reconcile() == 0
-    assert cp.reconcile() == 0
+    assert cp.passes.reconcile() == 0
+    assert cp.passes.reconcile() == 0
     assert open_tasks(cp, "web") == []
 
 
@@ -190,21 +190,21 @@ def test_offline_nodes_slots_move_and_its_old_container_is_removed(cp: ControlPl
     a.work()
     a.heartbeat()
     b = Agent(cp, "b")
-    assert cp.reconcile() == 0  # a new node alone moves nothing
+    assert cp.passes.reconcile() == 0  # a new node alone moves nothing
 
     go_offline(cp, "a")
-    cp.reconcile()
+    cp.passes.reconcile()
     assert placements(cp, "web") == {1: "b"}
     assert ("deploy", 1, "b") in open_tasks(cp, "web")
     b.work()
     b.heartbeat()
 
     a.heartbeat()  # back, still running the old container
-    cp.reconcile()
+    cp.passes.reconcile()
     assert open_tasks(cp, "web") == [("remove", 1, "a")]
     a.work()
     a.heartbeat()
-    cp.reconcile()
+    cp.passes.reconcile()
     assert [(c["node_id"], c["state"]) for c in containers(cp, "web")] == [("b", "running")]
     assert placements(cp, "web") == {1: "b"}
     assert open_tasks(cp, "web") == []
@@ -226,7 +226,7 @@ def test_app_with_no_eligible_node_says_why_until_one_joins(cp: ControlPlane) ->
     assert "gpu-1" in error and "placement.nodes" in error
 
     Agent(cp, "gpu-1")
-    cp.reconcile()
+    cp.passes.reconcile()
     assert open_tasks(cp, "web") == [("deploy", 1, "gpu-1")]
     assert app_row(cp, "web")["last_error"] is None
 
@@ -250,7 +250,7 @@ def test_stop_queues_stop_tasks_only_for_running_containers(cp: ControlPlane) ->
     assert open_tasks(cp, "web") == [("stop", 1, "a")]
     agent.work()
     agent.heartbeat()
-    assert cp.reconcile() == 0
+    assert cp.passes.reconcile() == 0
     assert [c["state"] for c in containers(cp, "web")] == ["exited", "exited"]
 
 
@@ -277,7 +277,7 @@ def test_deleted_app_is_removed_then_forgotten(cp: ControlPlane) -> None:
     assert app_row(cp, "web")["desired"] == "removed"
 
     agent.work()
-    cp.reconcile()
+    cp.passes.reconcile()
     assert app_row(cp, "web") is None
     assert cp.store.query("SELECT id FROM tasks WHERE app = 'web'") == []
     assert placements(cp, "web") == {}
@@ -292,7 +292,7 @@ def test_failed_deploy_is_not_retried_until_the_app_is_stopped_and_started(
     agent = Agent(cp, "a")
     put_app(cp, "web")
     agent.work(fail="pull access denied for nginx")
-    assert cp.reconcile() == 0
+    assert cp.passes.reconcile() == 0
     assert open_tasks(cp, "web") == []
     view = app_views(cp.store, cp.config, "web")[0]
     assert view["actual"] == "failed"
@@ -309,7 +309,7 @@ def test_exited_container_is_redeployed_only_after_heal_delay(cp: ControlPlane) 
     put_app(cp, "web")
     agent.work()
     agent.crash("docklet.web.1")
-    assert cp.reconcile() == 0
+    assert cp.passes.reconcile() == 0
 
     def down_for(seconds: float) -> None:
         now = time.time()
@@ -319,9 +319,9 @@ def test_exited_container_is_redeployed_only_after_heal_delay(cp: ControlPlane) 
             db.execute("UPDATE containers SET down_since = ?", (now - seconds,))
 
     down_for(cp.config.heal_delay - 2)
-    assert cp.reconcile() == 0
+    assert cp.passes.reconcile() == 0
     down_for(cp.config.heal_delay + 1)
-    assert cp.reconcile() == 1
+    assert cp.passes.reconcile() == 1
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]
 
 
@@ -332,11 +332,11 @@ def test_exited_container_is_redeployed_at_once_when_its_agent_restarts(
     put_app(cp, "web")
     agent.work()
     agent.crash("docklet.web.1")
-    assert cp.reconcile() == 0
+    assert cp.passes.reconcile() == 0
 
     agent.register()
     agent.heartbeat()
-    assert cp.reconcile() == 1
+    assert cp.passes.reconcile() == 1
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]
 
 
@@ -365,7 +365,7 @@ def test_image_change_is_canaried_on_one_slot_first(cp: ControlPlane) -> None:
     put_app(cp, "web", replicas=2)
     agent.work()
     agent.heartbeat()
-    cp.reconcile()  # v1 runs everywhere: stable
+    cp.passes.reconcile()  # v1 runs everywhere: stable
 
     put_app(cp, "web", replicas=2, image="nginx:1.27")
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]  # exactly one task: the canary
@@ -396,7 +396,7 @@ def test_a_moved_slot_leaves_no_pending_work_on_the_offline_node(cp: ControlPlan
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]  # a never took it
     Agent(cp, "b")
     go_offline(cp, "a")
-    cp.reconcile()
+    cp.passes.reconcile()
     assert open_tasks(cp, "web") == [("deploy", 1, "b")]
 
 
@@ -409,10 +409,10 @@ def test_an_app_removed_while_its_node_is_offline_is_forgotten_and_cleaned_later
     a.heartbeat()
     go_offline(cp, "a")
     delete_app(cp, "web")
-    cp.reconcile()
+    cp.passes.reconcile()
     assert app_row(cp, "web") is None  # not stuck in "removing" for a node that is gone
     a.heartbeat()  # the node returns with the old container
-    cp.reconcile()
+    cp.passes.reconcile()
     assert open_tasks(cp, "web") == [("remove", 1, "a")]
     a.work()
     a.heartbeat()
@@ -428,7 +428,7 @@ def test_a_deploy_lost_with_its_agent_is_tried_again_later(cp: ControlPlane) -> 
             " finished_at = ? WHERE app = 'web'",
             (time.time() - cp.config.heal_delay - 1,),
         )
-    cp.reconcile()
+    cp.passes.reconcile()
     assert open_tasks(cp, "web") == [("deploy", 1, "a")]
 
 
@@ -440,7 +440,7 @@ def test_concurrent_commits_never_undo_each_other(cp: ControlPlane) -> None:
         t.start()
     for t in threads:
         t.join()
-    cp.reconcile()
+    cp.passes.reconcile()
     assert sorted(r["name"] for r in cp.store.query("SELECT name FROM apps")) == sorted(names)
     assert cp.store.query("SELECT * FROM events WHERE kind = 'app_removed'") == []
 
@@ -452,7 +452,7 @@ def test_the_event_log_keeps_only_the_newest_events(
     Agent(cp, "a")
     for n in range(4):
         put_app(cp, f"app{n}")  # each makes several events
-    cp.reconcile()
+    cp.passes.reconcile()
     events = cp.store.query("SELECT message FROM events ORDER BY id")
     assert len(events) == 5
     assert events[-1]["message"].startswith("task")  # the newest survive

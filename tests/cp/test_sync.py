@@ -325,10 +325,10 @@ def test_a_restarted_cp_does_not_record_again_what_it_recorded_before(
 ) -> None:
     push(cp, {f"apps/app{i}.yaml": f"name: app{i}\nimage: nginx:1.27\n" for i in range(3)})
     push(cp, {"apps/bad.yaml": "name: [\n"})
-    cp.sync()
+    cp.passes.sync()
     restarted = ControlPlane(config)
     try:
-        assert restarted._synced_blobs == cp._synced_blobs
-        assert sorted(restarted._synced_blobs) == ["app0", "app1", "app2"]  # not the bad one
+        assert restarted.passes.synced_blobs == cp.passes.synced_blobs
+        assert sorted(restarted.passes.synced_blobs) == ["app0", "app1", "app2"]  # not the bad one
     finally:
         restarted.store.close()
