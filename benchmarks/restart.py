@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from docklet.cp.controller import Controller
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.service.views import app_views
 from docklet.cp.settings import CPConfig
@@ -71,32 +72,36 @@ def container(task: dict[str, Any], node_id: str, cluster_id: str) -> dict[str, 
 
 def build(cp: ControlPlane, n_nodes: int, replicas: int) -> dict[str, tuple[str, list]]:
     """N nodes running N apps of `replicas` each; returns each node's token and containers."""
-    join = cp.join_token()
+    join = cp.tokens.join_token()
     agents = {}
     for i in range(n_nodes):
-        reply = cp.register(Registration(engine_id=f"engine-{i}", name=f"n{i}"), join_token=join)
+        reply = cp.agents.register(
+            Registration(engine_id=f"engine-{i}", name=f"n{i}"), join_token=join
+        )
         agents[reply["node_id"]] = (reply["token"], [])
     image = "registry.bench:5000/app:1"
     specs = {
         f"apps/app{i}.yaml": f"name: app{i}\nimage: {image}\nreplicas: {replicas}\n"
         for i in range(n_nodes)
     }
-    cp.commit(lambda files: {k: v.encode() for k, v in specs.items()}, "apps", AUTHOR)
+    cp.apps.commit(lambda files: {k: v.encode() for k, v in specs.items()}, "apps", AUTHOR)
     seq = 0
     for node_id, (token, containers) in agents.items():
-        for task in cp.lease_tasks(node_id, token, 0, limit=1000):
+        for task in cp.agents.lease_tasks(node_id, token, 0, limit=1000):
             seq += 1
             c = container(task, node_id, cp.cluster_id)
             report = {"status": "done", "lease_token": task["lease_token"], "seq": seq}
-            cp.report(node_id, task["id"], TaskReport(**report, container=c, container_id=c["id"]))
+            cp.agents.report(
+                node_id, task["id"], TaskReport(**report, container=c, container_id=c["id"])
+            )
             containers.append(c)
-        cp.heartbeat(node_id, Heartbeat(containers=containers, report_seq=seq))
+        cp.agents.heartbeat(node_id, Heartbeat(containers=containers, report_seq=seq))
     return agents
 
 
 def beat_all(cp: ControlPlane, agents: dict[str, tuple[str, list]]) -> None:
     for node_id, (_token, containers) in agents.items():
-        cp.heartbeat(node_id, Heartbeat(containers=containers, report_seq=10**9))
+        cp.agents.heartbeat(node_id, Heartbeat(containers=containers, report_seq=10**9))
 
 
 def main() -> None:
@@ -114,8 +119,8 @@ def main() -> None:
         start = time.perf_counter()
         agents = build(cp, args.nodes, args.containers)
         beat_all(cp, agents)
-        cp.flush_seen()
-        apps = cp.apps()
+        cp.liveness.flush_seen()
+        apps = cp.views.apps()
         running = sum(a["running"] for a in apps)
         print(
             f"{args.nodes} nodes, {len(apps)} apps, {running} containers running"
@@ -126,44 +131,47 @@ def main() -> None:
         time.sleep(args.down)
 
         cp = ControlPlane(config)  # the restart: same data dir
+        controller = Controller(cp)
         gc.freeze()  # as docklet-cp does once started (and this process's agents with it)
-        first_ms, queued = timed(cp.reconcile, runs=1)
-        statuses = [n["status"] for n in cp.nodes()]
+        first_ms, queued = timed(cp.passes.reconcile, runs=1)
+        statuses = [n["status"] for n in cp.views.nodes()]
         lost = sum(1 for s in statuses if s != "online")
         beat_all(cp, agents)  # the agents' next heartbeats
         cp.config = building  # the day-to-day costs below: no node goes quiet meanwhile
-        idle_ms, _ = timed(lambda: cp._controller_pass())
-        cp._next_full_pass = float("inf")  # the usual pass: only what changed
-        idle_ms, _ = timed(lambda: cp._controller_pass())
+        idle_ms, _ = timed(lambda: controller.pass_once())
+        controller._next_full_pass = float("inf")  # the usual pass: only what changed
+        idle_ms, _ = timed(lambda: controller.pass_once())
 
         def one_app_changed() -> None:
-            cp.wake(["app1"])
-            cp._controller_pass()
+            cp.changes.wake(["app1"])
+            controller.pass_once()
 
         changed_ms, _ = timed(one_app_changed)
-        full_ms, _ = timed(lambda: cp.reconcile(), runs=3)
+        full_ms, _ = timed(lambda: cp.passes.reconcile(), runs=3)
 
         def rebuilt(brief: bool) -> str:
             return json.dumps(app_views(cp.store, building, None, brief=brief))
 
         full_ps_ms, views = timed(lambda: rebuilt(False))
         ps_ms, brief = timed(lambda: rebuilt(True))
-        cp.apps(brief=True)
-        kept_ps_ms, _ = timed(lambda: json.dumps(cp.apps(brief=True)))
+        cp.views.apps(brief=True)
+        kept_ps_ms, _ = timed(lambda: json.dumps(cp.views.apps(brief=True)))
         counter = iter(range(10**6))
         create_ms, _ = timed(
-            lambda: cp.create_app({"name": f"new{next(counter)}", "image": "x:1"}, AUTHOR)
+            lambda: cp.apps.create({"name": f"new{next(counter)}", "image": "x:1"}, AUTHOR)
         )
         node_id, (_token, containers) = next(iter(agents.items()))
         same_ms, _ = timed(
-            lambda: cp.heartbeat(node_id, Heartbeat(containers=containers, report_seq=10**9)),
+            lambda: cp.agents.heartbeat(
+                node_id, Heartbeat(containers=containers, report_seq=10**9)
+            ),
             runs=50,
         )
         flipped = [dict(c) for c in containers]
 
         def changed_beat() -> None:
             flipped[0]["restarts"] = flipped[0].get("restarts", 0) + 1
-            cp.heartbeat(node_id, Heartbeat(containers=flipped, report_seq=10**9))
+            cp.agents.heartbeat(node_id, Heartbeat(containers=flipped, report_seq=10**9))
 
         changed_beat_ms, _ = timed(changed_beat, runs=20)
         rows = [
@@ -191,7 +199,7 @@ def main() -> None:
             import cProfile
             import pstats
 
-            cProfile.runctx("cp.reconcile()", globals(), locals(), "/tmp/pass.prof")
+            cProfile.runctx("cp.passes.reconcile()", globals(), locals(), "/tmp/pass.prof")
             cProfile.runctx(
                 "json.dumps(app_views(cp.store, building, None, brief=True))",
                 globals(),
@@ -199,7 +207,7 @@ def main() -> None:
                 "/tmp/ps.prof",
             )
             cProfile.runctx(
-                "cp.create_app({'name': 'profiled', 'image': 'x:1'}, AUTHOR)",
+                "cp.apps.create({'name': 'profiled', 'image': 'x:1'}, AUTHOR)",
                 globals(),
                 locals(),
                 "/tmp/create.prof",

@@ -11,20 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from docklet.common.errors import DockletError
+from docklet.common.errors import TaskFailed
 from docklet.common.units import parse_duration, parse_port
 from docklet.wire.protocol import ContainerSpec, Label, LeasedTask
 
 NANOSECONDS = 1_000_000_000  # Docker's healthcheck durations are in these
-
-
-class TaskFailed(DockletError):
-    """Docker refused the task, or its spec cannot be made a container; the message says which.
-
-    Defined with the create options, the lowest of the agent's Docker modules,
-    because they refuse an unusable stop_grace_period too; the engine raises it
-    with Docker's own words.
-    """
 
 
 def task_labels(task: LeasedTask, node_id: str, cluster_id: str) -> dict[str, str]:

@@ -22,9 +22,9 @@ import docker
 import docker.errors
 import docker.utils
 
-from docklet.agent.container import TaskFailed, create_options, task_labels
+from docklet.agent.container import create_options, task_labels
 from docklet.common import defaults
-from docklet.common.errors import DockerUnavailable
+from docklet.common.errors import DockerUnavailable, TaskFailed
 from docklet.common.status import ContainerState
 from docklet.wire.protocol import MAX_EVIDENCE, ContainerSpec, Label, LeasedTask
 

@@ -24,7 +24,6 @@ import click
 
 from docklet import __version__
 from docklet.agent import identity
-from docklet.agent.container import TaskFailed
 from docklet.agent.engine import Engine, Outcome
 from docklet.agent.pool import TaskPool
 from docklet.agent.settings import AgentConfig
@@ -37,6 +36,7 @@ from docklet.common.errors import (
     DockerUnavailable,
     DockletError,
     StaleLease,
+    TaskFailed,
 )
 from docklet.common.status import TaskKind, TaskStatus
 from docklet.wire.client import Client

@@ -91,6 +91,10 @@ class DockerUnavailable(DockletError):
     code = "docker_unavailable"
 
 
+class TaskFailed(DockletError):
+    """Docker refused the task, or its spec cannot be made a container; the message says which."""
+
+
 class CPUnreachable(DockletError):
     """The control plane did not answer at all."""
 

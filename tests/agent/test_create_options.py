@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from docklet.agent.container import TaskFailed, create_options, task_labels
+from docklet.agent.container import create_options, task_labels
+from docklet.common.errors import TaskFailed
 from docklet.common.status import TaskKind
 from docklet.wire.protocol import ContainerSpec, LeasedTask
 

@@ -15,9 +15,8 @@ import dockerlab
 import pytest
 from conftest import RUN_ID, wait_for
 
-from docklet.agent.container import TaskFailed
 from docklet.agent.engine import YOUNG, Engine
-from docklet.common.errors import DockerUnavailable
+from docklet.common.errors import DockerUnavailable, TaskFailed
 from docklet.common.status import TaskKind
 from docklet.wire.protocol import ContainerSpec, LeasedTask
 

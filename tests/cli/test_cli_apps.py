@@ -71,7 +71,9 @@ def test_ps_shows_desired_and_actual(served_cp: str, cp: ControlPlane) -> None:
 def test_ps_shows_a_spec_that_does_not_validate_even_for_a_new_app(
     served_cp: str, cp: ControlPlane
 ) -> None:
-    cp.commit(lambda f: {"apps/bad.yaml": b"name: bad\nimage: nginx\nreplica: 2\n"}, "x", "x <x@x>")
+    cp.apps.commit(
+        lambda f: {"apps/bad.yaml": b"name: bad\nimage: nginx\nreplica: 2\n"}, "x", "x <x@x>"
+    )
     code, out, _ = invoke(served_cp, "ps")
     assert code == ExitCode.OK
     assert "✖ apps/bad.yaml:3: replica: unknown key" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from docklet.cp.controller import Controller
 from docklet.cp.service.controlplane import ControlPlane
 
 
@@ -78,7 +79,7 @@ def test_clone_and_push_over_http_with_the_api_token(
     from docklet.cp.store import tokens
 
     stop = threading.Event()
-    threading.Thread(target=cp.watch_repo, args=(stop,), daemon=True).start()
+    threading.Thread(target=Controller(cp).watch_repo, args=(stop,), daemon=True).start()
     with cp.store.write() as db:
         read = tokens.create(db, "reader", TokenScope.READ, "test")
     host = served_cp.removeprefix("http://")
@@ -89,7 +90,7 @@ def test_clone_and_push_over_http_with_the_api_token(
         assert git(
             tmp_path, "clone", f"http://x:{ADMIN_TOKEN}x@{host}/git/apps.git", "wrong"
         ).returncode
-        cp.create_app({"name": "web", "image": "nginx:1.25"}, "t <t@t>")
+        cp.apps.create({"name": "web", "image": "nginx:1.25"}, "t <t@t>")
         ro = tmp_path / "ro"
         cloned = git(tmp_path, "clone", "-q", f"http://x:{read}@{host}/git/apps.git", str(ro))
         assert cloned.returncode == 0, cloned.stderr
@@ -119,7 +120,7 @@ def test_clone_and_push_over_http_with_the_api_token(
         pushed = git(rw, "push", "-q", "origin", "main")
         pushed_at = time.monotonic()
         assert pushed.returncode == 0, pushed.stderr
-        while cp.app("web")["replicas"] != 0:
+        while cp.views.app("web")["replicas"] != 0:
             assert time.monotonic() - pushed_at < 5, "the push was not synced"
             time.sleep(0.005)
         synced_at = time.monotonic()

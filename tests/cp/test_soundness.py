@@ -283,9 +283,9 @@ def test_one_app_that_cannot_be_scheduled_does_not_stop_the_others(
     create(api, "bad")
     with cp.store.write() as db:  # a revision this CP cannot read (a bug, a bad migration)
         db.execute("UPDATE revisions SET spec = '{\"oops\": 1}' WHERE app = 'bad'")
-    from docklet.cp.reconcile import scheduler
+    from docklet.cp.reconcile import world
 
-    scheduler._specs.clear()
+    world._specs.clear()
     status, _ = create(api, "good")
     assert status == 201
     cp.passes.reconcile()  # a pass over every app, as the controller makes

@@ -23,7 +23,6 @@ from functools import partial
 from typing import TypeVar
 
 from docklet.common.status import TaskKind
-from docklet.cp.reconcile import world as _world
 from docklet.cp.reconcile.decide import Convergence, Outcome, decide, failed
 from docklet.cp.reconcile.plan import NewTask, Plan, apply_plan
 from docklet.cp.reconcile.world import World
@@ -42,9 +41,6 @@ CHUNK_FAILED = "the transaction of its chunk of apps failed; the control plane l
 # Apps per write transaction in a pass: at ten containers an app, a few ms of work
 # (more under load, sharing the GIL), so a report or heartbeat never waits long.
 CHUNK_APPS = 10
-
-# Parsed specs by spec hash (world.py keeps them; tests clear them from here).
-_specs = _world._specs
 
 T = TypeVar("T")
 

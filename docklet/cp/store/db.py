@@ -207,7 +207,7 @@ class Store:
         self._local = threading.local()
         self.longest_write = 0.0
         # Moves on with every committed transaction that changed a row: what was read
-        # at one version is still true while it holds (see ControlPlane._views).
+        # at one version is still true while it holds (see Views.apps in service/views.py).
         self.version = 0
         # The newest slow writes, (when, seconds, where): what a benchmark or operator
         # looks at when the longest write is too long (GET /api/version's metrics).
