@@ -112,11 +112,18 @@ def _when(t: float) -> str:
 
 @token.command("revoke")
 @click.argument("name", type=TEXT)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke even the last admin token (then only docklet-cp token create, run on the"
+    " control plane's host, can make another).",
+)
 @pass_ctx
-def token_revoke(ctx: Context, name: str) -> None:
-    """Revoke an API token at once.
+def token_revoke(ctx: Context, name: str, force: bool) -> None:
+    """Revoke an API token at once (the last admin token only with --force).
 
     Example: docklet token revoke ci
     """
-    ctx.call("DELETE", f"/api/tokens/{quote(name, safe='')}", {"name": str})
+    path = f"/api/tokens/{quote(name, safe='')}" + ("?force=true" if force else "")
+    ctx.call("DELETE", path, {"name": str})
     click.echo(f"✔ Revoked {name}")

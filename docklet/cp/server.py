@@ -14,6 +14,7 @@ import click
 
 from docklet import __version__
 from docklet.common import logs, settings
+from docklet.cp import admin
 from docklet.cp.controller import Controller
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.settings import CPConfig
@@ -189,14 +190,18 @@ def serve(config: CPConfig) -> None:
         server.stop()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @settings.options(CPConfig)
 @click.version_option(__version__, prog_name="docklet-cp")
-def main(**options: Any) -> None:
-    """Run the Docklet control plane.
+@click.pass_context
+def main(ctx: click.Context, **options: Any) -> None:
+    """Run the Docklet control plane; with a command, administer its data offline.
 
     Example: docklet-cp --data-dir ./data --port 8080
     """
+    if ctx.invoked_subcommand is not None:  # `docklet-cp token create …`: no server
+        ctx.obj = {"data_dir": options["data_dir"]}
+        return
     config = settings.build(CPConfig, options)
     logs.setup(config.log_level)
     try:
@@ -205,3 +210,6 @@ def main(**options: Any) -> None:
         raise click.ClickException(f"cannot serve on {config.host}:{config.port}: {exc}") from exc
     except KeyboardInterrupt:
         log.info("control plane stopped")
+
+
+main.add_command(admin.token)

@@ -55,8 +55,10 @@ def call(
 
 @pytest.fixture
 def creds(cp: ControlPlane) -> dict[str, Any]:
-    """An admin token (by the bootstrap), a read token, a node and its token."""
+    """A node and its token, an admin token (by the bootstrap), a read token: the seed's order."""
     c = client(cp)
+    status, node = c.post("/api/agents/register", {"engine_id": "e1", "name": "n1"})
+    assert status == 200, node  # the first agent: the node bootstrap window
     status, admin = c.post("/api/auth/bootstrap", {"name": "first"})
     assert status == 200, admin
     status, read = c.post(
@@ -65,8 +67,6 @@ def creds(cp: ControlPlane) -> dict[str, Any]:
         headers={"Authorization": f"Bearer {admin['token']}"},
     )
     assert status == 201, read
-    status, node = c.post("/api/agents/register", {"engine_id": "e1", "name": "n1"})
-    assert status == 200, node  # the first agent: the node bootstrap window
     return {
         "admin": admin["token"],
         "read": read["token"],
@@ -243,7 +243,13 @@ def test_tokens_are_listed_without_secrets_and_revoked_at_once(
     status, rows = c.get("/api/tokens", headers=admin)
     assert status == 200
     assert {r["name"]: r["scope"] for r in rows} == {"first": "admin", "viewer": "read"}
-    assert "token" not in json.dumps(rows) and "hash" not in json.dumps(rows)
+    # No secret and no hash; `created_by` names the token that made it ("token 'first'").
+    assert all(
+        set(r) == {"name", "scope", "created_by", "created_at", "last_used_at"} for r in rows
+    )
+    text = json.dumps(rows)
+    assert creds["admin"] not in text and creds["read"] not in text and "hash" not in text
+    assert {r["name"]: r["created_by"] for r in rows}["viewer"] == "token 'first'"
     assert call(c, "GET", "/api/auth/whoami", creds["read"])[1] == {
         "name": "viewer",
         "scope": "read",

@@ -6,33 +6,47 @@ parse the request, call the service of their resource (`cp.apps`, `cp.views`,
 app is built from, with the access level of every route (and that the
 error-shape contract test walks). Every error, whatever raised it, leaves as
 one JSON shape: `{"error": {"code": "...", "message": "...", "status": 404}}`.
+
+No write is reachable by a browser's simple request (`browser_guard`), and a
+bootstrap window is claimed only under one of the CP's own names (`_foreign_host`).
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import logging
 import math
 import re
+import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from bottle import Bottle, HTTPError, HTTPResponse, request, response
 
 from docklet import API_VERSION, __version__
-from docklet.common.errors import BadRequest, DockletError, InvalidSpec, TooLarge, Unauthorized
+from docklet.common.errors import (
+    BadRequest,
+    DockletError,
+    Forbidden,
+    InvalidSpec,
+    TooLarge,
+    Unauthorized,
+)
 from docklet.common.status import Access, TokenScope
 from docklet.cp.desired import spec
 from docklet.cp.desired.spec import SpecState
 from docklet.cp.http import auth
 from docklet.cp.service.controlplane import ControlPlane
-from docklet.cp.service.tokens import Caller
+from docklet.cp.service.tokens import Author, Caller
+from docklet.cp.settings import CPConfig
 from docklet.wire.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
 
 log = logging.getLogger(__name__)
 
-_USER = re.compile(r"^[\w.@+-]{1,64}$", re.ASCII)
+_USER = re.compile(r"[\w.@+-]{1,64}", re.ASCII)  # matched whole: `$` lets "x\n" by
 MAX_TASKS_PER_POLL = 100
 
 
@@ -109,9 +123,110 @@ def header(name: str) -> str:
     return value
 
 
-def _author() -> str:
+def _author() -> Author:
+    """Who this call changes things as: the token the access check verified, and the
+    X-Docklet-User its holder says they are (a claim, kept as the Git author's name)."""
+    caller: Caller | None = request.environ.get("docklet.caller")
     user = header("X-Docklet-User")
-    return f"{user} <{user}>" if _USER.match(user) else "docklet-api <docklet@localhost>"
+    return Author(caller.name if caller else "", user if _USER.fullmatch(user) else "")
+
+
+# -- what a browser may not do ----------------------------------------------------------
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+BOOTSTRAP_PATH = "/api/auth/bootstrap"
+
+
+def browser_guard(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Bottle plugin: no write is reachable by a browser's simple request, or from another site.
+
+    A page in an admin's browser may send a form or text/plain POST anywhere
+    without asking first; a JSON one only to its own origin, since the API
+    answers no CORS preflight. So a write with a body (and the bootstrap, even
+    without one) must say JSON, and a browser's marks of another site
+    (`Sec-Fetch-Site`, `Origin`) refuse it. The CLI and the agents send JSON and
+    neither mark.
+    """
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if request.method in WRITES:
+            _refuse_browser_write()
+        return callback(*args, **kwargs)
+
+    return wrapper
+
+
+def _refuse_browser_write() -> None:
+    if request.path == BOOTSTRAP_PATH or request.content_length > 0 or header("Transfer-Encoding"):
+        media = header("Content-Type").partition(";")[0].strip().lower()
+        if media != "application/json":
+            raise BadRequest(
+                f"a write's body must be JSON, sent as Content-Type: application/json (not"
+                f" {media[:60] or 'none'}): the API takes no form or text body, which a web"
+                " page could send"
+            )
+    site = header("Sec-Fetch-Site").lower()
+    if site not in ("", "same-origin", "none"):
+        raise Forbidden(
+            f"refused: a browser sent this write from another site (Sec-Fetch-Site: {site[:30]});"
+            " the API takes writes from the docklet CLI, agents and scripts"
+        )
+    origin = header("Origin")
+    if origin and not _same_origin(origin, header("Host")):
+        raise Forbidden(
+            f"refused: Origin {origin[:100]} is not this control plane's own; the API takes"
+            " writes from the docklet CLI, agents and scripts, not from web pages"
+        )
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:
+        return False
+    return bool(host) and netloc == host.lower()
+
+
+def _foreign_host(config: CPConfig) -> str:
+    """Why this request may not claim a bootstrap window under its Host ("" if it may).
+
+    A web page that has its own domain resolve to the CP (DNS rebinding) sends
+    that domain as Host, and nothing else a request without a secret carries
+    tells it from the CLI. An IP address cannot be rebound, so it passes, as do
+    localhost, the listen address, this machine's name and --allowed-hosts.
+    Writes with a token need none of this: a page knows no token.
+    """
+    host = header("Host")
+    if not host:
+        return ""  # HTTP/1.0 without one: no browser
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+    except ValueError:
+        name = ""
+    if name and (name in _own_names(config) or _is_ip(name)):
+        return ""
+    return (
+        f"Host {host[:100]!r} is not a name of this control plane: claim a bootstrap window"
+        " through its IP address or localhost, or start docklet-cp with --allowed-hosts"
+        f" {name or 'NAME'} (DOCKLET_ALLOWED_HOSTS); a web page cannot claim the cluster"
+        " under a name it controls"
+    )
+
+
+def _own_names(config: CPConfig) -> set[str]:
+    # CPConfig.allowed_hosts: other names the operator reaches this CP by, comma-separated.
+    extra = str(getattr(config, "allowed_hosts", "") or "")
+    names = {"localhost", config.host.lower(), socket.gethostname().lower()}
+    return names | {n.strip().lower().rstrip(".") for n in extra.split(",") if n.strip()}
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _number_param(name: str, default: float, low: float, high: float) -> float:
@@ -227,7 +342,7 @@ def rollback(cp: ControlPlane, name: str) -> str:
 
 
 def retry_rollout(cp: ControlPlane, name: str) -> str:
-    return _json(cp.apps.retry(name))
+    return _json(cp.apps.retry(name, _author()))
 
 
 def list_rollouts(cp: ControlPlane, name: str) -> str:
@@ -241,7 +356,12 @@ def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
 def register(cp: ControlPlane) -> str:
     reg = parse(Registration, body(cp))
     node_token = auth.bearer(header("Authorization"))
-    answer = cp.agents.register(reg, node_token=node_token, join_token=header(JOIN_HEADER))
+    answer = cp.agents.register(
+        reg,
+        node_token=node_token,
+        join_token=header(JOIN_HEADER),
+        window_refused=_foreign_host(cp.config),
+    )
     return _json(answer)
 
 
@@ -252,7 +372,11 @@ JOIN_HEADER = "X-Docklet-Join-Token"
 
 def bootstrap_login(cp: ControlPlane) -> str:
     name = body(cp).get("name") or "admin"
-    secret = cp.tokens.bootstrap_admin(str(name), _author())
+    refused = _foreign_host(cp.config)
+    if refused:
+        raise Forbidden(refused)
+    by = f"{_author()} from {request.remote_addr or 'unknown'}"
+    secret = cp.tokens.bootstrap_admin(str(name), by)
     return _json({"name": name, "scope": TokenScope.ADMIN, "token": secret})
 
 
@@ -270,19 +394,20 @@ def create_token(cp: ControlPlane) -> str:
     scope = data.get("scope", TokenScope.READ)
     if scope not in tuple(TokenScope):
         raise BadRequest("'scope' is read or admin")
-    secret = cp.tokens.create(data.get("name"), TokenScope(scope), _author())
+    secret = cp.tokens.create(data.get("name"), TokenScope(scope), str(_author()))
     response.status = 201
     return _json({"name": data["name"], "scope": scope, "token": secret})
 
 
 def revoke_token(cp: ControlPlane, name: str) -> str:
-    cp.tokens.revoke(name, _author())
+    cp.tokens.revoke(name, str(_author()), force=_flag_param("force"))
     return _json({"name": name, "revoked": True})
 
 
 def join_token(cp: ControlPlane) -> str:
     rotate = body(cp).get("rotate") is True
-    return _json({"token": cp.tokens.join_token(rotate=rotate), "rotated": rotate})
+    secret = cp.tokens.join_token(rotate=rotate, by=str(_author()))
+    return _json({"token": secret, "rotated": rotate})
 
 
 def heartbeat(cp: ControlPlane, node_id: str) -> str:
@@ -387,6 +512,7 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
 def make_app(cp: ControlPlane) -> Bottle:
     app = Bottle()
     app.install(json_errors)
+    app.install(browser_guard)  # inside json_errors: its refusals leave in the JSON shape
     for route in ROUTES:
         app.route(route.path, route.method, guarded(cp, route))
 

@@ -11,7 +11,7 @@ import functools
 import sqlite3
 from typing import Any
 
-from docklet.common.errors import Unauthorized
+from docklet.common.errors import Forbidden, Unauthorized
 from docklet.common.status import TaskStatus
 from docklet.cp.reconcile import rollout
 from docklet.cp.service.changes import Changes
@@ -48,17 +48,24 @@ class Agents:
         nodes.authenticate(self.store, node_id, token)
 
     def register(
-        self, reg: Registration, *, node_token: str = "", join_token: str = ""
+        self,
+        reg: Registration,
+        *,
+        node_token: str = "",
+        join_token: str = "",
+        window_refused: str = "",
     ) -> dict[str, Any]:
         """A node's token, for an agent that proves it may have one.
 
         A known engine presents its node token (kept in the agent's state file)
         or the join token; a new engine the join token, or it is the cluster's
-        first agent inside the bootstrap window. The engine id alone, which
-        GET /api/state/nodes shows, is never enough.
+        first agent inside the bootstrap window, which closes once the cluster
+        is claimed (an API token exists). `window_refused` says why this request
+        may not use the window (the HTTP layer's Host check) even while it is
+        open. The engine id alone, which GET /api/state/nodes shows, is never enough.
         """
         with self.store.write() as db:
-            if not self._admits(db, reg.engine_id, node_token, join_token):
+            if not self._admits(db, reg.engine_id, node_token, join_token, window_refused):
                 raise Unauthorized(NOT_ADMITTED)
             tokens.close_node_window(db)
             node_id, token, again = nodes.register(db, reg)
@@ -73,7 +80,12 @@ class Agents:
         }
 
     def _admits(
-        self, db: sqlite3.Connection, engine_id: str, node_token: str, join_token: str
+        self,
+        db: sqlite3.Connection,
+        engine_id: str,
+        node_token: str,
+        join_token: str,
+        window_refused: str = "",
     ) -> bool:
         """Whether the agent proved it may have this engine's node token (in that order:
         the bootstrap window is claimed only when nothing else admits it)."""
@@ -86,7 +98,11 @@ class Agents:
             return True
         if tokens.join_token_ok(self.config.data_dir, join_token):
             return True
-        return known is None and tokens.claim_node(db, self.config.bootstrap_window, engine_id)
+        if known is not None:
+            return False
+        if window_refused and tokens.node_window_open(db, self.config.bootstrap_window):
+            raise Forbidden(window_refused)
+        return tokens.claim_node(db, self.config.bootstrap_window, engine_id)
 
     def heartbeat(self, node_id: str, beat: Heartbeat) -> bool:
         """Record a heartbeat; True when tasks wait for this node (its agent polls at once).

@@ -3,11 +3,14 @@
 `Tokens` serves the /api/tokens, /api/auth and /api/nodes/join-token routes,
 and turns an API token into a `Caller` for the HTTP layer's access check
 (http/auth.py decides what a route needs; this says what a secret is worth).
+An `Author` is who a change is recorded as: the token the CP checked, next to
+what its holder says about themselves.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,40 @@ class Caller:
     kind: str  # "public", "user", "node", "join"
     name: str = ""
     scope: str = ""
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who makes a change: the API token the CP checked, and who its holder says they are.
+
+    `said` (the CLI's X-Docklet-User, `user@host`) is a claim anyone with a token
+    can make, as a Git author is; `token` is what the CP verified. Commits keep
+    the claim as their author, so `docklet history` reads as before, and carry
+    the token in a `Docklet-Token:` trailer the CP writes itself; events and the
+    CP's log name both.
+    """
+
+    token: str  # the API token's name; "" for a bootstrap, which has no token yet
+    said: str = ""
+
+    @property
+    def git(self) -> str:
+        """The commit's author: what the caller says, else the token's name."""
+        name = self.said or self.token
+        return f"{name} <{name}>" if name else "docklet-api <docklet@localhost>"
+
+    @property
+    def trailer(self) -> str:
+        return f"Docklet-Token: {one_line(self.token) or '(none)'}"
+
+    def __str__(self) -> str:
+        who = f"token {self.token!r}" if self.token else "the bootstrap"
+        return f"{who} (says {self.said})" if self.said and self.said != self.token else who
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters (newlines) made spaces: a subject or trailer stays one."""
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", text).strip()
 
 
 def user(row: dict[str, object] | None, secret: str, access: Access) -> Caller:
@@ -76,14 +113,17 @@ class Tokens:
         with self.store.write() as db:
             return tokens.create(db, tokens.check_name(name), scope, by)
 
-    def revoke(self, name: str, by: str) -> None:
+    def revoke(self, name: str, by: str, *, force: bool = False) -> None:
         with self.store.write() as db:
-            tokens.revoke(db, name, by)
+            tokens.revoke(db, name, by, force=force)
 
-    def join_token(self, *, rotate: bool = False) -> str:
+    def join_token(self, *, rotate: bool = False, by: str = "") -> str:
         secret = tokens.join_token(self.config.data_dir, rotate=rotate)
         if rotate:
-            log.warning("join token rotated: agents joining from now on need the new one")
+            log.warning(
+                "join token rotated by %s: agents joining from now on need the new one",
+                by or "the control plane",
+            )
         return secret
 
     def announce_bootstrap(self, url: str) -> None:

@@ -10,7 +10,15 @@ whatever its hash) and log redaction can recognise them (see `secret`).
 The bootstrap windows make a fresh cluster usable without a secret in hand:
 the first login gets an admin token, and the first agent joins without the
 join token. Each closes at its first use and `bootstrap_window` seconds after
-the control plane's very first start, whichever comes first, for good.
+the control plane's very first start, whichever comes first, for good. The
+node window also closes once the cluster is claimed (any API token exists):
+from then on a stranger's registration would lease the admin's deploy tasks,
+secrets included, so joining needs the join token. The seed's order (the CP,
+then the first agent, then the first CLI command) is unchanged.
+
+The cluster keeps at least one admin token unless its last one is revoked on
+purpose (`force`); the host's operator can always mint one where the data is
+(`docklet-cp token create`, docklet/cp/admin.py).
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from docklet.cp.store.secret import JOIN_PREFIX, USER_PREFIX, hash_secret, new_s
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][\w.@+-]{0,63}$", re.ASCII)
+# Matched whole (fullmatch): `$` would also match before a trailing newline ("ci\n").
+_NAME = re.compile(r"[A-Za-z0-9][\w.@+-]{0,63}", re.ASCII)
 
 FIRST_START = "first_started_at"
 ADMIN_BOOTSTRAP = "admin_bootstrap_used"
@@ -41,7 +50,7 @@ NODE_BOOTSTRAP = "node_bootstrap_used"
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise BadRequest(
             "a token name is 1-64 letters, digits and . _ @ + -, starting with a letter or digit"
         )
@@ -70,10 +79,28 @@ def create(
     return secret
 
 
-def revoke(db: sqlite3.Connection, name: str, by: str) -> None:
-    if not db.execute("DELETE FROM api_tokens WHERE name = ?", (name,)).rowcount:
+def revoke(db: sqlite3.Connection, name: str, by: str, *, force: bool = False) -> None:
+    """Revoke a token; the last admin token only when `force`d (no API call could
+    make another: only the host's operator, offline)."""
+    row = db.execute("SELECT scope FROM api_tokens WHERE name = ?", (name,)).fetchone()
+    if row is None:
         raise NotFound(f"no token named {name!r} (docklet token list)")
-    events.record(db, EventKind.TOKEN, f"token {name!r} revoked by {by}")
+    if row[0] == TokenScope.ADMIN and not force and _admins(db) == 1:
+        raise Conflict(
+            f"token {name!r} is the last admin token: without it no one can change this"
+            " cluster through the API. Create another first (docklet token create NAME"
+            f" --scope admin), or revoke it anyway with --force (docklet token revoke {name}"
+            " --force); the host's operator can always mint one with docklet-cp token create"
+            " --data-dir DIR NAME --scope admin"
+        )
+    db.execute("DELETE FROM api_tokens WHERE name = ?", (name,))
+    forced = " (the last admin token, forced)" if row[0] == TokenScope.ADMIN and force else ""
+    events.record(db, EventKind.TOKEN, f"token {name!r} revoked by {by}{forced}")
+
+
+def _admins(db: sqlite3.Connection) -> int:
+    query = "SELECT COUNT(*) FROM api_tokens WHERE scope = ?"
+    return int(db.execute(query, (TokenScope.ADMIN,)).fetchone()[0])
 
 
 def listing(store: Store) -> list[dict[str, Any]]:
@@ -118,10 +145,11 @@ def windows(store: Store, window: float, now: float | None = None) -> dict[str, 
     now = time.time() if now is None else now
     rows = {r["key"]: r["value"] for r in store.query("SELECT key, value FROM meta")}
     closes = float(rows.get(FIRST_START, now)) + window
+    claimed = ADMIN_BOOTSTRAP in rows
     any_node = nodes.any_registered(store.reader())
     return {
-        "admin": _window(ADMIN_BOOTSTRAP in rows, closes, now),
-        "nodes": _window(NODE_BOOTSTRAP in rows or any_node, closes, now),
+        "admin": _window(claimed, closes, now),
+        "nodes": _window(NODE_BOOTSTRAP in rows or claimed or any_node, closes, now),
     }
 
 
@@ -148,14 +176,20 @@ def claim_admin(db: sqlite3.Connection, name: str, window: float, by: str) -> st
     return secret
 
 
+def node_window_open(db: sqlite3.Connection, window: float) -> bool:
+    """Whether a first agent may still join without the join token: no node yet, the
+    cluster not claimed (no API token ever made), and the window's time not over."""
+    now = time.time()
+    if get_meta(db, NODE_BOOTSTRAP) is not None or get_meta(db, ADMIN_BOOTSTRAP) is not None:
+        return False
+    return now < first_start(db, now) + window and not nodes.any_registered(db)
+
+
 def claim_node(db: sqlite3.Connection, window: float, engine: str) -> bool:
     """Whether a first agent may join without the join token; closes the window if so."""
-    now = time.time()
-    if get_meta(db, NODE_BOOTSTRAP) is not None or now >= first_start(db, now) + window:
+    if not node_window_open(db, window):
         return False
-    if nodes.any_registered(db):
-        return False
-    set_meta(db, NODE_BOOTSTRAP, str(now))
+    set_meta(db, NODE_BOOTSTRAP, str(time.time()))
     log.warning(
         "BOOTSTRAP: the first agent (engine %s) joined without a join token; from now on"
         " agents need DOCKLET_JOIN_TOKEN (docklet nodes join-token)",
