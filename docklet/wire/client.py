@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from docklet.common import defaults
 from docklet.common.errors import APIError, CPUnreachable
@@ -85,9 +87,11 @@ class Client:
         for name, value in self.headers.items():
             req.add_header(name, value)
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+            with _OPENER.open(req, timeout=timeout or self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                raise _redirected(req.full_url, path, exc) from None
             raise _api_error(exc) from None
         # A URL that cannot be sent (a port "abc", non-ASCII) is this side's mistake,
         # not a server's answer; it must not read as "not Docklet's JSON".
@@ -107,6 +111,38 @@ class Client:
 
     def _bad_url(self, exc: Exception) -> CPUnreachable:
         return CPUnreachable(f"{self.base_url!r} is not a control plane URL: {exc}")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Every redirect is an error, never followed: urllib would send the token (and
+    any join token) to wherever it points, another host included."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def _redirected(url: str, path: str, exc: urllib.error.HTTPError) -> APIError:
+    """A redirect as an error naming where it points, and the --cp that would go there."""
+    location = exc.headers.get("Location")
+    if not location:
+        return APIError(
+            502, "redirect", f"{url} answered HTTP {exc.code}, a redirect with no Location"
+        )
+    # Shown, not followed: printable, bounded, relative ones made absolute.
+    target = "".join(c if " " < c < "\x7f" else "?" for c in urljoin(url, location))[:300]
+    hint = ""
+    base = target.removesuffix(path)
+    if base != target and check_url(base) is None:
+        hint = f": if that is your control plane, set --cp / DOCKLET_CP to {base}"
+    return APIError(
+        502,
+        "redirect",
+        f"{url} redirects to {target} (HTTP {exc.code}); Docklet does not follow redirects,"
+        f" so that your token goes nowhere else{hint}",
+    )
 
 
 def _not_json(base_url: str, exc: Exception) -> APIError:
@@ -214,18 +250,52 @@ def check_url(url: str) -> str | None:
         return "it is empty"
     if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
         return f"{url!r} has spaces or characters a URL cannot hold (non-ASCII hosts: use xn--)"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a bracket without its pair, or not an IP address inside them
+        return f"{url!r} {_BRACKETS}"
     if parts.scheme not in ("http", "https"):
         return f"{url!r} is not an http:// or https:// URL (e.g. http://localhost:8080)"
-    if not parts.hostname:
-        return f"{url!r} has no host name"
-    try:
-        parts.port  # noqa: B018  (parsing it raises for a port that is not a number)
-    except ValueError:
-        return f"{url!r} has a port that is not a number from 0 to 65535"
+    problem = _netloc_problem(parts.netloc)
+    if problem:
+        return f"{url!r} {problem}"
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         return f"{url!r} has a query or fragment; give the control plane's base URL"
     return None
+
+
+_BRACKETS = "has brackets that do not hold one IPv6 address (e.g. http://[::1]:8080)"
+# Letters, digits, '-' and '_' (Docker's and some LANs' names have them), dot-separated.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+_IPV6_HOST = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(.*))?")
+
+
+def _netloc_problem(netloc: str) -> str | None:
+    """What is wrong with a URL's host and port, or None."""
+    if "@" in netloc:  # urllib would send it nowhere, or to the host after the '@'
+        return "holds a user name or password; give the token with docklet login or DOCKLET_TOKEN"
+    if not netloc or netloc.startswith(":"):
+        return "has no host name"
+    if "[" in netloc or "]" in netloc:
+        bracketed = _IPV6_HOST.fullmatch(netloc)
+        if bracketed is None or not _is_ipv6(bracketed[1]):
+            return _BRACKETS
+        port = bracketed[2]
+    else:
+        host, _, port = netloc.partition(":")
+        if not _HOST_NAME.fullmatch(host):
+            return f"has {host!r}, which is not a host name or an IP address"
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "has a port that is not a number from 1 to 65535"
+    return None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _api_error(exc: urllib.error.HTTPError) -> APIError:

@@ -5,6 +5,7 @@ answers it cannot read, usage errors. Each command group has its own file beside
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import sys
 import click
 import pytest
 from click.testing import CliRunner
-from clilab import add_node, app_view, docklet_process, fake_cp, invoke, rollout
+from clilab import ROOT, add_node, app_view, docklet_process, fake_cp, invoke, rollout
 
 import docklet.cli.main
 import docklet.cli.nodes
@@ -20,7 +21,7 @@ from docklet.cli.base import ExitCode
 from docklet.cli.main import cli, main
 from docklet.cli.monitor import ROLLOUT
 from docklet.cp.service.controlplane import ControlPlane
-from docklet.wire.client import NULL, mismatch
+from docklet.wire.client import NULL, check_url, mismatch
 
 
 def test_version_shows_cli_and_control_plane(served_cp: str) -> None:
@@ -225,6 +226,38 @@ def test_a_shape_may_be_null_or_an_object_checked_inside() -> None:
         ("", "it is empty"),
         ("http://", "has no host name"),
         ("http://x/?a=b", "query or fragment"),
+        # Brackets: an IPv6 address in [ ], nothing else, and only once.
+        ("http://[::1", "brackets"),
+        ("http://::1]:8080", "brackets"),
+        ("http://[::1]]", "brackets"),
+        ("http://[::1]x", "brackets"),
+        ("http://[::1]:80x", "port that is not a number"),
+        ("http://a]b", "brackets"),
+        ("http://[zz]:8080", "brackets"),
+        ("http://[127.0.0.1]", "brackets"),
+        ("http://[v1.x]", "brackets"),
+        # Ports: a number from 1 to 65535, once.
+        ("http://[::1]:99999", "port that is not a number"),
+        ("http://localhost:-1", "port that is not a number"),
+        ("http://localhost:0", "port that is not a number"),
+        ("http://localhost:80:90", "port that is not a number"),
+        ("http://localhost:８０", "has spaces or characters"),
+        # Schemes and hosts.
+        ("//localhost:8080", "not an http:// or https:// URL"),
+        ("javascript:alert(1)", "not an http:// or https:// URL"),
+        ("unix:///var/run/docklet.sock", "not an http:// or https:// URL"),
+        ("http:/localhost", "has no host name"),
+        ("http://exa%41mple.com", "not a host name"),
+        ("http://a..b", "not a host name"),
+        ("http://under_score!", "not a host name"),
+        ("http://admin:secret@localhost", "user name or password"),
+        # Spaces and control characters, wherever they are.
+        (" http://localhost", "has spaces"),
+        ("http://localhost:8080/ ", "has spaces"),
+        ("http://local\thost", "has spaces"),
+        ("http://local\x00host", "has spaces"),
+        ("http://localhost\r\nX-Evil: 1", "has spaces"),
+        ("http://localhost\x7f", "has spaces"),
     ],
 )
 def test_a_malformed_control_plane_url_is_a_usage_error(url: str, problem: str) -> None:
@@ -232,6 +265,42 @@ def test_a_malformed_control_plane_url_is_a_usage_error(url: str, problem: str) 
         code, out, err = invoke(url, *args)
         assert code == ExitCode.USAGE, (args, out, err)
         assert "--cp" in err and problem in err, err
+        assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[zz]", "http://h:80:90", "ftp://x"])
+def test_a_malformed_url_from_the_environment_is_one_line_and_exit_2(url: str) -> None:
+    # As the issue ran it: the installed command, the URL from DOCKLET_CP or --cp.
+    for args, env in ((["ps"], {"DOCKLET_CP": url}), (["--cp", url, "ps"], {})):
+        done = subprocess.run(
+            [sys.executable, "-m", "docklet", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            timeout=60,
+        )
+        assert done.returncode == ExitCode.USAGE, done.stderr
+        assert "Traceback" not in done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert len(lines) == 1 and "'--cp' / DOCKLET_CP" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:8080",
+        "https://cp.example.com",
+        "http://[::1]:8080",
+        "http://[fe80::1]",
+        "http://127.0.0.1:8080/docklet/",
+        "HTTP://LOCALHOST",
+        "http://my_host.internal.:80",
+        "http://localhost:",
+    ],
+)
+def test_a_well_formed_control_plane_url_is_accepted(url: str) -> None:
+    assert check_url(url) is None
 
 
 def test_help_works_with_a_malformed_control_plane_url() -> None:
