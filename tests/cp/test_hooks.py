@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from docklet.cp.controller import Controller
 from docklet.cp.service.controlplane import ControlPlane
 
@@ -128,3 +130,67 @@ def test_clone_and_push_over_http_with_the_api_token(
         assert synced_at - pushed_at < 1.0
     finally:
         stop.set()
+
+
+# -- refs: main is desired state, refs/docklet/* and refs/notes/docklet are the CP's ---------
+
+
+def pushed_main(cp: ControlPlane, tmp_path: Path) -> Path:
+    """A clone whose main is pushed, with one app the CP recorded as deployed."""
+    work = clone(cp, tmp_path)
+    (work / "apps" / "web.yaml").write_text("name: web\nimage: nginx:1.25\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "web")
+    assert git(work, "push", "origin", "main").returncode == 0
+    head = cp.repo.head()
+    assert head is not None
+    cp.repo.record_outcome("web", head, (head, "rolled back: the CP's own note"))
+    return work
+
+
+def refs(cp: ControlPlane) -> dict[str, str]:
+    return {ref: str(cp.repo.repo.references[ref].target) for ref in cp.repo.repo.references}
+
+
+@pytest.mark.parametrize(
+    "refspec,said",
+    [
+        ("HEAD:refs/docklet/deployed/web", "refs/docklet/deployed/web is the control plane's"),
+        ("HEAD:refs/docklet/deployed/new", "refs/docklet/deployed/new is the control plane's"),
+        ("HEAD:refs/docklet/anything", "refs/docklet/anything is the control plane's"),
+        ("+HEAD:refs/notes/docklet", "refs/notes/docklet is the control plane's"),
+        (":refs/docklet/deployed/web", "refs/docklet/deployed/web is the control plane's"),
+        ("HEAD:refs/tags/v1", "refs/tags/v1: only refs/heads/main is desired state"),
+        ("HEAD:refs/heads/staging", "refs/heads/staging: only refs/heads/main is desired state"),
+        ("HEAD:refs/notes/commits", "refs/notes/commits: only refs/heads/main is desired state"),
+        ("HEAD:refs/pull/1/head", "refs/pull/1/head: only refs/heads/main is desired state"),
+    ],
+)
+def test_only_main_may_be_pushed_and_the_cps_own_refs_are_its_alone(
+    cp: ControlPlane, tmp_path: Path, refspec: str, said: str
+) -> None:
+    work = pushed_main(cp, tmp_path)
+    before = refs(cp)
+    (work / "apps" / "web.yaml").write_text("name: web\nimage: nginx:1.26\n")
+    git(work, "commit", "-qam", "forged")
+    pushed = git(work, "push", "origin", refspec)
+    assert pushed.returncode != 0, pushed.stderr
+    assert f"remote: docklet: push refused: {said}" in pushed.stderr, pushed.stderr
+    assert "pre-receive hook declined" in pushed.stderr
+    assert refs(cp) == before  # nothing moved, nothing was added
+    # Next to a good push of main, the whole push is refused: nothing lands.
+    both = git(work, "push", "origin", "main", refspec)
+    assert both.returncode != 0 and refs(cp) == before
+    assert git(work, "push", "origin", "main").returncode == 0  # main alone: fine
+
+
+def test_the_cp_still_writes_its_own_refs_after_a_refused_push(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    work = pushed_main(cp, tmp_path)
+    assert git(work, "push", "origin", "HEAD:refs/notes/docklet").returncode != 0
+    head = cp.repo.head()
+    assert head is not None
+    cp.repo.record_outcome("web", head, (head, "failed: a newer note"))
+    assert refs(cp)["refs/docklet/deployed/web"] == head
+    assert cp.repo.repo.lookup_note(head, "refs/notes/docklet").message == "failed: a newer note"

@@ -301,6 +301,14 @@ class GitRepo:
 
 NOTES_REF = "refs/notes/docklet"
 DEPLOYED_REF = "refs/docklet/deployed/{app}"
+# Refs only the CP writes (record_outcome): a push to them would forge what runs and
+# why a revision failed, so the pre-receive hook refuses it (hooks.py).
+RESERVED_REFS = (NOTES_REF, "refs/docklet/")
+
+
+def is_reserved(ref: str) -> bool:
+    """Whether `ref` is the CP's own record, which no push may move."""
+    return ref == NOTES_REF or ref.startswith(RESERVED_REFS[1])
 
 
 def deployed_ref(app: str) -> str:
