@@ -9,6 +9,7 @@ and a rollback finds the old revision's container kept, stopped, to start again.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ from docklet.wire.protocol import MAX_EVIDENCE, ContainerSpec, Label, LeasedTask
 log = logging.getLogger(__name__)
 
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"  # what the SDK uses without DOCKER_HOST
-_EXIT = re.compile(r"Exited \((-?\d+)\)")
+_EXIT = re.compile(r"(?:Exited|Restarting) \((-?\d+)\)")
 _HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 # Docker's RFC 3339 times carry nanoseconds; datetime takes at most microseconds.
 _NANOS = re.compile(r"(\.\d{6})\d+")
@@ -47,6 +48,12 @@ _UP = re.compile(
     r"|(\d+) hours)"
 )
 UP_SLACK = 2.0  # seconds of rounding and clock steps allowed when matching an uptime
+# An inspect of a running container is trusted for this share of how long it had been
+# up when read: a restart its uptime in words cannot show (one within UP_SLACK) is seen
+# by a later inspect, and a health gate's window is always covered by one taken after it
+# ends, however its samples fall; a steady container costs a few inspects while young.
+TRUSTED_SHARE = 0.5
+MAX_EVENTS = 1000  # of one container's start and die events read to explain its last exit
 LOG_LINES = 20  # of an exited, restarting or unhealthy container, as evidence
 
 P = ParamSpec("P")
@@ -194,20 +201,28 @@ class Engine:
             if inspected >= MAX_INSPECTS or time.monotonic() > budget:
                 continue
             inspected += 1
-            found = self._evidence_of(row["Id"])
+            found = self._evidence_of(row["Id"], now, cached[1] if cached else None)
             if found is not None:
                 evidence[row["Id"]] = (status, found)
         self._evidence = evidence  # only what this list still shows: gone ones are forgotten
         return [{**_from_list(r), **evidence.get(r["Id"], ("", {}))[1]} for r in rows]
 
-    def _evidence_of(self, container_id: str) -> dict[str, Any] | None:
-        """What inspect (and, for a failing container, its last log lines) tell; None if gone."""
+    def _evidence_of(
+        self, container_id: str, now: float, before: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """What inspect (and, for a failing container, its last log lines) tell; None if gone.
+
+        `now` is when the list was read, a little before this inspect: as the time of
+        the evidence it errs early, never late. `before` is what the last inspect said.
+        """
         try:
             attrs = self.client.api.inspect_container(container_id)
-            found = _inspected(attrs)
+            found = _inspected(attrs, now)
             state = (attrs.get("State") or {}).get("Status")
             if state in _FAILING or found["health"] == "unhealthy":
                 found["logs"] = self._last_logs(container_id)
+            if found["restarts"] and found["last_exit_code"] is None:
+                found.update(self._restart_cause(container_id, attrs, found, before))
         except docker.errors.NotFound:
             return None  # removed since the list call
         except docker.errors.APIError as exc:
@@ -215,6 +230,38 @@ class Engine:
             log.warning("inspect %s: %s", container_id[:12], _explain(exc))
             return None
         return found
+
+    def _restart_cause(
+        self,
+        container_id: str,
+        attrs: dict[str, Any],
+        found: dict[str, Any],
+        before: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The exit code and length of the run Docker restarted it after, from its events.
+
+        Running again, a container's state no longer says how its last run ended,
+        only when (FinishedAt); Docker's `die` event at that moment does. Read once
+        per exit: an earlier answer about the same FinishedAt is kept.
+        """
+        finished, started = found["finished_at"], found["started_at"]
+        if before is not None and before.get("finished_at") == finished:
+            return {k: before.get(k) for k in ("last_exit_code", "last_run")}
+        if finished is None or started is None:
+            return {}
+        since = _epoch(attrs.get("Created")) or finished - YOUNG
+        # Until the current run's start, in Docker's own clock: the stream ends at once.
+        stream = self.client.api.events(
+            since=_stamp(since - 1),
+            until=_stamp(started),
+            filters={"container": container_id, "type": "container", "event": ["start", "die"]},
+            decode=True,
+        )
+        try:
+            events = list(itertools.islice(stream, MAX_EVENTS))
+        finally:
+            stream.close()
+        return _last_exit(events)
 
     def _last_logs(self, container_id: str) -> str | None:
         raw = self.client.api.logs(container_id, stdout=True, stderr=True, tail=LOG_LINES)
@@ -414,21 +461,59 @@ def observed(container: Any) -> dict[str, Any]:
         "state": state.get("Status", container.status),
         "exit_code": state.get("ExitCode"),
         "labels": container.labels,
-        **_inspected(container.attrs),
+        **_inspected(container.attrs, time.time()),
     }
 
 
-def _inspected(attrs: dict[str, Any]) -> dict[str, Any]:
-    """What only inspect tells of a container: when it started, restarts, health."""
+def _inspected(attrs: dict[str, Any], now: float) -> dict[str, Any]:
+    """What only inspect tells of a container: its runs, restarts and health, as of `now`."""
     state = attrs.get("State") or {}
     health = state.get("Health") or {}
     checks = health.get("Log") or []
+    started, finished = _epoch(state.get("StartedAt")), _epoch(state.get("FinishedAt"))
+    # Not running, the state is of the run that ended (a restart resets the exit code).
+    ended = finished is not None and state.get("Status") not in _UP_STATES
     return {
-        "started_at": _epoch(state.get("StartedAt")),
+        "started_at": started,
+        "finished_at": finished,
+        "last_exit_code": state.get("ExitCode") if ended else None,
+        "last_run": _run_length(started, finished) if ended else None,
+        "inspected_at": now,
         "restarts": attrs.get("RestartCount") or 0,
         "health": health.get("Status"),
         "health_log": _evidence_text(checks[-1].get("Output")) if checks else None,
     }
+
+
+def _last_exit(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The exit code and run length of the last `die` among a container's events."""
+    dies = [e for e in events if e.get("Action") == "die"]
+    if not dies:
+        return {}  # older than what Docker keeps of its events: not known
+    die = dies[-1]
+    code = ((die.get("Actor") or {}).get("Attributes") or {}).get("exitCode", "")
+    starts = [
+        e["timeNano"]
+        for e in events
+        if e.get("Action") == "start" and e.get("timeNano", 0) <= die.get("timeNano", 0)
+    ]
+    run = (die["timeNano"] - starts[-1]) / 1e9 if starts and "timeNano" in die else None
+    return {
+        "last_exit_code": int(code) if code.lstrip("-").isdigit() and len(code) < 10 else None,
+        "last_run": run,
+    }
+
+
+def _run_length(started: float | None, finished: float | None) -> float | None:
+    if started is None or finished is None or finished < started:
+        return None
+    return finished - started
+
+
+def _stamp(moment: float) -> str:
+    """Epoch seconds as the Engine API's `since`/`until` take them: seconds.nanoseconds."""
+    seconds = int(moment)
+    return f"{seconds}.{int((moment - seconds) * 1e9):09d}"
 
 
 def _from_list(row: dict[str, Any]) -> dict[str, Any]:
@@ -446,34 +531,41 @@ def _from_list(row: dict[str, Any]) -> dict[str, Any]:
         "restarts": 0,
         "labels": row.get("Labels") or {},
         # Only inspect tells these (see Engine.observe).
-        "started_at": None,
         "health_log": None,
         "logs": None,
+        "started_at": None,
+        "finished_at": None,
+        "last_exit_code": None,
+        "last_run": None,
+        "inspected_at": None,
     }
 
 
 _FAILING = (ContainerState.EXITED, ContainerState.RESTARTING)
+_UP_STATES = (ContainerState.RUNNING, ContainerState.PAUSED)
 
 
 def _still_true(cached: tuple[str, dict[str, Any]], row: dict[str, Any], now: float) -> bool:
     """Whether what an inspect told of this container still holds, by its list row.
 
-    The same `Status` text, or, for a running one, the same state and health
-    with an uptime that matches the start time inspect gave: a container that
-    restarted since shows a shorter one. (Keyed on the text alone, a young
-    container was inspected at every heartbeat: "Up 8 seconds" changes.)
+    A stopped one: the same `Status` text. A running one: the same health, an
+    uptime that matches the start time inspect gave (a container that restarted
+    since shows a shorter one), and an inspect young enough to trust
+    (TRUSTED_SHARE). Never a restarting one. The text alone is no proof for a
+    running container: "Up Less than a second" comes back at every crash.
     """
     status, found = cached
-    text = row.get("Status", "")
-    if text == status:
-        return True
-    started, up = found.get("started_at"), _UP.match(text)
-    if started is None or up is None or row.get("State") != ContainerState.RUNNING:
+    text, state = row.get("Status", ""), row.get("State")
+    if state not in (ContainerState.RUNNING, ContainerState.RESTARTING):
+        return text == status
+    started, read, up = found.get("started_at"), found.get("inspected_at"), _UP.match(text)
+    if started is None or read is None or up is None or state != ContainerState.RUNNING:
         return False
     if _health_of(text) != _health_of(status):
         return False
     low, high = _uptime(up)
-    return low - UP_SLACK <= now - started <= high + UP_SLACK
+    matches = low - UP_SLACK <= now - started <= high + UP_SLACK
+    return matches and now - read < TRUSTED_SHARE * (read - started)
 
 
 def _health_of(status: str) -> str | None:
@@ -498,8 +590,12 @@ def _uptime(up: re.Match[str]) -> tuple[float, float]:
 
 
 def _worth_inspecting(row: dict[str, Any], now: float) -> bool:
-    """Young (a rollout may be judging it) or not running (its evidence may be wanted)."""
-    return row.get("State") != ContainerState.RUNNING or now - (row.get("Created") or 0) < YOUNG
+    """Young, or started lately (a rollout may be judging it: a rollback starts a kept
+    container again), or not running (its evidence may be wanted)."""
+    if row.get("State") != ContainerState.RUNNING or now - (row.get("Created") or 0) < YOUNG:
+        return True
+    up = _UP.match(row.get("Status", ""))
+    return up is not None and _uptime(up)[0] < YOUNG
 
 
 def _epoch(text: str | None) -> float | None:

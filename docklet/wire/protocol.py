@@ -26,9 +26,11 @@ Text = Annotated[str, Field(max_length=10_000)]
 Count = Annotated[int, Field(ge=0, le=2**31)]
 ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31)]
 Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+Time = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # epoch seconds, or a duration
 NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,62}$"
 MAX_CONTAINERS = 5_000  # per heartbeat: far above one engine's practical load, far below limits
 MAX_INFO_KEYS = 64
+SAMPLED = 6  # ObservedContainer.fingerprint()'s items that every sample tells
 MAX_EVIDENCE = 4000  # characters of a health check's output or a container's last log lines
 
 
@@ -84,9 +86,17 @@ class ObservedContainer(Wire):
     )
     # From `docker inspect`, which agents run only for young or failing containers:
     # what the rollout health gate judges by, and the evidence a failed canary leaves.
-    started_at: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     health_log: Annotated[str, Field(max_length=MAX_EVIDENCE)] | None = None
     logs: Annotated[str, Field(max_length=MAX_EVIDENCE)] | None = None
+    # Evidence that outlives a sample (None in a sample without an inspect: the CP keeps
+    # what the last inspect said): the start of its current or last run; when it last
+    # stopped (a restart leaves it set); the exit code and the length of that run, when
+    # known; and when the agent read all this (its own clock), with `restarts`.
+    started_at: Time | None = None
+    finished_at: Time | None = None
+    last_exit_code: ExitCode | None = None
+    last_run: Time | None = None  # seconds
+    inspected_at: Time | None = None
 
     @property
     def app(self) -> str | None:
@@ -97,17 +107,27 @@ class ObservedContainer(Wire):
         value = self.labels.get(key, "")
         return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None
 
+    @property
+    def inspected(self) -> bool:
+        """Whether this sample carries what only an inspect tells (its times and restarts)."""
+        return self.started_at is not None
+
     def fingerprint(self) -> tuple[Any, ...]:
-        """What the CP stores of it: equal fingerprints need no write."""
+        """What the CP stores of it: equal fingerprints need no write. The first SAMPLED
+        items every sample tells; the rest only an inspect (see `inspected`)."""
         return (
             self.id,
             self.state,
             self.health,
             self.exit_code,
-            self.restarts,
-            self.started_at,
             self.health_log,
             self.logs,
+            self.restarts,
+            self.started_at,
+            self.finished_at,
+            self.last_exit_code,
+            self.last_run,
+            self.inspected_at,
         )
 
 

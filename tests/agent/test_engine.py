@@ -398,46 +398,108 @@ class Counting(Engine):
 
     inspected = 0
 
-    def _evidence_of(self, container_id: str) -> dict[str, Any] | None:
+    def _evidence_of(
+        self, container_id: str, now: float, before: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         self.inspected += 1
-        return super()._evidence_of(container_id)
+        return super()._evidence_of(container_id, now, before)
 
 
-def test_steady_containers_cost_no_inspect(
-    docker_client: Any, web_image: str, cluster_id: str
-) -> None:
-    engine = Counting(docker_client)
-    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
-    rows = docker_client.api.containers(
-        all=True, filters={"label": f"docklet.cluster={cluster_id}"}
-    )
-    now = time.time()
-    assert engine.observe(rows, now)[0]["started_at"] is not None and engine.inspected == 1
-    engine.observe(rows, now + 5)  # the same `Status`: what was read is still true
-    assert engine.inspected == 1
-    (old,) = engine.observe(rows, now + YOUNG + 1)  # old and running: the list row is enough
-    assert engine.inspected == 1 and old["started_at"] is None and old["state"] == "running"
-
-
-def test_a_young_container_is_inspected_again_only_when_it_restarted(
-    docker_client: Any, web_image: str, cluster_id: str
-) -> None:
-    engine = Counting(docker_client)
-    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+def listed(docker_client: Any, cluster_id: str) -> dict[str, Any]:
+    """The cluster's one container as Docker lists it (no inspect)."""
     (row,) = docker_client.api.containers(
         all=True, filters={"label": f"docklet.cluster={cluster_id}"}
     )
-    now = time.time()
-    (seen,) = engine.observe([row], now)
-    assert engine.inspected == 1 and row["Status"].startswith("Up")
-    started = seen["started_at"]
+    return dict(row)
 
-    def later(status: str) -> dict[str, Any]:
-        return {**row, "Status": status}
+
+def test_steady_containers_cost_few_inspects(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Counting(docker_client)
+    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+    row = listed(docker_client, cluster_id)
+    started = engine.observe([row], time.time())[0]["started_at"]
+    assert engine.inspected == 1
+
+    def up(seconds: int) -> list[dict[str, Any]]:
+        """The list row `seconds` after its start, and the moment: Docker's words for it."""
+        return [{**row, "Status": f"Up {seconds} seconds"}]
+
+    engine.observe(up(10), started + 10)  # read when up 10 s: trusted for 5 s more
+    engine.observe(up(14), started + 14)
+    assert engine.inspected == 2
+    engine.observe(up(16), started + 16)  # no restart shows, but the read is old: again
+    assert engine.inspected == 3
+    (seen,) = engine.observe(up(20), started + 20)  # trusted till 24 s
+    assert engine.inspected == 3 and seen["inspected_at"] == started + 16
+    old = [{**row, "Status": "Up 2 hours", "Created": started - 7200}]
+    (seen,) = engine.observe(old, started + 7200)  # old and running: the list row is enough
+    assert engine.inspected == 3 and seen["started_at"] is None and seen["state"] == "running"
+
+
+def test_a_young_container_is_inspected_again_when_it_restarted(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    engine = Counting(docker_client)
+    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+    row = listed(docker_client, cluster_id)
+    started = engine.observe([row], time.time())[0]["started_at"]
+
+    def later(status: str) -> list[dict[str, Any]]:
+        return [{**row, "Status": status}]
 
     # Docker's words for the uptime change every second; what inspect said still holds.
-    engine.observe([later(f"Up {int(now + 40 - started)} seconds")], now + 40)
-    engine.observe([later("Up About a minute")], now + 90)
-    assert engine.inspected == 1
-    engine.observe([later("Up 3 seconds")], now + 95)  # shorter than it has been up: restarted
+    engine.observe(later("Up 40 seconds"), started + 40)
+    engine.observe(later("Up 50 seconds"), started + 50)
+    engine.observe(later("Up 59 seconds"), started + 59)
     assert engine.inspected == 2
+    engine.observe(later("Up 3 seconds"), started + 59.5)  # shorter than it was: restarted
+    assert engine.inspected == 3
+
+
+def test_the_same_words_after_a_crash_are_no_proof(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    """A crash loop shows "Up Less than a second" again and again: each is inspected."""
+    engine = Counting(docker_client)
+    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+    row = {**listed(docker_client, cluster_id), "Status": "Up Less than a second"}
+    now = time.time()
+    engine.observe([row], now)
+    engine.observe([row], now + 5)
+    engine.observe(
+        [{**row, "State": "restarting", "Status": "Restarting (1) 1 second ago"}], now + 6
+    )
+    assert engine.inspected == 3
+
+
+def test_a_kept_container_started_again_is_inspected_while_it_is_young(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    """A rollback starts an old revision's kept container: its run is what the gate judges."""
+    engine = Counting(docker_client)
+    engine.deploy(deploy_task(web_image), "node-1", cluster_id)
+    now = time.time()
+    made_long_ago = {**listed(docker_client, cluster_id), "Created": now - YOUNG - 60}
+    engine.observe([{**made_long_ago, "Status": "Up 5 seconds"}], now)
+    assert engine.inspected == 1
+
+
+def test_a_restart_leaves_its_exit_code_time_and_count(
+    docker_client: Any, web_image: str, cluster_id: str
+) -> None:
+    """Running again, Docker's state forgets how the last run ended; its die event does not."""
+    engine = Engine(docker_client)
+    crash = deploy_task(web_image, command=["sh", "-c", "sleep 1; exit 3"])
+    engine.deploy(crash, "node-1", cluster_id)
+
+    def restarted_and_running() -> dict[str, Any] | None:
+        (seen,) = engine.list_managed(cluster_id)
+        return seen if seen["state"] == "running" and seen["restarts"] >= 1 else None
+
+    seen = wait_for(restarted_and_running, 30, "Docker to restart it")
+    assert seen["last_exit_code"] == 3 and seen["exit_code"] is None
+    assert 0.9 <= seen["last_run"] < 10
+    assert seen["started_at"] > seen["finished_at"] > seen["started_at"] - 60
+    assert seen["inspected_at"] <= time.time()

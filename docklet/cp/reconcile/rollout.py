@@ -303,7 +303,7 @@ class Controller:
             self._judge(s, self.d.placements.get(s, (None, None))[0], cur)
             for s in range(1, cur.spec.replicas + 1)
         ]
-        if verdicts and all(v.running for v in verdicts):
+        if verdicts and all(v.running and v.state != Health.FAIL for v in verdicts):
             self.d.set_status(current, RevisionStatus.STABLE)
 
     # -- small steps ----------------------------------------------------------------------------

@@ -179,6 +179,16 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX tasks_by_container ON tasks(node_id, container, id);
     """,
+    # 5: a container's evidence that outlives a sample (see ObservedContainer), and the
+    # start and restart count its current run began with: what the health gate compares.
+    """
+    ALTER TABLE containers ADD COLUMN finished_at REAL;
+    ALTER TABLE containers ADD COLUMN last_exit_code INTEGER;
+    ALTER TABLE containers ADD COLUMN last_run REAL;
+    ALTER TABLE containers ADD COLUMN inspected_at REAL;
+    ALTER TABLE containers ADD COLUMN first_started_at REAL;
+    ALTER TABLE containers ADD COLUMN first_restarts INTEGER;
+    """,
 ]
 
 

@@ -21,7 +21,7 @@ from docklet.cp.settings import CPConfig
 from docklet.cp.store import events
 from docklet.cp.store.db import Store, dumps
 from docklet.cp.store.secret import NODE_PREFIX, hash_secret, matches, new_secret
-from docklet.wire.protocol import Heartbeat, Label, ObservedContainer, Registration
+from docklet.wire.protocol import SAMPLED, Heartbeat, Label, ObservedContainer, Registration
 
 
 def hash_token(token: str) -> str:
@@ -137,8 +137,9 @@ def unchanged(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> bool:
         return False
     if not beat.docker_ok or beat.containers is None or beat.report_seq < node["report_seq"]:
         return True  # such a snapshot is not recorded anyway
-    told = {c.id: c.fingerprint() for c in beat.containers if c.app}
-    return {cid: fingerprint for cid, (_app, fingerprint) in _stored(db, node_id).items()} == told
+    told = {c.id: c for c in beat.containers if c.app}
+    stored = _stored(db, node_id)
+    return stored.keys() == told.keys() and all(same(stored[cid][1], c) for cid, c in told.items())
 
 
 def _stored(db: sqlite3.Connection, node_id: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
@@ -192,7 +193,7 @@ def heartbeat(db: sqlite3.Connection, node_id: str, beat: Heartbeat) -> tuple[bo
             continue  # without an app label it cannot be attributed
         seen.add(c.id)
         before = stored.get(c.id)
-        if before is None or before[1] != c.fingerprint():
+        if before is None or not same(before[1], c):
             observe(db, node_id, c, now)
             apps.add(c.app)
     gone = [cid for cid in stored if cid not in seen]
@@ -210,27 +211,63 @@ FINGERPRINT = (
     "state",
     "health",
     "exit_code",
-    "restarts",
-    "started_at",
     "health_log",
     "logs",
+    "restarts",
+    "started_at",
+    "finished_at",
+    "last_exit_code",
+    "last_run",
+    "inspected_at",
+)
+INSPECTED = FINGERPRINT[SAMPLED:]  # a sample without an inspect leaves these as they were
+_LIVE = ", ".join(f"'{s}'" for s in (ContainerState.RUNNING, ContainerState.RESTARTING))
+# A run begins when a container stored as not live (created, stopped) is seen again:
+# its start and restart count then are the health gate's baseline for the run.
+_RUN_BEGINS = f"containers.state NOT IN ({_LIVE}, '{ContainerState.PAUSED}')"
+_KEPT = ", ".join(
+    f"{col} = CASE WHEN excluded.started_at IS NULL THEN containers.{col} ELSE excluded.{col} END"
+    for col in INSPECTED
+)
+_BASELINE = ", ".join(
+    f"{col} = CASE WHEN {_RUN_BEGINS} OR containers.first_started_at IS NULL"
+    f" THEN excluded.{col} ELSE containers.{col} END"
+    for col in ("first_started_at", "first_restarts")
+)
+_OBSERVE = (
+    "INSERT INTO containers (node_id, container_id, name, app, revision, slot,"
+    " container_hash, image, state, health, exit_code, health_log, logs, restarts,"
+    " started_at, finished_at, last_exit_code, last_run, inspected_at, observed_at,"
+    " down_since, first_started_at, first_restarts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (node_id, container_id) DO UPDATE SET state = excluded.state,"
+    " health = excluded.health, exit_code = excluded.exit_code,"
+    " health_log = excluded.health_log, logs = excluded.logs,"
+    f" observed_at = excluded.observed_at, {_KEPT}, {_BASELINE},"
+    " down_since = CASE WHEN excluded.down_since IS NULL THEN NULL"
+    " ELSE COALESCE(containers.down_since, excluded.down_since) END"
 )
 
 
+def same(stored: tuple[Any, ...], c: ObservedContainer) -> bool:
+    """Whether recording `c` would change nothing stored (a fingerprint as `_stored` reads
+    it): a sample without an inspect is compared on what it tells."""
+    told = c.fingerprint()
+    return stored == told if c.inspected else stored[:SAMPLED] == told[:SAMPLED]
+
+
 def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: float) -> None:
-    """Upsert one container as an agent saw it; remember since when it is down."""
+    """Upsert one container as an agent saw it; remember since when it is down.
+
+    What only an inspect tells is kept from the last inspect when this sample
+    had none, and a run's baseline (its first start and restart count) is kept
+    for as long as the run: a restart or an exit between two samples, or in a
+    sample without an inspect, is not forgotten (see reconcile/gate.py). A task
+    report replaces the row, so each deploy's run begins with its report.
+    """
+    first = (c.started_at, c.restarts) if c.inspected else (None, None)
     db.execute(
-        "INSERT INTO containers (node_id, container_id, name, app, revision, slot,"
-        " container_hash, image, state, health, exit_code, restarts, observed_at, down_since,"
-        " started_at, health_log, logs)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (node_id, container_id) DO UPDATE SET state = excluded.state,"
-        " health = excluded.health, exit_code = excluded.exit_code,"
-        " restarts = excluded.restarts, observed_at = excluded.observed_at,"
-        " started_at = excluded.started_at, health_log = excluded.health_log,"
-        " logs = excluded.logs,"
-        " down_since = CASE WHEN excluded.down_since IS NULL THEN NULL"
-        " ELSE COALESCE(containers.down_since, excluded.down_since) END",
+        _OBSERVE,
         (
             node_id,
             c.id,
@@ -240,15 +277,10 @@ def observe(db: sqlite3.Connection, node_id: str, c: ObservedContainer, now: flo
             c.label_number(Label.SLOT),
             c.labels.get(Label.SPEC_HASH),
             c.image,
-            c.state,
-            c.health,
-            c.exit_code,
-            c.restarts,
+            *c.fingerprint()[1:],
             now,
             None if c.state == ContainerState.RUNNING else now,
-            c.started_at,
-            c.health_log,
-            c.logs,
+            *first,
         ),
     )
 
