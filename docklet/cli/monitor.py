@@ -125,11 +125,14 @@ def changed_app(
 
 
 def _ends_at_once(app: dict[str, Any], name: str, as_json: bool, follow_unchanged: bool) -> bool:
-    """Whether the answer leaves nothing to follow: a held spec (Failed), an unchanged one."""
-    if app["held"]:
+    """Whether the answer leaves nothing to follow: a held spec or an unchanged one whose
+    revision failed (Failed), an unchanged one."""
+    # A retry commits nothing either: it starts the failed revision's rollout again.
+    failed = None if app["commit"] is not None or follow_unchanged else _failed_target(app, name)
+    if app["held"] or failed:
         if as_json:
             print_json(app)
-        raise Failed(app["held"])
+        raise Failed(app["held"] or failed)
     if app["commit"] is not None or follow_unchanged:
         return False
     if as_json:
@@ -137,6 +140,25 @@ def _ends_at_once(app: dict[str, Any], name: str, as_json: bool, follow_unchange
     else:
         click.echo(f"✔ {name} is unchanged ({app['revision'] or 'no revision'})")
     return True
+
+
+def _failed_target(app: dict[str, Any], name: str) -> str | None:
+    """What to say when the spec asked for is the one whose rollout failed (None if not).
+
+    Asking again commits nothing, and nothing runs it: a ✔ would say all is well.
+    (The revisions are read with .get: a CP that does not name them says nothing.)
+    """
+    target, running, r = app.get("target_revision"), app.get("running_revision"), app["rollout"]
+    if target is None or target == running or r is None:
+        return None
+    if r["revision"] != target or r["status"] not in FAILING or not r["terminal"]:
+        return None
+    runs = f"{running} runs" if running else "nothing runs"
+    return (
+        f"{name} {target} is unchanged and its rollout {r['status']}:"
+        f" {r['reason'] or 'no reason given'}; {runs}."
+        f" Try it again with: docklet rollout retry {name}"
+    )
 
 
 def _say_new(
@@ -188,6 +210,10 @@ def _progress(r: dict[str, Any]) -> list[tuple[Hashable, str]]:
         return [(("canary", r["canary_node"]), f"… canary {revision}{where}")]
     if status == "verifying":
         return [("verifying", "… canary running, verifying health")]
+    if status == "promoting" and r["done"] == r["total"]:
+        # Verified everywhere; `stable` waits for the old containers to be gone.
+        line = f"… {revision} runs on every replica; stopping the previous revision"
+        return [("stopping", line)]
     if status == "promoting":
         return [(("promoting", r["done"]), f"… promoting {r['done']}/{r['total']}")]
     if status in FAILING:

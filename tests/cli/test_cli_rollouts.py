@@ -140,6 +140,60 @@ def test_an_unchanged_spec_is_done_at_once() -> None:
     assert len(received) == 1
 
 
+CRASHED = "exited with code 1 after 1s, restarted 3 times"
+
+
+def failed_before(**fields: Any) -> dict[str, Any]:
+    """The answer to an update that asks again for v3, whose rollout failed: v2 runs."""
+    failed = rollout("rolled_back", failed_phase="verifying", reason=CRASHED)
+    answer = {"commit": None, "revision": "v2", "running_revision": "v2", "rollout": failed}
+    return {**answer, "target_revision": "v3", "status": "stable", **fields}
+
+
+def test_asking_again_for_a_revision_that_failed_says_so_and_exits_1() -> None:
+    with scripted_cp(update_script(**failed_before())) as (url, received):
+        code, out, err = invoke(url, "update", "nginx", "--image", "crashy:1")
+        json_code, json_out, _ = invoke(url, "update", "nginx", "--image", "crashy:1", "--json")
+    assert code == json_code == ExitCode.ERROR
+    assert out == "" and "✔" not in err
+    assert err == (
+        f"✖ nginx v3 is unchanged and its rollout rolled_back: {CRASHED}; v2 runs."
+        " Try it again with: docklet rollout retry nginx\n"
+    )
+    assert json.loads(json_out)["target_revision"] == "v3"
+    assert [path for _, path, _ in received] == ["/api/apps/nginx/update"] * 2  # nothing followed
+
+
+def test_an_unchanged_spec_whose_rollout_worked_or_runs_is_no_failure() -> None:
+    stable = failed_before(target_revision="v2", rollout=rollout("stable", revision="v2"))
+    with scripted_cp(update_script(**stable)) as (url, _):
+        assert invoke(url, "update", "nginx", "--image", "nginx:1.25")[:2] == (
+            ExitCode.OK,
+            "✔ nginx is unchanged (v2)\n",
+        )
+    # An older failed rollout, of a revision no longer asked for, is history.
+    older = failed_before(target_revision="v2")
+    with scripted_cp(update_script(**older)) as (url, _):
+        assert invoke(url, "update", "nginx", "--image", "nginx:1.25")[0] == ExitCode.OK
+
+
+def test_stable_is_said_after_the_previous_revision_is_stopped() -> None:
+    states = (
+        rollout("promoting", done=2),
+        rollout("promoting", done=3),  # verified everywhere; the old ones are stopping
+        rollout("promoting", done=3),
+        rollout("stable", done=3),
+    )
+    with scripted_cp(update_script(*states)) as (url, _):
+        code, out, err = invoke(url, "update", "nginx", "--image", "nginx:1.26")
+    assert code == ExitCode.OK, err
+    assert out.splitlines()[-3:] == [
+        "… promoting 2/3",
+        "… v3 runs on every replica; stopping the previous revision",
+        "✔ nginx v3 is stable (3/3)",
+    ]
+
+
 def test_a_held_spec_is_said_on_stderr_and_exits_1() -> None:
     held = "the new spec is held: it failed before; retry with docklet rollout retry nginx"
     with scripted_cp(update_script(held=held, rollout=None)) as (url, received):

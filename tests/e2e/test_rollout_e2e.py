@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
+import dockerlab
 import pytest
 from conftest import RUN_ID, Cluster, free_port, wait_for
 
@@ -208,3 +212,51 @@ def test_an_agent_killed_during_the_canary_does_not_fail_the_rollout(
         30,
         "one v2 container and no duplicate",
     )
+
+
+# A process that ignores SIGTERM: `docker stop` waits out its whole grace period.
+IGNORE_TERM = ["sh", "-c", "trap '' TERM; exec httpd -f -p 80 -h /www"]
+
+
+@pytest.fixture(scope="module")
+def slow_stop_image(docker_client: Any, web_image: str) -> Iterator[str]:
+    """The web image, stopped with SIGTERM (the test image's own STOPSIGNAL is SIGKILL)."""
+    tag = f"docklet-test/slow-stop-e2e:{RUN_ID}"
+    dockerfile = f"FROM {web_image}\nSTOPSIGNAL SIGTERM\n".encode()
+    docker_client.images.build(
+        fileobj=io.BytesIO(dockerfile), tag=tag, pull=False, rm=True, forcerm=True
+    )
+    try:
+        yield tag
+    finally:
+        dockerlab.remove_image(docker_client, tag)
+
+
+def test_stable_is_said_once_the_previous_revision_no_longer_runs(
+    cluster: Cluster, slow_stop_image: str
+) -> None:
+    spec = {"command": IGNORE_TERM, "stop_grace_period": "3s", "rollout": FAST}
+    run_stable(cluster, slow_stop_image, "slowstop", **spec)
+    update = cluster.docklet("update", "slowstop", "-e", "V=2", timeout=120)
+    # Right after the verdict, as `docker ps` would show it.
+    running = [c.labels["docklet.revision"] for c in cluster.containers("slowstop", all=False)]
+    assert update.returncode == 0, update.stdout + update.stderr
+    assert update.stdout.endswith("✔ slowstop v2 is stable (1/1)\n")
+    assert running == ["2"]
+    assert "… v2 runs on every replica; stopping the previous revision" in update.stdout
+
+
+def test_a_crash_loop_says_its_exit_code_and_asking_again_says_it_failed(
+    cluster: Cluster, web_image: str
+) -> None:
+    run_stable(cluster, web_image, "cr", rollout={"min_healthy_time": "4s"})
+    crash = ("update", "cr", "--command", "sh -c 'sleep 1; exit 1'")
+    first = cluster.docklet(*crash, timeout=120)
+    assert first.returncode == 1, first.stdout + first.stderr
+    said = r"✖ cr v2 rolled back: exited with code 1 after \d+s, restarted \d+ times?\n"
+    assert re.fullmatch(said, first.stderr)
+    again = cluster.docklet(*crash, timeout=60)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert again.stdout == ""
+    assert again.stderr.startswith("✖ cr v2 is unchanged and its rollout rolled_back: exited with")
+    assert again.stderr.endswith("; v1 runs. Try it again with: docklet rollout retry cr\n")

@@ -5,6 +5,8 @@ it names none), so a rollout is a series of moves of slots between two
 revisions, persisted in the `rollouts` row and in `placements`:
 
     pending → canary → verifying → promoting (max_parallel at a time) → stable
+    (stable once the old revision's containers no longer run: their stops are queued
+    as each slot's new container passes the gate)
     any failure → rolling_back → rolled_back (or rollback_failed)
     a newer revision → superseded (the next rollout starts from the stable one)
 
@@ -27,7 +29,15 @@ import sqlite3
 import time
 from typing import Any
 
-from docklet.common.status import DesiredState, RevisionStatus, RolloutStatus
+from docklet.common.status import (
+    ContainerState,
+    DesiredState,
+    NodeStatus,
+    RevisionStatus,
+    RolloutStatus,
+    TaskKind,
+    TaskStatus,
+)
 from docklet.common.units import parse_duration
 from docklet.cp.reconcile.draft import Draft
 from docklet.cp.reconcile.gate import Health, Verdict, judge
@@ -60,7 +70,10 @@ class Controller:
         target = self.app["target_revision"]
         stopped = self.app["desired"] != DesiredState.RUNNING
         if live is not None and (live["revision"] != target or stopped):
-            self._end_superseded(live, stopped=stopped)
+            if self._verified_everywhere(live):
+                self._end(live, RolloutStatus.STABLE)  # it was; only old ones were stopping
+            else:
+                self._end_superseded(live, stopped=stopped)
             live = None
         if live is None and target is not None and target != self.current:
             live = self._begin(target)
@@ -136,6 +149,8 @@ class Controller:
     def _step(self, r: Rollout) -> Rollout:
         status = RolloutStatus(r["status"])
         if status != RolloutStatus.ROLLING_BACK and self.world.now > r["progress_deadline"]:
+            if self._verified_everywhere(r):  # only old containers were still stopping
+                return self._end(r, RolloutStatus.STABLE)
             limit = self.d.revision(r["revision"]).spec.rollout.progress_deadline
             return self._fail(r, f"no progress within the progress deadline ({limit})", {})
         if status == RolloutStatus.PENDING:
@@ -188,6 +203,8 @@ class Controller:
 
     def _promote(self, r: Rollout) -> Rollout:
         tgt = self.d.revision(r["revision"])
+        if self._verified_everywhere(r):
+            return self._finish_when_old_gone(r, tgt)
         slots = range(1, tgt.spec.replicas + 1)
         moved = [s for s in slots if self._revision_of(s) == r["revision"]]
         verified, waiting, lost = [], [], False
@@ -207,7 +224,8 @@ class Controller:
             return self._update(r, done=len(verified)) if r["done"] != len(verified) else r
         left = [s for s in slots if s not in moved]
         if not left:
-            return self._finish_stable(r)
+            self._make_stable(r)
+            return self._finish_when_old_gone(r, tgt)
         batch = len(left) if self._known_good(tgt) else tgt.spec.rollout.max_parallel
         for s in left[:batch]:
             node = self.d.placements[s][0] if s in self.d.placements else None
@@ -233,6 +251,31 @@ class Controller:
             )
         return r
 
+    def _old_still_running(self, tgt: Revision) -> list[str]:
+        """The app's containers of other revisions that still run where they can be stopped.
+
+        `stable` waits for them: a user of Swarm or Nomad reads "stable" as "the old
+        ones are gone", and `docker ps` right after must agree. One whose stop Docker
+        refused, or on a node that is not online with Docker up, is not waited for:
+        the app view shows it; the rollout's verdict is about the new revision.
+        """
+        names = []
+        for c in self.world.containers.get(self.name, []):
+            if c["container_hash"] == tgt.container_hash or not ContainerState.is_live(c["state"]):
+                continue
+            node = self.world.nodes.get(c["node_id"])
+            if node is None or node["status"] != NodeStatus.ONLINE or not node["docker_ok"]:
+                continue
+            last = self.world.latest.get((c["node_id"], c["name"]))
+            if (
+                last is not None
+                and last["kind"] != TaskKind.DEPLOY
+                and last["status"] == (TaskStatus.FAILED)
+            ):
+                continue
+            names.append(c["name"])
+        return names
+
     # -- outcomes -------------------------------------------------------------------------
 
     def _fail(self, r: Rollout, reason: str, evidence: dict[str, Any]) -> Rollout:
@@ -251,7 +294,8 @@ class Controller:
             r, RolloutStatus.ROLLING_BACK, deadline=self._deadline(frm), **fields
         )
 
-    def _finish_stable(self, r: Rollout) -> Rollout:
+    def _make_stable(self, r: Rollout) -> None:
+        """Every slot verified: the revision is the app's stable one, on its replicas only."""
         tgt = self.d.revision(r["revision"])
         self.d.set_status(r["from_revision"], RevisionStatus.REPLACED)
         self.d.set_status(r["revision"], RevisionStatus.STABLE)
@@ -261,6 +305,15 @@ class Controller:
                 self.d.drop(slot)
             else:
                 self._move(slot, self.d.placements[slot][0], None)
+
+    def _verified_everywhere(self, r: Rollout) -> bool:
+        """Made stable (`_make_stable`): the rollout only waits for old containers to stop."""
+        return r["status"] == RolloutStatus.PROMOTING and self.current == r["revision"]
+
+    def _finish_when_old_gone(self, r: Rollout, tgt: Revision) -> Rollout:
+        """`stable` once the old revision no longer runs; its stops are queued (decide._clear)."""
+        if self._old_still_running(tgt):
+            return self._update(r, done=r["total"]) if r["done"] != r["total"] else r
         return self._end(r, RolloutStatus.STABLE, done=tgt.spec.replicas)
 
     def _end_superseded(self, r: Rollout, stopped: bool = False) -> None:
