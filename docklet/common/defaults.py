@@ -16,6 +16,16 @@ CP_POLL_RESERVE = 16
 # cheap ones (a thousand agents' task reports) is served, and a real backlog refused
 # long before clients time out (HTTP_TIMEOUT).
 CP_OVERLOAD_WAIT = 2.0
+# Seconds a request may wait for a thread before the CP counts itself deaf: it may have
+# missed heartbeats, so no node's silence counts from before then (Liveness.deaf_until).
+CP_DEAF_WAIT = 1.0
+# Slow clients. A client may keep the CP waiting CP_READ_TIMEOUT seconds in all for a
+# request's headers and body, plus one more for every READ_RATE bytes of it (a large Git
+# push on a slow link); one address may hold CP_READING_SHARE of the threads with
+# requests still arriving.
+CP_READ_TIMEOUT = 10.0
+READ_RATE = 64 * 1024
+CP_READING_SHARE = 0.25
 CONTAINER_DATA_DIR = "/data"
 
 GIT_BRANCH = "main"
@@ -35,6 +45,7 @@ HEAL_DELAY = 30.0  # a dead container is restarted after this, or at once when i
 RECONCILE_INTERVAL = 2.0
 EVENTS_KEPT = 10_000  # the event log keeps this many of the newest events
 MAX_BODY = 4 * 1024 * 1024  # largest API request body
+MAX_GIT_BODY = 64 * 1024 * 1024  # largest Git request body (a push's pack)
 SYNC_WAIT = 10.0  # how long a write waits for its own commit to be synced before answering
 
 # Spec files: bounds that keep one pushed file from costing minutes or gigabytes.

@@ -1,19 +1,33 @@
-"""The control plane process: `docklet-cp`. HTTP server, controller loop, repo watcher."""
+"""The control plane process: `docklet-cp`. HTTP server, controller loop, repo watcher.
+
+The HTTP server is cheroot, hardened: a request must arrive within its own
+time (`Connection`), one address holds a bounded share of the threads while
+its requests arrive (`Readers`), what the server answers itself has the API's
+JSON error shape (`Request`), the API keeps its own body limit (`BodyLimit`),
+and whatever keeps it from hearing a node makes it deaf (`Liveness.deaf_until`).
+"""
 
 from __future__ import annotations
 
+import _pyio
 import gc
+import io
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 import click
+from cheroot import errors, makefile, wsgi
+from cheroot import server as cheroot
 
 from docklet import __version__
-from docklet.common import logs, settings
+from docklet.common import defaults, logs, settings
+from docklet.common.errors import DockletError
 from docklet.cp import admin
 from docklet.cp.controller import Controller
 from docklet.cp.service.controlplane import ControlPlane
@@ -26,7 +40,62 @@ OVERLOAD_RETRY_AFTER = 1  # seconds a client told 503 waits (agents add jitter)
 LISTEN_BACKLOG = 1024  # connections the kernel holds for the accepting thread
 SOCKET_TIMEOUT = 10  # seconds a worker waits on one read or write of a client's socket
 MAX_HEADER_BYTES = 64 * 1024
+PARKED_BYTES = 256 * 1024  # what a request waiting without a thread may have sent, kept
+DRAIN_WAIT = 1.0  # seconds of waiting allowed for a body the app answered without reading
 OPEN_FILES = 8192  # the open-file limit the CP raises itself to, as far as it may
+
+# The API's error codes for what the server itself answers, before any WSGI app runs.
+SERVER_CODES = {
+    400: "bad_request",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "too_large",
+    414: "too_large",
+    500: "internal",
+    501: "not_implemented",
+    503: "overloaded",
+    505: "http_version_not_supported",
+}
+
+
+class RequestTimeout(DockletError, TimeoutError):
+    """The request's body did not arrive in time (--read-timeout).
+
+    Raised by the body an app reads: the API answers it 408 in its error shape,
+    and code that reads a socket (Git's CGI feeder) sees the TimeoutError it is.
+    (Its place is docklet/common/errors.py, with the others.)
+    """
+
+    status = 408
+    code = "request_timeout"
+
+
+def timeout_message(read_timeout: float) -> str:
+    return (
+        f"the request did not arrive within {read_timeout:g}s (headers and body, plus 1s"
+        f" per {defaults.READ_RATE // 1024} KiB of body); send it whole"
+    )
+
+
+def error_body(status: int, code: str, message: str) -> bytes:
+    """The API's one JSON error shape."""
+    return json.dumps({"error": {"code": code, "message": message, "status": status}}).encode()
+
+
+def json_error(
+    start_response: Any, status: str, code: str, message: str, headers: Iterable[tuple[str, str]]
+) -> list[bytes]:
+    """A WSGI answer in the API's JSON error shape."""
+    body = error_body(int(status[:3]), code, message)
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            *headers,
+        ],
+    )
+    return [body]
 
 
 class Overload:
@@ -56,19 +125,430 @@ class Overload:
                 waited,
                 self.refused,
             )
-        message = "the control plane is overloaded; retry after a moment"
-        body = json.dumps(
-            {"error": {"code": "overloaded", "message": message, "status": 503}}
-        ).encode()
-        start_response(
+        return json_error(
+            start_response,
             "503 Service Unavailable",
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(body))),
-                ("Retry-After", str(OVERLOAD_RETRY_AFTER)),
-            ],
+            "overloaded",
+            "the control plane is overloaded; retry after a moment",
+            [("Retry-After", str(OVERLOAD_RETRY_AFTER))],
         )
-        return [body]
+
+
+class BodyLimit:
+    """WSGI middleware in front of the API (not Git): the API's own body limit.
+
+    The server takes bodies up to the larger of --max-body and --max-git-body
+    (a push is larger than any API call); an API request announcing more than
+    --max-body is answered 413 in the API's error shape before a byte of its
+    body is read. A chunked body is read here up to the limit and handed on
+    with its length: Bottle would parse the chunks again.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        try:
+            if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+                length = self._unchunk(environ)
+            else:
+                length = int(environ.get("CONTENT_LENGTH") or 0)  # cheroot refused a bad one
+        except RequestTimeout as exc:
+            return json_error(start_response, "408 Request Timeout", exc.code, exc.message, [])
+        if length > self.limit:
+            message = f"request body is over {self.limit} bytes (the CP's --max-body)"
+            return json_error(start_response, "413 Payload Too Large", "too_large", message, [])
+        return self.app(environ, start_response)
+
+    def _unchunk(self, environ: dict[str, Any]) -> int:
+        try:
+            data = environ["wsgi.input"].read(self.limit + 1)
+        except RequestTimeout:
+            raise
+        except OSError:  # over the server's own cap, which is at least ours
+            return self.limit + 1
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data))
+        del environ["HTTP_TRANSFER_ENCODING"]
+        return len(data)
+
+
+class Readers:
+    """The threads each address holds while its requests are still arriving.
+
+    A client sending its request slowly holds a thread for as long as it takes
+    (up to --read-timeout): past `slots` at once, an address's requests wait for
+    the rest of their bytes in the selector, without a thread (`Connection`), so
+    one address cannot take every thread.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.parked = 0  # times a request waited without a thread, for the logs
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, address: str) -> bool:
+        """One more thread for `address`, if its share allows."""
+        with self._lock:
+            held = self._held.get(address, 0)
+            if held >= self.slots:
+                return False
+            self._held[address] = held + 1
+            return True
+
+    def give_back(self, conn: Connection) -> None:
+        """`conn`'s request has arrived (once; the app may read a body on another thread)."""
+        with self._lock:
+            if not conn.reading:
+                return
+            conn.reading = False
+            address = conn.remote_addr or ""
+            held = self._held.pop(address, 0) - 1
+            if held > 0:
+                self._held[address] = held
+
+    def held(self, address: str) -> int:
+        return self._held.get(address, 0)
+
+
+def arrived_whole(data: bytes) -> bool:
+    """Whether `data` is a whole request: its headers, and the body they announce.
+
+    A chunked body never counts as arrived (its end is not looked for), nor does
+    one announced longer than what is there; a bad length is refused by cheroot
+    at once, without waiting, so it counts as arrived.
+    """
+    head, blank, body = data.partition(b"\r\n\r\n")
+    if not blank:
+        return False
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return True
+    return len(body) >= length
+
+
+class DeadlineSocket(socket.SocketIO):
+    """A connection's socket reads, each allowed only what is left of its request's time.
+
+    What counts is the time spent waiting for the client's bytes, not the CP's own
+    time between reads (a busy CP does not make a client slow). Bytes gathered
+    while the request waited without a thread (`pending`) are read first.
+    """
+
+    def __init__(self, sock: socket.socket, conn: Connection) -> None:
+        super().__init__(sock, "rb")
+        self.conn = conn
+        self.pending = bytearray()
+
+    def gather(self) -> bool:
+        """Take what the client has sent so far, without waiting; whether it has gone."""
+        sock = self.conn.socket
+        sock.settimeout(0)
+        try:
+            while len(self.pending) < PARKED_BYTES:
+                chunk = sock.recv(PARKED_BYTES)
+                if not chunk:
+                    return True
+                self.pending += chunk
+        except (BlockingIOError, InterruptedError):
+            pass  # all of it, for now
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(SOCKET_TIMEOUT)
+        return False
+
+    def readinto(self, b: Any) -> int | None:
+        conn = self.conn
+        if self.pending:
+            got = min(len(b), len(self.pending))
+            b[:got] = self.pending[:got]
+            del self.pending[:got]
+            conn.arrived += got
+            return got
+        conn.before_read()
+        started = time.monotonic()
+        try:
+            got = super().readinto(b)
+        finally:
+            conn.waited += time.monotonic() - started
+            # Writes wait as long as they always did: the deadline is for the request.
+            conn.socket.settimeout(SOCKET_TIMEOUT)
+        conn.arrived += got or 0
+        return got
+
+
+class DeadlineReader(makefile.StreamReader):
+    """cheroot's buffered socket reader, over a `DeadlineSocket`."""
+
+    def __init__(self, sock: socket.socket, conn: Connection, bufsize: int) -> None:
+        _pyio.BufferedReader.__init__(self, DeadlineSocket(sock, conn), bufsize)
+        self.bytes_read = 0
+
+
+class Request(cheroot.HTTPRequest):
+    """cheroot's request, whose own answers (400, 408, 413, 414, 505…) have the API's
+    JSON error shape; a 408 or 429 to an address nodes speak from makes the CP deaf."""
+
+    def simple_response(self, status: str, msg: str = "", retry_after: int = 0) -> None:
+        code = int(str(status)[:3])
+        server: HTTPServer = self.server
+        if code in (408, 429):
+            server.liveness.refused(self.conn.remote_addr or "")
+        head = [f"{server.protocol} {status}", "Content-Type: application/json"]
+        body = error_body(code, SERVER_CODES.get(code, "http_error"), self._message(code, msg))
+        head.append(f"Content-Length: {len(body)}")
+        if code >= 400:  # nothing more is read from this connection
+            self.close_connection = True
+            head.append("Connection: close")
+        if retry_after:
+            head.append(f"Retry-After: {retry_after}")
+        try:
+            self.conn.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        except OSError as exc:
+            if exc.args[0] not in errors.socket_errors_to_ignore:
+                raise
+
+    def read_request_headers(self) -> bool:
+        if not super().read_request_headers():
+            return False
+        if int(self.inheaders.get(b"Content-Length", 0)) < 0:  # cheroot read it as a number
+            self.simple_response("400 Bad Request", "Content-Length must not be negative")
+            return False
+        return True
+
+    def send_headers(self) -> None:
+        # cheroot reads on what the app left of a body, to keep the connection: what
+        # has not come within DRAIN_WAIT is not waited for.
+        if getattr(self.rfile, "remaining", 0) > 0:
+            self.conn.wait_cap = self.conn.waited + DRAIN_WAIT
+        super().send_headers()
+
+    def _message(self, code: int, msg: str) -> str:
+        server: HTTPServer = self.server
+        if code == 413 and "header" not in msg:
+            if getattr(self, "path", b"").startswith(b"/git/"):
+                return f"request body is over {server.git_max_body} bytes (--max-git-body)"
+            return f"request body is over {server.api_max_body} bytes (the CP's --max-body)"
+        if code == 408:
+            return timeout_message(server.read_timeout)
+        return msg or {
+            500: "internal error; the control plane log has details",
+            501: "only the chunked transfer coding is supported",
+            505: "only HTTP/1.0 and HTTP/1.1 are spoken here",
+        }.get(code, status_text(code))
+
+
+def status_text(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase.lower()
+    except ValueError:
+        return f"HTTP {code}"
+
+
+class Connection(cheroot.HTTPConnection):
+    """A client's connection, whose every request must arrive within a time of its own.
+
+    cheroot reads a request on a worker thread, with a timeout per read: a
+    client sending a header line every few seconds would hold the thread for as
+    long as it liked. Here each request's headers and body must arrive within
+    --read-timeout of waiting in total (plus a second per READ_RATE bytes of
+    body), and an address holds at most its share of the threads while its
+    requests are still arriving (`Readers`). Past it, a request that has not
+    arrived whole goes back to the selector (cheroot's keep-alive list), its
+    bytes so far taken, and a thread looks again when more come: it waits there
+    for nothing but its --read-timeout, and holds no thread meanwhile.
+    """
+
+    RequestHandlerClass = Request
+
+    def __init__(self, server: HTTPServer, sock: socket.socket, mf: Any = None) -> None:
+        self.waited = 0.0  # seconds spent waiting for the request being read, so far
+        self.wait_cap = float("inf")  # ... and the most it may be, once the app answered
+        self.arrived = 0  # bytes of it so far
+        self.reading = False  # counted against its address's share
+        self.parked = False  # waiting in the selector for the rest of its request
+        self.begun = 0.0  # time.monotonic() the request's first byte came, for a parked one
+        super().__init__(server, sock, self._makefile)
+
+    def _makefile(self, sock: socket.socket, mode: str = "r", bufsize: int = -1) -> Any:
+        if "r" in mode:
+            return DeadlineReader(sock, self, bufsize)
+        return makefile.MakeFile(sock, mode, bufsize)
+
+    def communicate(self) -> bool:
+        server: HTTPServer = self.server
+        server.note_wait(getattr(self, "docklet_queued_at", 0.0))
+        if not self.parked:  # a new request
+            self.waited, self.arrived, self.wait_cap = 0.0, 0, float("inf")
+            self.begun = time.monotonic()
+        self.parked = False
+        self.reading = server.readers.take(self.remote_addr or "")
+        if not self.reading:
+            verdict = self._past_share()
+            if verdict is not None:
+                return verdict
+        try:
+            return bool(super().communicate())
+        finally:
+            self.read_done()
+
+    def _past_share(self) -> bool | None:
+        """For a request past its address's share: None to serve it now, else what
+        `communicate` returns (True: parked, kept open; False: answered or gone, closed)."""
+        raw: DeadlineSocket = self.rfile.raw
+        if self.rfile.has_data():  # a pipelined request, read already: kept with the rest
+            raw.pending[:0] = self.rfile.read(len(self.rfile.peek(0)))
+        gone = raw.gather()
+        if arrived_whole(raw.pending):
+            return None
+        if gone:
+            return False
+        if time.monotonic() - self.begun > self.server.read_timeout:
+            self.RequestHandlerClass(self.server, self).simple_response("408 Request Timeout")
+            return False
+        if b"\r\n\r\n" not in raw.pending and len(raw.pending) > MAX_HEADER_BYTES:
+            self.RequestHandlerClass(self.server, self).simple_response(
+                "413 Request Entity Too Large", f"headers over {MAX_HEADER_BYTES} bytes"
+            )
+            return False
+        if len(raw.pending) >= PARKED_BYTES:  # a large body, coming fast: served, and
+            self.wait_cap = DRAIN_WAIT  # it must keep coming
+            return None
+        self._park()
+        return True
+
+    def before_read(self) -> None:
+        allowed = self.server.read_timeout + self.arrived / defaults.READ_RATE
+        left = min(allowed, self.wait_cap) - self.waited
+        if left <= 0:
+            raise TimeoutError("timed out")  # what cheroot answers 408
+        self.socket.settimeout(min(left, SOCKET_TIMEOUT))
+
+    def read_done(self) -> None:
+        """The request has arrived: its thread no longer counts against its address."""
+        self.server.readers.give_back(self)
+
+    def _park(self) -> None:
+        """Back to the selector until more of the request comes (the worker puts it there)."""
+        self.parked = True
+        readers: Readers = self.server.readers
+        readers.parked += 1
+        if readers.parked % 10_000 == 1:
+            log.warning(
+                "http: %s holds %d threads with requests still arriving; more of its"
+                " requests wait without one (%d times so far)",
+                self.remote_addr,
+                readers.slots,
+                readers.parked,
+            )
+
+
+class Arriving:
+    """A request body (wsgi.input) that says when its last byte has been read, and
+    raises RequestTimeout when the client took too long to send it."""
+
+    def __init__(self, body: Any, req: Request) -> None:
+        self.body, self.req = body, req
+
+    def _check(self, data: bytes) -> bytes:
+        body = self.body
+        if not data or getattr(body, "remaining", None) == 0 or getattr(body, "closed", False):
+            self.req.conn.read_done()
+        return data
+
+    def _late(self) -> RequestTimeout:
+        self.req.close_connection = True  # the rest of the body is not waited for
+        self.req.conn.read_done()
+        return RequestTimeout(timeout_message(self.req.server.read_timeout))
+
+    def read(self, size: int | None = None) -> bytes:
+        try:
+            return self._check(self.body.read(size))
+        except TimeoutError:
+            raise self._late() from None
+
+    def readline(self, size: int | None = None) -> bytes:
+        try:
+            return self._check(self.body.readline(size))
+        except TimeoutError:
+            raise self._late() from None
+
+    def readlines(self, hint: int = 0) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+    def close(self) -> None:
+        self.body.close()
+
+
+class Gateway(wsgi.Gateway_10):
+    """cheroot's WSGI gateway, telling the connection when its request has arrived:
+    with the headers when there is no body, else once the app has read it (or the
+    request is over: a body the app left unread is still being read)."""
+
+    def get_environ(self) -> dict[str, Any]:
+        env: dict[str, Any] = super().get_environ()
+        conn: Connection = self.req.conn
+        if self.req.chunked_read or int(env.get("CONTENT_LENGTH") or 0) > 0:
+            env["wsgi.input"] = Arriving(env["wsgi.input"], self.req)
+        else:
+            conn.read_done()  # a long-poll waits, but its request is in
+        return env
+
+
+class HTTPServer(wsgi.Server):
+    """cheroot's WSGI server, with `Connection`s, the API's error shape, and ears.
+
+    A new connection waits in the selector until it sends something, not on a
+    worker thread. A request that waited too long for a thread tells liveness
+    the CP may have missed heartbeats (`Liveness.deaf`).
+    """
+
+    ConnectionClass = Connection
+
+    def __init__(self, cp: ControlPlane, app: Any) -> None:
+        config = cp.config
+        super().__init__(
+            (config.host, config.port),
+            app,
+            numthreads=config.threads,
+            max=config.threads,
+            server_name=f"docklet/{__version__}",
+            request_queue_size=LISTEN_BACKLOG,
+            timeout=SOCKET_TIMEOUT,
+        )
+        self.gateway = Gateway
+        self.liveness = cp.liveness
+        self.readers = Readers(config.reading_slots)
+        self.read_timeout = config.read_timeout
+        self.api_max_body, self.git_max_body = config.max_body, config.max_git_body
+        self.max_request_body_size = config.server_max_body  # refused before a WSGI app reads
+        self.max_request_header_size = MAX_HEADER_BYTES
+
+    def process_conn(self, conn: Connection) -> None:
+        if conn.last_used is None:  # new: watched by the selector until it sends something
+            self._connections.put(conn)
+            return
+        conn.docklet_queued_at = time.time()  # type: ignore[attr-defined]
+        super().process_conn(conn)
+
+    def note_wait(self, queued_at: float) -> None:
+        """A worker took a request that waited since `queued_at`: too long, and the CP
+        may have missed heartbeats meanwhile."""
+        if queued_at and time.time() - queued_at > defaults.CP_DEAF_WAIT:
+            self.liveness.deaf()
 
 
 class Server:
@@ -82,43 +562,26 @@ class Server:
     """
 
     def __init__(self, cp: ControlPlane) -> None:
-        from cheroot import wsgi
-
         from docklet.cp.http.api import make_app
         from docklet.cp.http.githttp import GitHTTP
 
         config = cp.config
         cp.polls.limit(config.long_poll_slots)  # this server's threads, not the defaults
         self.app = Overload(
-            GitHTTP(cp, make_app(cp)),  # /git/apps.git: clone and push over HTTP
+            # /git/apps.git: clone and push over HTTP; the rest is the API, with its own limit.
+            GitHTTP(cp, BodyLimit(make_app(cp), config.max_body)),
             self.waited,
             config.overload_wait,
         )
-        # Its 503s make the CP deaf for a while, and show in GET /api/version's metrics.
+        # Its 503s, and requests that wait too long, make the CP deaf for a while; the
+        # 503s show in GET /api/version's metrics.
         cp.liveness.overload = self.app
-        self.http = wsgi.Server(
-            (config.host, config.port),
-            self.app,
-            numthreads=config.threads,
-            max=config.threads,
-            server_name=f"docklet/{__version__}",
-            request_queue_size=LISTEN_BACKLOG,
-            timeout=SOCKET_TIMEOUT,
-        )
-        # Refused by the server before the API reads it.
-        self.http.max_request_body_size = config.max_body
-        self.http.max_request_header_size = MAX_HEADER_BYTES
+        cp.liveness.unheard = lambda: self.waited() > defaults.CP_DEAF_WAIT
+        self.http = HTTPServer(cp, self.app)
         self._pool = self.http.requests
         self._queue: Any = getattr(self._pool, "_queue", None)
         if self._queue is None:  # another cheroot: no queue to watch, no 503s
             log.warning("this cheroot has no request queue to watch: overload answers are off")
-        put = self._pool.put
-
-        def stamped(conn: Any) -> None:
-            conn.docklet_queued_at = time.time()
-            put(conn)
-
-        self._pool.put = stamped
         self.http.error_log = self._error_log
         self.http.prepare()  # binds: a port in use fails here, before anything runs
 
@@ -132,6 +595,10 @@ class Server:
             return time.time() - self._queue.queue[0].docklet_queued_at
         except (AttributeError, IndexError):  # nothing waits, or a worker took it meanwhile
             return 0.0
+
+    def reading(self, address: str) -> int:
+        """Threads `address` holds with requests still arriving."""
+        return self.http.readers.held(address)
 
     @staticmethod
     def _error_log(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:

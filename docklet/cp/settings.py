@@ -117,11 +117,42 @@ class CPConfig(Settings):
         le=1_000_000,
         description="Failed credentials one address may send per minute before 429.",
     )
+    max_git_body: int = Field(
+        defaults.MAX_GIT_BODY,
+        ge=64 * 1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Largest Git request body (a push), in bytes; the API keeps --max-body.",
+    )
+    read_timeout: float = Field(
+        defaults.CP_READ_TIMEOUT,
+        ge=0.5,
+        le=3600,
+        description="Seconds a client may keep the CP waiting for a request's headers and"
+        f" body, in all (one more per {defaults.READ_RATE // 1024} KiB of body); a slower"
+        " one is answered 408.",
+    )
+    reading_share: float = Field(
+        defaults.CP_READING_SHARE,
+        gt=0,
+        le=1,
+        description="Share of --threads one address may hold with requests still arriving;"
+        " beyond it, its requests that have not arrived whole are answered 429.",
+    )
 
     @property
     def long_poll_slots(self) -> int:
         """Task long-polls that may wait at once; more answer at once with what is there."""
         return max(1, self.threads - min(self.poll_reserve, self.threads // 2))
+
+    @property
+    def reading_slots(self) -> int:
+        """Threads one address may hold while its requests are still arriving."""
+        return max(1, int(self.threads * self.reading_share))
+
+    @property
+    def server_max_body(self) -> int:
+        """The server's cap on any body: the larger of the API's and Git's own limits."""
+        return max(self.max_body, self.max_git_body)
 
     @property
     def unknown_seconds(self) -> float:

@@ -477,7 +477,9 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
     """The route's handler behind the check its `access` names.
 
     Wrong credentials (never missing ones: those are no guess) count against
-    the caller's address, and are logged without the credential itself.
+    the caller's address, and are logged without the credential itself; past
+    the address's limit they get 429 (auth.failed). A credential that passes
+    is served whatever its address's count.
     """
     handler = functools.partial(route.handler, cp)
     access = route.access
@@ -491,16 +493,16 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
         if access == Access.PUBLIC:
             return handler(**kwargs)
         address = request.environ.get("REMOTE_ADDR") or "unknown"
-        auth.refuse_if_limited(cp.tokens.limiter, address)
         secret = auth.bearer(header("Authorization"))
         try:
             caller = auth.check(cp, access, secret, kwargs.get("node_id", ""))
             if caller is not None:
                 request.environ["docklet.caller"] = caller
+            elif access == Access.NODE:
+                cp.liveness.spoke_from(address)  # a refusal to it may hide a heartbeat
             return handler(**kwargs)
         except Unauthorized as exc:
-            if secret or access == Access.JOIN:
-                cp.tokens.limiter.fail(address)
+            auth.failed(cp, address, guessed=bool(secret) or access == Access.JOIN)
             log.warning(
                 "auth: %s %s from %s refused: %s", request.method, request.path, address, exc
             )

@@ -4,8 +4,11 @@ One function decides, per call, whether the caller's credentials allow the
 route: public routes need none, user routes an API token (of scope admin for
 writes), agent routes the node's own token. Failed credentials are counted
 per source address (service/limiter.py): past `auth_failures` a minute, the
-address gets 429 with Retry-After whatever it sends, so a token cannot be
-guessed at speed.
+address's failed credentials get 429 with Retry-After instead of 401. A
+credential that passes is served whatever its address's count: that count is
+other people's failures (the agents on the CP's host, everyone behind one
+proxy or NAT share an address), and a token of 256 random bits is no guess
+(`failed` is the one rule; the API and Git over HTTP both call it).
 """
 
 from __future__ import annotations
@@ -31,6 +34,23 @@ def refuse_if_limited(limiter: FailureLimiter, address: str) -> None:
             f"too many failed credentials from {address}; try again in {seconds}s",
             retry_after=seconds,
         )
+
+
+def failed(cp: ControlPlane, address: str, guessed: bool) -> None:
+    """Call when a request's credential failed, before answering it 401.
+
+    Past the address's limit this raises RateLimited (429, Retry-After)
+    instead; `guessed` (a credential was sent, not none) counts the failure.
+    A 429 to an address nodes speak from makes the CP deaf for a moment
+    (Liveness.refused): it may have been a heartbeat, so no node's silence counts.
+    """
+    try:
+        refuse_if_limited(cp.tokens.limiter, address)
+    except RateLimited:
+        cp.liveness.refused(address)
+        raise
+    if guessed:
+        cp.tokens.limiter.fail(address)
 
 
 def check(cp: ControlPlane, access: Access, secret: str, node_id: str = "") -> Caller | None:

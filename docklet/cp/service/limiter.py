@@ -1,9 +1,10 @@
 """Failed credentials counted per address: what keeps a token from being guessed at speed.
 
-Past `auth_failures` a minute, an address is refused whatever it sends (the
-API's and Git's access checks share one count). The address is the socket's,
-never X-Forwarded-For (which a caller writes itself); behind a proxy, all
-callers share the proxy's budget.
+Past `auth_failures` a minute, an address's failed credentials are answered
+429 instead of 401 (the API's and Git's access checks share one count, and
+one rule: http/auth.py's `failed`); a credential that passes is served
+whatever the count. The address is the socket's, never X-Forwarded-For (which
+a caller writes itself); behind a proxy, all callers share the proxy's budget.
 """
 
 from __future__ import annotations
