@@ -43,8 +43,9 @@ def make_agent(url: str, docker_client: Any, **settings: Any) -> Agent:
 
 
 @pytest.fixture
-def agent(served_cp: str, docker_client: Any) -> Iterator[Agent]:
-    a = make_agent(served_cp, docker_client)
+def agent(served_cp: str, cp: Any, docker_client: Any) -> Iterator[Agent]:
+    # The cluster is claimed (conftest's admin token): joining needs the join token.
+    a = make_agent(served_cp, docker_client, join_token=cp.tokens.join_token())
     a.register()
     yield a
     a.stop.set()
@@ -370,7 +371,7 @@ def test_an_agent_whose_token_was_replaced_registers_again_after_a_pause(
 ) -> None:
     # Replaced by a registration of its own that an overloaded CP finished after the agent
     # gave up on it, or by another agent on the engine: either way it never stops for good.
-    newer = make_agent(served_cp, docker_client)
+    newer = make_agent(served_cp, docker_client, join_token=cp.tokens.join_token())
     newer.register()  # same Docker engine: same node, and the old token is void
     agent.config = agent.config.model_copy(update={"join_token": cp.tokens.join_token()})
     generation = agent._generation
