@@ -304,7 +304,11 @@ class Cluster:
         self.cp.start()
         wait_for(self._healthy, 20, "the control plane to answer /api/health")
         self.cluster_id = self.client.get("/api/version")["cluster_id"]
-        if not self.client.token:  # the fresh cluster's bootstrap login, as `docklet login`
+
+    def login(self) -> None:
+        """The fresh cluster's bootstrap login, as the first `docklet` command makes it: after
+        the first agent joined (the seed's order), since a claimed cluster needs the join token."""
+        if not self.client.token:
             self.client.token = self.client.post("/api/auth/bootstrap", {"name": "test"})["token"]
 
     def join_token(self) -> str:
@@ -360,6 +364,7 @@ def cluster(tmp_path: Path, docker_client: Any, web_image: str) -> Iterator[Clus
     try:
         c.start_cp()
         c.start_agent()
+        c.login()
         yield c
     finally:
         c.close()

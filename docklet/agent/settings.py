@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from docklet.common import defaults
 from docklet.common.settings import Settings
+from docklet.wire.client import check_url
 
 
 def default_agent_state_dir() -> Path:
@@ -57,3 +58,12 @@ class AgentConfig(Settings):
         pattern="^(?i:debug|info|warning|error)$",
         description=("DEBUG, INFO, WARNING or ERROR."),
     )
+
+    @field_validator("cp")
+    @classmethod
+    def _a_usable_url(cls, value: str) -> str:
+        # Caught at start, as a usage error naming --cp, not as a traceback at the first call.
+        problem = check_url(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value

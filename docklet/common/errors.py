@@ -102,6 +102,23 @@ class CPUnreachable(DockletError):
     code = "cp_unreachable"
 
 
+class RequestTimeout(DockletError, TimeoutError):
+    """The request did not arrive in time (--read-timeout): headers and body.
+
+    A TimeoutError too, so code that reads a socket (Git's CGI feeder) sees what it is.
+    """
+
+    status = 408
+    code = "request_timeout"
+
+
+class UnsupportedMediaType(BadRequest):
+    """A write whose body is not JSON (a form or text a web page could send)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class TooLarge(BadRequest):
     """A request body over the size the API accepts."""
 

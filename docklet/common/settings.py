@@ -61,7 +61,14 @@ def build(model: type[S], values: dict[str, Any]) -> S:
         return model(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" if e["loc"] else e["msg"]
+            f"--{str(e['loc'][0]).replace('_', '-')}: {_words(e['msg'])}"
+            if e["loc"]
+            else _words(e["msg"])
             for e in exc.errors()
         )
         raise click.UsageError(problems) from None
+
+
+def _words(message: str) -> str:
+    """pydantic's message without its 'Value error, ' prefix: a validator's own words."""
+    return message.removeprefix("Value error, ")

@@ -27,7 +27,7 @@ from cheroot import server as cheroot
 
 from docklet import __version__
 from docklet.common import defaults, logs, settings
-from docklet.common.errors import DockletError
+from docklet.common.errors import RequestTimeout
 from docklet.cp import admin
 from docklet.cp.controller import Controller
 from docklet.cp.service.controlplane import ControlPlane
@@ -56,18 +56,6 @@ SERVER_CODES = {
     503: "overloaded",
     505: "http_version_not_supported",
 }
-
-
-class RequestTimeout(DockletError, TimeoutError):
-    """The request's body did not arrive in time (--read-timeout).
-
-    Raised by the body an app reads: the API answers it 408 in its error shape,
-    and code that reads a socket (Git's CGI feeder) sees the TimeoutError it is.
-    (Its place is docklet/common/errors.py, with the others.)
-    """
-
-    status = 408
-    code = "request_timeout"
 
 
 def timeout_message(read_timeout: float) -> str:

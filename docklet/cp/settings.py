@@ -136,7 +136,14 @@ class CPConfig(Settings):
         gt=0,
         le=1,
         description="Share of --threads one address may hold with requests still arriving;"
-        " beyond it, its requests that have not arrived whole are answered 429.",
+        " beyond it, its requests that have not arrived whole wait without a thread.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        max_length=4096,
+        description="Other names this CP is reached by (comma-separated, e.g. cp.example.com):"
+        " a first login or agent join under a name must use one of these, an IP address,"
+        " localhost or the listen address.",
     )
 
     @property

@@ -60,9 +60,11 @@ def loopback(
 def redirect_to_elsewhere(status: int) -> Iterator[tuple[str, str, list[dict[str, str]]]]:
     """The CP's URL, answering `status` to another origin; that origin's URL; what it got."""
     # 127.0.0.2 is loopback too, and another origin than 127.0.0.1.
-    with loopback(200, {}, host="127.0.0.2") as (elsewhere, received):
-        with loopback(status, {"Location": elsewhere + "{path}"}) as (cp, _):
-            yield cp, elsewhere, received
+    with (
+        loopback(200, {}, host="127.0.0.2") as (elsewhere, received),
+        loopback(status, {"Location": elsewhere + "{path}"}) as (cp, _),
+    ):
+        yield cp, elsewhere, received
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
@@ -91,9 +93,11 @@ def test_the_agents_client_never_follows_a_redirect_with_its_token(method: str) 
 
 def test_a_redirect_on_the_same_origin_is_refused_too_and_named() -> None:
     # A relative Location (a proxy's login page): named as the absolute URL it means.
-    with loopback(302, {"Location": "/login?next={path}"}) as (cp, received):
-        with pytest.raises(APIError) as refused:
-            Client(cp, token=TOKEN).get("/api/state/apps")
+    with (
+        loopback(302, {"Location": "/login?next={path}"}) as (cp, received),
+        pytest.raises(APIError) as refused,
+    ):
+        Client(cp, token=TOKEN).get("/api/state/apps")
     assert len(received) == 1  # the request itself, and nothing more
     message = refused.value.message
     assert f"redirects to {cp}/login?next=/api/state/apps (HTTP 302)" in message
@@ -101,7 +105,6 @@ def test_a_redirect_on_the_same_origin_is_refused_too_and_named() -> None:
 
 
 def test_a_redirect_without_a_location_is_still_an_error() -> None:
-    with loopback(302, {}) as (cp, _):
-        with pytest.raises(APIError) as refused:
-            Client(cp, token=TOKEN).get("/api/state/apps")
+    with loopback(302, {}) as (cp, _), pytest.raises(APIError) as refused:
+        Client(cp, token=TOKEN).get("/api/state/apps")
     assert refused.value.code == "redirect" and "no Location" in refused.value.message

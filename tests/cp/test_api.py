@@ -327,9 +327,10 @@ def test_every_failure_has_the_one_error_shape(cp: ControlPlane, api: WSGIClient
 
 
 def test_long_poll_returns_a_new_task_promptly(served_cp: str) -> None:
-    registration = Client(served_cp, token=ADMIN_TOKEN).post(
-        "/api/agents/register", {"engine_id": "engine-n1", "name": "n1"}
-    )
+    admin = Client(served_cp, token=ADMIN_TOKEN)
+    # A claimed cluster: the node joins with the join token.
+    admin.headers["X-Docklet-Join-Token"] = admin.post("/api/nodes/join-token", {})["token"]
+    registration = admin.post("/api/agents/register", {"engine_id": "engine-n1", "name": "n1"})
     agent = Client(served_cp, token=registration["token"])
     answer: dict[str, Any] = {}
 

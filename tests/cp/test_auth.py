@@ -160,8 +160,8 @@ def test_wrong_credentials_are_rate_limited_per_address(
         status, body = call(c, "GET", "/api/state/apps", guess, environ=env)
         assert status == 429 and body["error"]["code"] == "rate_limited", body
         assert 1 <= int(c.last_headers["Retry-After"]) <= 60
-        # Even the right token waits: the address is the one guessing.
-        assert call(c, "GET", "/api/state/apps", secret, environ=env)[0] == 429
+        # A valid token is served whatever its address's count: the guesses are someone else's.
+        assert call(c, "GET", "/api/state/apps", secret, environ=env)[0] == 200
         assert (
             call(c, "GET", "/api/state/apps", secret, environ={"REMOTE_ADDR": "10.1.1.1"})[0] == 200
         )

@@ -212,7 +212,9 @@ def test_an_update_commits_env_values_exactly_and_keeps_them_out_of_the_message(
     assert status == 200, answer
     commit = cp.repo.read(cp.repo.head())
     assert parse(commit.files["apps/web.yaml"])["env"] == {"SECRET": tricky}
-    assert tricky not in commit.message and commit.message == "Update app web: env"
+    assert tricky not in commit.message and commit.message == (
+        "Update app web: env\n\nDocklet-Token: test-admin"
+    )
 
 
 def test_an_infinite_number_in_a_registration_is_refused(api: WSGIClient) -> None:

@@ -34,6 +34,7 @@ from docklet.common.errors import (
     InvalidSpec,
     TooLarge,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from docklet.common.status import Access, TokenScope
 from docklet.cp.desired import spec
@@ -161,7 +162,7 @@ def _refuse_browser_write() -> None:
     if request.path == BOOTSTRAP_PATH or request.content_length > 0 or header("Transfer-Encoding"):
         media = header("Content-Type").partition(";")[0].strip().lower()
         if media != "application/json":
-            raise BadRequest(
+            raise UnsupportedMediaType(
                 f"a write's body must be JSON, sent as Content-Type: application/json (not"
                 f" {media[:60] or 'none'}): the API takes no form or text body, which a web"
                 " page could send"
@@ -215,8 +216,7 @@ def _foreign_host(config: CPConfig) -> str:
 
 
 def _own_names(config: CPConfig) -> set[str]:
-    # CPConfig.allowed_hosts: other names the operator reaches this CP by, comma-separated.
-    extra = str(getattr(config, "allowed_hosts", "") or "")
+    extra = config.allowed_hosts  # other names the operator reaches this CP by
     names = {"localhost", config.host.lower(), socket.gethostname().lower()}
     return names | {n.strip().lower().rstrip(".") for n in extra.split(",") if n.strip()}
 
