@@ -104,3 +104,21 @@ def test_a_newer_revision_while_the_old_ones_stop_starts_from_the_verified_one(
         step(cp, a)
     assert latest(cp)["status"] == "stable"
     assert sorted(running(a).values()) == [3, 3]
+
+
+def test_a_stop_first_deploy_is_stable_at_its_report_not_at_the_next_heartbeat(
+    cp: ControlPlane,
+) -> None:
+    # A published host port: the new container replaces the old one (stop-first). The
+    # deploy's report says it stopped what it replaced: the rollout is stable at once,
+    # with no heartbeat to wait for and no stop task to send after it.
+    a = Agent(cp, "a")
+    stable_v1(cp, a, replicas=1, ports=["8080:80"])
+    put_app(cp, "web", replicas=1, image="nginx:1.27", rollout=FAST, ports=["8080:80"])
+    (deploy,) = a.work()  # reports, and no heartbeat
+    assert deploy["kind"] == "deploy" and deploy["payload"]["replaces"]
+    cp.passes.reconcile()  # verified, promoted
+    cp.passes.reconcile()  # and the old one is known stopped
+    assert latest(cp)["status"] == "stable"
+    assert [t["kind"] for t in a.work()] == ["remove"]  # no stop: it was stopped already
+    assert list(running(a).values()) == [2]

@@ -384,6 +384,10 @@ class Controller:
         return self.world.now + parse_duration(rev.spec.rollout.healthy_deadline)
 
     def _transition(self, r: Rollout, status: RolloutStatus, **fields: Any) -> Rollout:
+        if status == RolloutStatus.PROMOTING:
+            # Promotion needs nothing new from the agents: the controller's next pass
+            # comes now, not at its interval (which added up to 2 s to every rollout).
+            self.d.wake_at = min(self.d.wake_at, self.world.now)
         detail = f": {fields['reason']}" if fields.get("reason") else ""
         note = f"{r['status']} → {status}{detail}"
         return self.d.update_rollout(

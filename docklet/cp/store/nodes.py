@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from docklet.common.errors import NotFound, Unauthorized
@@ -221,6 +221,7 @@ FINGERPRINT = (
     "inspected_at",
 )
 INSPECTED = FINGERPRINT[SAMPLED:]  # a sample without an inspect leaves these as they were
+MAX_REPLACED = 100  # containers one deploy stops: a slot's older ones, a handful
 _LIVE = ", ".join(f"'{s}'" for s in (ContainerState.RUNNING, ContainerState.RESTARTING))
 # A run begins when a container stored as not live (created, stopped) is seen again:
 # its start and restart count then are the health gate's baseline for the run.
@@ -297,6 +298,29 @@ def task_finished(
     db.execute("DELETE FROM containers WHERE node_id = ? AND name = ?", (node_id, container))
     if observed is not None and observed.app:
         observe(db, node_id, observed, time.time())
+
+
+def replaced_stopped(db: sqlite3.Connection, node_id: str, names: Sequence[str]) -> None:
+    """A deploy that succeeded stopped the containers it replaced (the agent stops each
+    before it starts the new one): recorded at once, so a rollout waiting for the old
+    revision to stop ends now, not at the node's next heartbeat."""
+    names = [n for n in names if isinstance(n, str)][:MAX_REPLACED]
+    if not names:
+        return
+    marks = ", ".join("?" * len(names))
+    db.execute(
+        f"UPDATE containers SET state = ?, down_since = COALESCE(down_since, ?)"
+        f" WHERE node_id = ? AND name IN ({marks}) AND state IN (?, ?, ?)",
+        (
+            ContainerState.EXITED,
+            time.time(),
+            node_id,
+            *names,
+            ContainerState.RUNNING,
+            ContainerState.RESTARTING,
+            ContainerState.PAUSED,
+        ),
+    )
 
 
 def last_seen(row: Any, seen: Mapping[str, float] | None = None) -> float:

@@ -178,6 +178,9 @@ def report(
         (outcome.status, outcome.container_id, error, now, now, task_id),
     )
     nodes.task_finished(db, node_id, row["container"], outcome.container)
+    if outcome.status == TaskStatus.DONE and row["kind"] == TaskKind.DEPLOY:
+        replaces = json.loads(row["payload"] or "{}").get("replaces") or []
+        nodes.replaced_stopped(db, node_id, replaces)
     detail = f": {error}" if error else ""
     events.record(
         db,
