@@ -72,3 +72,6 @@ AGENT_STATE_DIR = "/var/lib/docklet-agent"  # inside the agent's container, or a
 
 RUN_WAIT = 120.0  # how long `docklet run` waits for the app to run
 HTTP_TIMEOUT = 10.0
+
+# GET /metrics needs a read token unless the CP runs with --metrics-public.
+METRICS_PUBLIC = False

@@ -111,6 +111,11 @@ class CPConfig(Settings):
         description="Let GET /api/state/nodes answer without a token (node names, status,"
         " Docker versions; no secrets).",
     )
+    metrics_public: bool = Field(
+        defaults.METRICS_PUBLIC,
+        description="Let GET /metrics answer without a token (counts and timings; app"
+        " names never appear in it). Off: a read token, as a Prometheus bearer_token_file.",
+    )
     auth_failures: int = Field(
         defaults.AUTH_FAILURES,
         ge=1,

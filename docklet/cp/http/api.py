@@ -39,7 +39,7 @@ from docklet.common.errors import (
 from docklet.common.status import Access, TokenScope
 from docklet.cp.desired import spec
 from docklet.cp.desired.spec import SpecState
-from docklet.cp.http import auth
+from docklet.cp.http import auth, openapi
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.service.tokens import Author, Caller
 from docklet.cp.settings import CPConfig
@@ -353,6 +353,12 @@ def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
     return _json(cp.views.rollout(name, rollout_id))
 
 
+def openapi_document(cp: ControlPlane) -> str:
+    """The OpenAPI 3.1 document of this table (docklet/cp/http/openapi.py makes it)."""
+    response.content_type = "application/json"
+    return openapi.document_text(ROUTES)
+
+
 def register(cp: ControlPlane) -> str:
     reg = parse(Registration, body(cp))
     node_token = auth.bearer(header("Authorization"))
@@ -470,6 +476,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/tokens", create_token, Access.ADMIN),
     Route("DELETE", "/api/tokens/<name>", revoke_token, Access.ADMIN),
     Route("POST", "/api/nodes/join-token", join_token, Access.ADMIN),
+    Route("GET", openapi.OPENAPI_PATH, openapi_document, Access.PUBLIC),
 )
 
 
