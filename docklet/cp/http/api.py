@@ -20,6 +20,7 @@ import logging
 import math
 import re
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -41,6 +42,7 @@ from docklet.cp.desired import spec
 from docklet.cp.desired.spec import SpecState
 from docklet.cp.http import auth, openapi
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.metrics import UNMATCHED
 from docklet.cp.service.tokens import Author, Caller
 from docklet.cp.settings import CPConfig
 from docklet.wire.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
@@ -359,6 +361,13 @@ def openapi_document(cp: ControlPlane) -> str:
     return openapi.document_text(ROUTES)
 
 
+def metrics(cp: ControlPlane) -> str:
+    """Prometheus' exposition of this CP's registry (docklet/cp/service/metrics.py)."""
+    text, content_type = cp.metrics.exposition(header("Accept"))
+    response.content_type = content_type
+    return text.decode()
+
+
 def register(cp: ControlPlane) -> str:
     reg = parse(Registration, body(cp))
     node_token = auth.bearer(header("Authorization"))
@@ -476,6 +485,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/tokens", create_token, Access.ADMIN),
     Route("DELETE", "/api/tokens/<name>", revoke_token, Access.ADMIN),
     Route("POST", "/api/nodes/join-token", join_token, Access.ADMIN),
+    Route("GET", "/metrics", metrics, Access.READ),  # public with --metrics-public
     Route("GET", openapi.OPENAPI_PATH, openapi_document, Access.PUBLIC),
 )
 
@@ -494,6 +504,8 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
         access = Access.PUBLIC
     if access == Access.NODES_STATE:
         access = Access.READ
+    if route.handler is metrics and cp.config.metrics_public:
+        access = Access.PUBLIC
 
     @functools.wraps(route.handler)
     def check(**kwargs: Any) -> str:
@@ -518,12 +530,33 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
     return check
 
 
+def _measured(cp: ControlPlane, app: Bottle) -> None:
+    """Every answer counted and timed in GET /metrics, by its route's pattern (never the
+    raw path: a label value per app name would grow without bound)."""
+
+    @app.hook("before_request")
+    def started() -> None:
+        request.environ["docklet.started"] = time.perf_counter()
+
+    @app.hook("after_request")
+    def answered() -> None:
+        route = request.environ.get("bottle.route")
+        began = request.environ.get("docklet.started", time.perf_counter())
+        cp.metrics.request(
+            route.rule if route is not None else UNMATCHED,
+            request.method,
+            response.status_code,
+            time.perf_counter() - began,
+        )
+
+
 def make_app(cp: ControlPlane) -> Bottle:
     app = Bottle()
     app.install(json_errors)
     app.install(browser_guard)  # inside json_errors: its refusals leave in the JSON shape
     for route in ROUTES:
         app.route(route.path, route.method, guarded(cp, route))
+    _measured(cp, app)
 
     def http_error(err: HTTPError) -> str:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
