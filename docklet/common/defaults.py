@@ -73,5 +73,12 @@ AGENT_STATE_DIR = "/var/lib/docklet-agent"  # inside the agent's container, or a
 RUN_WAIT = 120.0  # how long `docklet run` waits for the app to run
 HTTP_TIMEOUT = 10.0
 
+# Logs (both processes). text: one line a record for people; json: one object a
+# line, with the context fields, for a log pipeline (docklet.common.logs).
+LOG_FORMAT = "text"
+# An X-Request-Id a caller sends is kept when it is this long at most and made of
+# letters, digits and . _ : - (what UUIDs and tracing ids use); else the CP makes one.
+REQUEST_ID_MAX = 128
+
 # GET /metrics needs a read token unless the CP runs with --metrics-public.
 METRICS_PUBLIC = False

@@ -99,6 +99,12 @@ class CPConfig(Settings):
         pattern="^(?i:debug|info|warning|error)$",
         description=("DEBUG, INFO, WARNING or ERROR."),
     )
+    log_format: str = Field(
+        defaults.LOG_FORMAT,
+        pattern="^(?i:text|json)$",
+        description="text (a line for people) or json (one object a line, with the app,"
+        " revision, rollout, node, task and request id it concerns).",
+    )
     bootstrap_window: float = Field(
         defaults.BOOTSTRAP_WINDOW,
         ge=0,

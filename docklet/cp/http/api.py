@@ -21,6 +21,7 @@ import math
 import re
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from bottle import Bottle, HTTPError, HTTPResponse, request, response
 
 from docklet import API_VERSION, __version__
+from docklet.common import defaults, logs
 from docklet.common.errors import (
     BadRequest,
     DockletError,
@@ -82,6 +84,50 @@ def json_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
         except Exception:
             log.exception("%s %s: internal error", request.method, request.path)
             return _error_body(500, "internal", "internal error; the control plane log has details")
+
+    return wrapper
+
+
+# -- request ids ----------------------------------------------------------------------
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# Matched whole: no space, quote or newline can reach a log line through it.
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{defaults.REQUEST_ID_MAX}}}", re.ASCII)
+# The URL parts a route names, as the log context field each fills.
+_URL_FIELDS = {"name": "app", "node_id": "node", "task_id": "task", "rollout_id": "rollout"}
+_URL_FIELD_MAX = 128  # a URL part is the caller's text: a log field keeps this much
+
+
+def request_id() -> str:
+    """This request's id: the caller's X-Request-Id when well-formed, else a new one."""
+    known = request.environ.get("docklet.request_id")
+    if known is None:
+        given = request.environ.get("HTTP_X_REQUEST_ID", "")
+        known = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request.environ["docklet.request_id"] = known
+    return str(known)
+
+
+def request_context(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Bottle plugin, the outermost: the request's id is echoed on its answer, and every
+    log line the request causes carries it, with the app, node, task or rollout its URL
+    names. (Errors the router answers get the header in `http_error`.)"""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        rid = request_id()
+        response.set_header(REQUEST_ID_HEADER, rid)
+        fields = {
+            _URL_FIELDS[k]: v if isinstance(v, int) else str(v)[:_URL_FIELD_MAX]
+            for k, v in kwargs.items()
+            if k in _URL_FIELDS
+        }
+        with logs.context(request_id=rid, **fields):
+            try:
+                return callback(*args, **kwargs)
+            except HTTPResponse as answer:  # Bottle answers with its headers, not `response`'s
+                answer.set_header(REQUEST_ID_HEADER, rid)
+                raise
 
     return wrapper
 
@@ -552,6 +598,7 @@ def _measured(cp: ControlPlane, app: Bottle) -> None:
 
 def make_app(cp: ControlPlane) -> Bottle:
     app = Bottle()
+    app.install(request_context)  # outermost: a 500's log line carries the request id too
     app.install(json_errors)
     app.install(browser_guard)  # inside json_errors: its refusals leave in the JSON shape
     for route in ROUTES:
@@ -566,6 +613,7 @@ def make_app(cp: ControlPlane) -> Bottle:
             404: f"no such endpoint: {request.method} {request.path}",
             405: f"{request.method} is not allowed on {request.path}",
         }.get(err.status_code, str(err.body))
+        response.set_header(REQUEST_ID_HEADER, request_id())  # the router's answers too
         return _error_body(err.status_code, code, message)
 
     for status in (400, 401, 403, 404, 405, 413, 429, 500):

@@ -35,7 +35,8 @@ def record(
         "INSERT INTO events (at, kind, app, node_id, task_id, message) VALUES (?, ?, ?, ?, ?, ?)",
         (time.time(), kind, app, node_id, task_id, message),
     )
-    log.info("%s: %s", kind, message)
+    # Its subject, as the log line's context fields too (--log-format json).
+    log.info("%s: %s", kind, message, extra={"app": app, "node": node_id, "task": task_id})
 
 
 PRUNE_BATCH = 500  # events one prune deletes at most (each pass): a transaction stays short
