@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADMIN_TOKEN
+import yaml
+from conftest import ADMIN_TOKEN, WSGIClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_rollout import FAST, latest, stable_v1, step
 from test_scheduler import Agent, put_app
@@ -132,8 +135,6 @@ def test_metrics_need_a_read_token_unless_the_cp_opens_them(cp: ControlPlane) ->
 
 def test_api_calls_are_counted_by_route_pattern_never_the_raw_path(cp: ControlPlane) -> None:
     app = make_app(cp)
-    from conftest import WSGIClient
-
     client = WSGIClient(app)
     for name in ("one", "two", "three"):
         assert client.get(f"/api/apps/{name}")[0] == 404
@@ -222,3 +223,23 @@ def test_the_real_server_answers_a_scrape(served_cp: str, cp: ControlPlane, acce
         urllib.request.urlopen(served_cp + "/metrics", timeout=10)
     assert refused.value.code == 401
     assert json.loads(refused.value.read())["error"]["status"] == 401
+
+
+def test_the_contrib_dashboard_and_scrape_example_name_real_metrics(cp: ControlPlane) -> None:
+    """contrib/grafana/docklet.json graphs only series /metrics has (a renamed metric
+    would leave a panel empty without a word)."""
+    _, _, body = scrape_raw(cp)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    served = {
+        f.name + suffix
+        for f in text_string_to_metric_families(body)
+        for suffix in suffixes.get(f.type, ("",))
+    }
+    contrib = Path(__file__).resolve().parents[2] / "contrib"
+    dashboard = json.loads((contrib / "grafana" / "docklet.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    named = {n for e in exprs for n in re.findall(r"docklet_\w+", e)}
+    assert named and named <= served, named - served
+    scrape_config = yaml.safe_load((contrib / "prometheus" / "prometheus.yml").read_text())
+    (job,) = scrape_config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
