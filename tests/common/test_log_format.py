@@ -21,9 +21,13 @@ from typing import Any
 import pytest
 from conftest import BIN, Process, WSGIClient, free_port, wait_for
 
+from docklet.agent.loop import Agent
+from docklet.agent.settings import AgentConfig
 from docklet.common import logs
+from docklet.common.errors import TaskFailed
 from docklet.cp.http.api import make_app
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.wire.protocol import LeasedTask
 
 log = logging.getLogger("docklet.test")
 TOKEN = "dku_" + "s3cr3t" * 5
@@ -272,3 +276,44 @@ def test_a_bad_log_format_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert made.returncode == 2 and "--log-format" in made.stderr, made.stderr
     assert "Traceback" not in made.stderr
+
+
+class RefusingEngine:
+    """Docker saying no to every deploy (the agent's side of a failed canary)."""
+
+    def deploy(self, task: LeasedTask, node_id: str, cluster_id: str) -> None:
+        raise TaskFailed(f"pull {task.payload.image if task.payload else '?'}: manifest unknown")
+
+
+def test_an_agents_task_lines_name_the_task_its_app_revision_and_node(
+    served_cp: str, captured: io.StringIO
+) -> None:
+    agent = Agent(AgentConfig(cp=served_cp, retry_max=0.1), engine=RefusingEngine())  # type: ignore[arg-type]
+    agent.node_id = "node-b"  # a node the CP does not know: its report is refused, and said
+    task = LeasedTask.model_validate(
+        {
+            "id": 9,
+            "kind": "deploy",
+            "app": "web",
+            "container": "docklet.web.1.h2",
+            "slot": 1,
+            "revision": 3,
+            "payload": {"image": "nginx:nope", "container_hash": "h2"},
+            "lease_token": "lease",
+            "lease_seconds": 5,
+        }
+    )
+    assert agent.run_task(task) is True
+    mine = [line for line in lines(captured) if line["logger"] == "docklet.agent.loop"]
+    said = [line["message"] for line in mine]
+    assert said[0].startswith("task 9: deploy") and "manifest unknown" in said[1], said
+    assert "report refused" in said[-1]
+    for line in mine:
+        assert {k: line[k] for k in ("node", "app", "task", "revision")} == {
+            "node": "node-b",
+            "app": "web",
+            "task": 9,
+            "revision": 3,
+        }
+    logging.getLogger("docklet.agent.loop").info("after the task")
+    assert "task" not in lines(captured)[-1]
