@@ -120,7 +120,7 @@ class CPConfig(Settings):
     metrics_public: bool = Field(
         defaults.METRICS_PUBLIC,
         description="Let GET /metrics answer without a token (counts and timings; app"
-        " names never appear in it). Off: a read token, as a Prometheus bearer_token_file.",
+        " names never appear in it). Off: a read token (Prometheus' credentials_file).",
     )
     auth_failures: int = Field(
         defaults.AUTH_FAILURES,
