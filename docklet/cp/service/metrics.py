@@ -67,12 +67,13 @@ class Tail:
     def changes(self) -> tuple[list[Row], list[Row]]:
         """(rows new since the last look, open rows as they are now)."""
         new = self.read_after(self.after, TAIL_NEW)
-        if new:
-            self.after = new[-1]["id"]
         ids = list(self.open)
         again: list[Row] = []
         for start in range(0, len(ids), TAIL_CHUNK):
             again += self.read_by_id(ids[start : start + TAIL_CHUNK])
+        # Moved on only once every read succeeded: a failed scrape loses nothing.
+        if new:
+            self.after = new[-1]["id"]
         self.open = {}  # gone rows (an app forgotten) are let go; open ones come back
         return new, again
 
