@@ -80,5 +80,14 @@ LOG_FORMAT = "text"
 # letters, digits and . _ : - (what UUIDs and tracing ids use); else the CP makes one.
 REQUEST_ID_MAX = 128
 
+# Event streams (GET /api/events as text/event-stream). Each holds a server thread, so
+# at most EVENT_STREAMS are open at once, taken out of the long-polls' threads (the
+# reserve stays whole); each ends after EVENT_STREAM_TIME (the client reconnects with
+# Last-Event-ID) and says a comment line every EVENT_STREAM_KEEPALIVE, so proxies keep
+# it open and a client that left is noticed.
+EVENT_STREAMS = 8
+EVENT_STREAM_TIME = 300.0
+EVENT_STREAM_KEEPALIVE = 15.0
+
 # GET /metrics needs a read token unless the CP runs with --metrics-public.
 METRICS_PUBLIC = False

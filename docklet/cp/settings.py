@@ -149,6 +149,19 @@ class CPConfig(Settings):
         description="Share of --threads one address may hold with requests still arriving;"
         " beyond it, its requests that have not arrived whole wait without a thread.",
     )
+    event_streams: int = Field(
+        defaults.EVENT_STREAMS,
+        ge=0,
+        le=256,
+        description="Event streams (GET /api/events, text/event-stream) open at once; each"
+        " holds a thread taken from the long-polls' (never from --poll-reserve).",
+    )
+    event_stream_time: float = Field(
+        defaults.EVENT_STREAM_TIME,
+        ge=1,
+        le=3600,
+        description="Seconds an event stream stays open (the client reconnects).",
+    )
     allowed_hosts: str = Field(
         "",
         max_length=4096,
@@ -160,7 +173,18 @@ class CPConfig(Settings):
     @property
     def long_poll_slots(self) -> int:
         """Task long-polls that may wait at once; more answer at once with what is there."""
-        return max(1, self.threads - min(self.poll_reserve, self.threads // 2))
+        return max(1, self._waiting_threads - self.event_stream_slots)
+
+    @property
+    def event_stream_slots(self) -> int:
+        """Event streams that may be open at once: taken from the long-polls' threads, at
+        most a quarter of them, so neither the reserve nor the polls are starved."""
+        return min(self.event_streams, self._waiting_threads // 4)
+
+    @property
+    def _waiting_threads(self) -> int:
+        """Threads requests that wait (long-polls, event streams) may hold: all but the reserve."""
+        return self.threads - min(self.poll_reserve, self.threads // 2)
 
     @property
     def reading_slots(self) -> int:

@@ -45,6 +45,7 @@ from docklet.cp.desired.spec import SpecState
 from docklet.cp.http import auth, openapi
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.service.metrics import UNMATCHED
+from docklet.cp.service.stream import Stream
 from docklet.cp.service.tokens import Author, Caller
 from docklet.cp.settings import CPConfig
 from docklet.wire.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
@@ -339,9 +340,32 @@ def state_sync(cp: ControlPlane) -> str:
     return _json(cp.views.sync_state())
 
 
-def list_events(cp: ControlPlane) -> str:
+MAX_APP_PARAM = 253  # longer than any app name: an `app=` beyond it is refused, not looked up
+
+
+def list_events(cp: ControlPlane) -> Any:
+    """The event log: the newest `limit`; with `since` (an event id or a duration back) the
+    ones after it, oldest first; with `Accept: text/event-stream` a stream of them (SSE,
+    resumable with Last-Event-ID). One path for both: the list's callers are unchanged, an
+    EventSource sends that Accept by itself, and a client that does not ask never waits."""
+    app = request.query.get("app") or None
+    if app is not None and len(app) > MAX_APP_PARAM:
+        raise BadRequest(f"query parameter 'app' is an app name, at most {MAX_APP_PARAM} long")
+    since = request.query.get("since", "")
+    if "text/event-stream" in header("Accept").lower():
+        after = cp.streams.start_after(header("Last-Event-ID"), since)
+        return _event_stream(cp.streams.open(app, after))
     limit = int(_number_param("limit", 50, 1, 1000))
-    return _json(cp.views.events(request.query.get("app") or None, limit))
+    if since:
+        return _json(cp.streams.page(app, cp.streams.start_after("", since), limit))
+    return _json(cp.views.events(app, limit))
+
+
+def _event_stream(stream: Stream) -> Stream:
+    response.content_type = "text/event-stream; charset=utf-8"
+    response.set_header("Cache-Control", "no-cache")
+    response.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
+    return stream
 
 
 def create_app(cp: ControlPlane) -> str:

@@ -21,6 +21,7 @@ from docklet.cp.service.liveness import Liveness
 from docklet.cp.service.metrics import Metrics
 from docklet.cp.service.passes import Passes
 from docklet.cp.service.polls import Polls
+from docklet.cp.service.stream import EventStreams
 from docklet.cp.service.tokens import Tokens
 from docklet.cp.service.views import Views
 from docklet.cp.settings import CPConfig
@@ -51,6 +52,7 @@ class ControlPlane:
         # GET /metrics: a registry of this control plane's own (a process may hold several).
         self.metrics = Metrics(self.store, config, self.views, self.polls, self.liveness)
         self.passes.observe = self.metrics.passed
+        self.streams = EventStreams(self.store, config)  # GET /api/events, followed
         self._config = config
 
     @property
@@ -61,7 +63,14 @@ class ControlPlane:
     def config(self, config: CPConfig) -> None:
         """New settings (a test's, or the server's address) reach every service at once."""
         self._config = config
-        for service in (self.passes, self.views, self.agents, self.tokens, self.metrics):
+        for service in (
+            self.passes,
+            self.views,
+            self.agents,
+            self.tokens,
+            self.streams,
+            self.metrics,
+        ):
             service.config = config
 
 
