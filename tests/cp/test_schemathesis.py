@@ -1,9 +1,11 @@
 """schemathesis holds a live control plane to its own OpenAPI document.
 
-A real `docklet-cp` process on a loopback port, an admin token and a read token: every
-operation of /api/openapi.json is called with inputs schemathesis makes from the document
-(valid and invalid ones), and every answer must be no 5xx, a documented status, a documented
-content type and a body its schema accepts. Bounded: a few examples per operation.
+A real `docklet-cp` process on a loopback port, an admin token, a read token and a node's
+token: every operation of /api/openapi.json is called with inputs schemathesis makes from
+the document (valid and invalid ones), and every answer must be no 5xx, a documented status,
+a documented content type and a body its schema accepts. Half the cases name what exists
+(the app `web`, the node that joined) so they get past the 404 into the handler's work.
+Bounded: a few dozen examples per operation and credential.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -34,20 +37,23 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-# Per operation and token: about 3,500 calls, some 35 s on two cores. DOCKLET_FUZZ_EXAMPLES
+# Per operation and credential: about 3,700 calls, some 30 s on two cores. DOCKLET_FUZZ_EXAMPLES
 # raises it for a deeper run (500: some five minutes).
 EXAMPLES = int(os.environ.get("DOCKLET_FUZZ_EXAMPLES", "60"))
 
 
 class LiveCP:
-    """A docklet-cp process, claimed with the bootstrap login, with a read token made."""
+    """A docklet-cp process, claimed with the bootstrap login, with a read token, an app
+    and a node that joined."""
 
     def __init__(self, tmp: Path) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
         args = ["--data-dir", str(tmp / "cp"), "--host", "127.0.0.1", "--port", port]
+        args += ["--long-poll-max", "0.05"]  # a node's task poll may ask to wait: not for long
         self.process = Process([str(BIN / "docklet-cp"), *args], tmp / "cp.log")
         self.tokens: dict[str, str] = {}
+        self.node_id = ""
 
     def start(self) -> None:
         self.process.start()
@@ -58,6 +64,10 @@ class LiveCP:
         made = client.post("/api/tokens", {"name": "fuzz-read", "scope": "read"})
         self.tokens["read"] = made["token"]
         client.post("/api/apps", {"image": "busybox:1.36", "name": "web"})  # one to find
+        agent = Client(self.url)
+        agent.headers["X-Docklet-Join-Token"] = client.post("/api/nodes/join-token", {})["token"]
+        joined = agent.post("/api/agents/register", {"engine_id": "fuzz-e1", "name": "fuzz-1"})
+        self.node_id, self.tokens["node"] = joined["node_id"], joined["token"]
 
     def _healthy(self, client: Client) -> bool:
         assert self.process.alive, self.process.log.read_text()[-3000:]
@@ -89,17 +99,36 @@ def api_schema(live_cp: LiveCP) -> schemathesis.BaseSchema:
 # own pytest plugin cannot parametrize from a fixture under pytest 9, so each test draws its
 # cases from the operation's strategy with hypothesis directly.)
 OPERATIONS = [(route.method, _PARAM.sub(r"{\1}", route.path)) for route in ROUTES]
+# Each operation with each API token; the agents' with the node's token too.
+CALLS = [
+    (method, path, scope)
+    for method, path in OPERATIONS
+    for scope in ("admin", "read", "node")
+    if scope != "node" or path.startswith("/api/agents/")
+]
 MODES = list(schemathesis.GenerationMode)  # valid inputs, and invalid ones
 
 
-@pytest.mark.parametrize("scope", ["admin", "read"])
-@pytest.mark.parametrize(("method", "path"), OPERATIONS)
+def _cases(operation: Any, known: dict[str, Any]) -> st.SearchStrategy[schemathesis.Case]:
+    """Valid and invalid cases; half of them with the path naming what exists."""
+    pinned = {name: value for name, value in known.items() if f"{{{name}}}" in operation.path}
+    strategies = [operation.as_strategy(generation_mode=mode) for mode in MODES]
+    if pinned:
+        strategies += [
+            operation.as_strategy(generation_mode=mode, path_parameters=pinned) for mode in MODES
+        ]
+    return st.one_of(strategies)
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), CALLS)
 def test_the_api_keeps_its_document(
     api_schema: schemathesis.BaseSchema, live_cp: LiveCP, scope: str, method: str, path: str
 ) -> None:
     operation = api_schema[path][method]
     headers = {"Authorization": f"Bearer {live_cp.tokens[scope]}"}
-    cases = st.one_of([operation.as_strategy(generation_mode=mode) for mode in MODES])
+    # A DELETE keeps to made-up names: the fixture's app must outlive the run.
+    known = {"name": "web", "node_id": live_cp.node_id} if method != "DELETE" else {}
+    cases = _cases(operation, known)
 
     @given(case=cases)
     @settings(
