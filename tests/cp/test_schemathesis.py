@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from conftest import BIN, Process, free_port, wait_for
+from conftest import BIN, Process, WSGIClient, free_port, wait_for
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import (
@@ -142,3 +142,24 @@ def test_the_api_keeps_its_document(
         case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
 
     holds()
+
+
+# -- what schemathesis found, kept as plain tests ---------------------------------------
+
+
+def test_a_report_whose_lease_token_is_not_ascii_is_a_400(cp: Any, api: WSGIClient) -> None:
+    """A 500 once: the lease check compared the text with `secrets.compare_digest`, which
+    refuses non-ASCII strings. The protocol now says what a lease token is made of."""
+    reply = api.post("/api/agents/register", {"engine_id": "engine-a", "name": "a"})[1]
+    node, auth = reply["node_id"], {"Authorization": f"Bearer {reply['token']}"}
+    assert api.post(f"/api/agents/{node}/heartbeat", {}, headers=auth)[0] == 200
+    assert api.post("/api/apps", {"name": "web", "image": "nginx:1.25"})[0] == 201
+    cp.passes.reconcile()
+    status, batch = api.get(f"/api/agents/{node}/tasks?max=10", headers=auth)
+    assert status == 200 and batch["tasks"], batch
+    task = batch["tasks"][0]
+    path = f"/api/agents/{node}/tasks/{task['id']}"
+    status, answer = api.post(path, {"status": "failed", "lease_token": "u\u00e9"}, headers=auth)
+    assert status == 400 and "lease_token" in answer["error"]["message"], answer
+    done = {"status": "running", "lease_token": task["lease_token"]}
+    assert api.post(path, done, headers=auth)[0] == 200  # the real one still renews it
