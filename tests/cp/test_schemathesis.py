@@ -38,7 +38,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 # Per operation and credential: about 3,700 calls, some 30 s on two cores. DOCKLET_FUZZ_EXAMPLES
-# raises it for a deeper run (500: some five minutes).
+# raises it for a deeper run (400: some three minutes).
 EXAMPLES = int(os.environ.get("DOCKLET_FUZZ_EXAMPLES", "60"))
 
 
