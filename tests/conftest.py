@@ -156,6 +156,8 @@ class WSGIClient:
         chunks = self.app(environ, start_response)
         body = b"".join(chunks)
         text = body.decode()
+        if self.last_headers.get("Content-Type", "").startswith("text/plain"):  # GET /metrics
+            return int(status[0].split()[0]), text
         return int(status[0].split()[0]), json.loads(text) if text else None
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:

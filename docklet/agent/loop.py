@@ -366,6 +366,12 @@ class Agent:
 
     def run_task(self, task: LeasedTask) -> bool:
         """Execute one task and report it; False when Docker being down left it for a retry."""
+        with logs.context(
+            node=self.node_id or None, app=task.app, task=task.id, revision=task.revision
+        ):
+            return self._run_task(task)
+
+    def _run_task(self, task: LeasedTask) -> bool:
         log.info("task %s: %s %s (revision %s)", task.id, task.kind, task.container, task.revision)
         try:
             outcome = self._execute(task)
@@ -485,7 +491,7 @@ def main(**options: Any) -> None:
     Example: DOCKLET_CP=http://cp.example:8080 docklet-agent
     """
     config = settings_table.build(AgentConfig, options)
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, config.log_format)
     agent = Agent(config)
 
     def shutdown(*_: object) -> None:

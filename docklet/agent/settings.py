@@ -58,6 +58,12 @@ class AgentConfig(Settings):
         pattern="^(?i:debug|info|warning|error)$",
         description=("DEBUG, INFO, WARNING or ERROR."),
     )
+    log_format: str = Field(
+        defaults.LOG_FORMAT,
+        pattern="^(?i:text|json)$",
+        description="text (a line for people) or json (one object a line, with the app,"
+        " revision, rollout, node, task and request id it concerns).",
+    )
 
     @field_validator("cp")
     @classmethod

@@ -26,6 +26,7 @@ import click
 
 from docklet import __version__
 from docklet.cli import credentials
+from docklet.cli.completion import complete_apps
 from docklet.common import defaults
 from docklet.common.errors import APIError, CPUnreachable, DockletError
 from docklet.wire.client import Client, Shape, check_url
@@ -195,7 +196,8 @@ TEXT = Text()
 
 
 def name_argument(func: Callable[..., Any]) -> Callable[..., Any]:
-    return click.argument("name", type=TEXT)(func)
+    """An app's name; <TAB> offers the CP's app names (`docklet completion`)."""
+    return click.argument("name", type=TEXT, shell_complete=complete_apps)(func)
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -72,3 +72,22 @@ AGENT_STATE_DIR = "/var/lib/docklet-agent"  # inside the agent's container, or a
 
 RUN_WAIT = 120.0  # how long `docklet run` waits for the app to run
 HTTP_TIMEOUT = 10.0
+
+# Logs (both processes). text: one line a record for people; json: one object a
+# line, with the context fields, for a log pipeline (docklet.common.logs).
+LOG_FORMAT = "text"
+# An X-Request-Id a caller sends is kept when it is this long at most and made of
+# letters, digits and . _ : - (what UUIDs and tracing ids use); else the CP makes one.
+REQUEST_ID_MAX = 128
+
+# Event streams (GET /api/events as text/event-stream). Each holds a server thread, so
+# at most EVENT_STREAMS are open at once, taken out of the long-polls' threads (the
+# reserve stays whole); each ends after EVENT_STREAM_TIME (the client reconnects with
+# Last-Event-ID) and says a comment line every EVENT_STREAM_KEEPALIVE, so proxies keep
+# it open and a client that left is noticed.
+EVENT_STREAMS = 8
+EVENT_STREAM_TIME = 300.0
+EVENT_STREAM_KEEPALIVE = 15.0
+
+# GET /metrics needs a read token unless the CP runs with --metrics-public.
+METRICS_PUBLIC = False

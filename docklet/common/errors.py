@@ -51,6 +51,13 @@ class RateLimited(DockletError):
     code = "rate_limited"
 
 
+class TooManyStreams(DockletError):
+    """Every stream slot of the CP is taken; `retry_after` says when to try again."""
+
+    status = 503
+    code = "too_many_streams"
+
+
 class NotFound(DockletError):
     """The app, node or task does not exist."""
 

@@ -658,7 +658,7 @@ def main(ctx: click.Context, **options: Any) -> None:
         ctx.obj = {"data_dir": options["data_dir"]}
         return
     config = settings.build(CPConfig, options)
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, config.log_format)
     try:
         serve(config)
     except OSError as exc:

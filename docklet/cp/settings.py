@@ -99,6 +99,12 @@ class CPConfig(Settings):
         pattern="^(?i:debug|info|warning|error)$",
         description=("DEBUG, INFO, WARNING or ERROR."),
     )
+    log_format: str = Field(
+        defaults.LOG_FORMAT,
+        pattern="^(?i:text|json)$",
+        description="text (a line for people) or json (one object a line, with the app,"
+        " revision, rollout, node, task and request id it concerns).",
+    )
     bootstrap_window: float = Field(
         defaults.BOOTSTRAP_WINDOW,
         ge=0,
@@ -110,6 +116,11 @@ class CPConfig(Settings):
         True,
         description="Let GET /api/state/nodes answer without a token (node names, status,"
         " Docker versions; no secrets).",
+    )
+    metrics_public: bool = Field(
+        defaults.METRICS_PUBLIC,
+        description="Let GET /metrics answer without a token (counts and timings; app"
+        " names never appear in it). Off: a read token (Prometheus' credentials_file).",
     )
     auth_failures: int = Field(
         defaults.AUTH_FAILURES,
@@ -138,6 +149,19 @@ class CPConfig(Settings):
         description="Share of --threads one address may hold with requests still arriving;"
         " beyond it, its requests that have not arrived whole wait without a thread.",
     )
+    event_streams: int = Field(
+        defaults.EVENT_STREAMS,
+        ge=0,
+        le=256,
+        description="Event streams (GET /api/events, text/event-stream) open at once; each"
+        " holds a thread taken from the long-polls' (never from --poll-reserve).",
+    )
+    event_stream_time: float = Field(
+        defaults.EVENT_STREAM_TIME,
+        ge=1,
+        le=3600,
+        description="Seconds an event stream stays open (the client reconnects).",
+    )
     allowed_hosts: str = Field(
         "",
         max_length=4096,
@@ -149,7 +173,18 @@ class CPConfig(Settings):
     @property
     def long_poll_slots(self) -> int:
         """Task long-polls that may wait at once; more answer at once with what is there."""
-        return max(1, self.threads - min(self.poll_reserve, self.threads // 2))
+        return max(1, self._waiting_threads - self.event_stream_slots)
+
+    @property
+    def event_stream_slots(self) -> int:
+        """Event streams that may be open at once: taken from the long-polls' threads, at
+        most a quarter of them, so neither the reserve nor the polls are starved."""
+        return min(self.event_streams, self._waiting_threads // 4)
+
+    @property
+    def _waiting_threads(self) -> int:
+        """Threads requests that wait (long-polls, event streams) may hold: all but the reserve."""
+        return self.threads - min(self.poll_reserve, self.threads // 2)
 
     @property
     def reading_slots(self) -> int:

@@ -20,6 +20,8 @@ import logging
 import math
 import re
 import socket
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit
 from bottle import Bottle, HTTPError, HTTPResponse, request, response
 
 from docklet import API_VERSION, __version__
+from docklet.common import defaults, logs
 from docklet.common.errors import (
     BadRequest,
     DockletError,
@@ -39,8 +42,10 @@ from docklet.common.errors import (
 from docklet.common.status import Access, TokenScope
 from docklet.cp.desired import spec
 from docklet.cp.desired.spec import SpecState
-from docklet.cp.http import auth
+from docklet.cp.http import auth, openapi
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.metrics import UNMATCHED
+from docklet.cp.service.stream import Stream
 from docklet.cp.service.tokens import Author, Caller
 from docklet.cp.settings import CPConfig
 from docklet.wire.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
@@ -80,6 +85,50 @@ def json_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
         except Exception:
             log.exception("%s %s: internal error", request.method, request.path)
             return _error_body(500, "internal", "internal error; the control plane log has details")
+
+    return wrapper
+
+
+# -- request ids ----------------------------------------------------------------------
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# Matched whole: no space, quote or newline can reach a log line through it.
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{defaults.REQUEST_ID_MAX}}}", re.ASCII)
+# The URL parts a route names, as the log context field each fills.
+_URL_FIELDS = {"name": "app", "node_id": "node", "task_id": "task", "rollout_id": "rollout"}
+_URL_FIELD_MAX = 128  # a URL part is the caller's text: a log field keeps this much
+
+
+def request_id() -> str:
+    """This request's id: the caller's X-Request-Id when well-formed, else a new one."""
+    known = request.environ.get("docklet.request_id")
+    if known is None:
+        given = request.environ.get("HTTP_X_REQUEST_ID", "")
+        known = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request.environ["docklet.request_id"] = known
+    return str(known)
+
+
+def request_context(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Bottle plugin, the outermost: the request's id is echoed on its answer, and every
+    log line the request causes carries it, with the app, node, task or rollout its URL
+    names. (Errors the router answers get the header in `http_error`.)"""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        rid = request_id()
+        response.set_header(REQUEST_ID_HEADER, rid)
+        fields = {
+            _URL_FIELDS[k]: v if isinstance(v, int) else str(v)[:_URL_FIELD_MAX]
+            for k, v in kwargs.items()
+            if k in _URL_FIELDS
+        }
+        with logs.context(request_id=rid, **fields):
+            try:
+                return callback(*args, **kwargs)
+            except HTTPResponse as answer:  # Bottle answers with its headers, not `response`'s
+                answer.set_header(REQUEST_ID_HEADER, rid)
+                raise
 
     return wrapper
 
@@ -291,9 +340,32 @@ def state_sync(cp: ControlPlane) -> str:
     return _json(cp.views.sync_state())
 
 
-def list_events(cp: ControlPlane) -> str:
+MAX_APP_PARAM = 253  # longer than any app name: an `app=` beyond it is refused, not looked up
+
+
+def list_events(cp: ControlPlane) -> Any:
+    """The event log: the newest `limit`; with `since` (an event id or a duration back) the
+    ones after it, oldest first; with `Accept: text/event-stream` a stream of them (SSE,
+    resumable with Last-Event-ID). One path for both: the list's callers are unchanged, an
+    EventSource sends that Accept by itself, and a client that does not ask never waits."""
+    app = request.query.get("app") or None
+    if app is not None and len(app) > MAX_APP_PARAM:
+        raise BadRequest(f"query parameter 'app' is an app name, at most {MAX_APP_PARAM} long")
+    since = request.query.get("since", "")
+    if "text/event-stream" in header("Accept").lower():
+        after = cp.streams.start_after(header("Last-Event-ID"), since)
+        return _event_stream(cp.streams.open(app, after))
     limit = int(_number_param("limit", 50, 1, 1000))
-    return _json(cp.views.events(request.query.get("app") or None, limit))
+    if since:
+        return _json(cp.streams.page(app, cp.streams.start_after("", since), limit))
+    return _json(cp.views.events(app, limit))
+
+
+def _event_stream(stream: Stream) -> Stream:
+    response.content_type = "text/event-stream; charset=utf-8"
+    response.set_header("Cache-Control", "no-cache")
+    response.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
+    return stream
 
 
 def create_app(cp: ControlPlane) -> str:
@@ -351,6 +423,19 @@ def list_rollouts(cp: ControlPlane, name: str) -> str:
 
 def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
     return _json(cp.views.rollout(name, rollout_id))
+
+
+def openapi_document(cp: ControlPlane) -> str:
+    """The OpenAPI 3.1 document of this table (docklet/cp/http/openapi.py makes it)."""
+    response.content_type = "application/json"
+    return openapi.document_text(ROUTES)
+
+
+def metrics(cp: ControlPlane) -> str:
+    """Prometheus' exposition of this CP's registry (docklet/cp/service/metrics.py)."""
+    text, content_type = cp.metrics.exposition(header("Accept"))
+    response.content_type = content_type
+    return text.decode()
 
 
 def register(cp: ControlPlane) -> str:
@@ -470,6 +555,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/tokens", create_token, Access.ADMIN),
     Route("DELETE", "/api/tokens/<name>", revoke_token, Access.ADMIN),
     Route("POST", "/api/nodes/join-token", join_token, Access.ADMIN),
+    Route("GET", "/metrics", metrics, Access.READ),  # public with --metrics-public
+    Route("GET", openapi.OPENAPI_PATH, openapi_document, Access.PUBLIC),
 )
 
 
@@ -487,6 +574,8 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
         access = Access.PUBLIC
     if access == Access.NODES_STATE:
         access = Access.READ
+    if route.handler is metrics and cp.config.metrics_public:
+        access = Access.PUBLIC
 
     @functools.wraps(route.handler)
     def check(**kwargs: Any) -> str:
@@ -511,12 +600,34 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
     return check
 
 
+def _measured(cp: ControlPlane, app: Bottle) -> None:
+    """Every answer counted and timed in GET /metrics, by its route's pattern (never the
+    raw path: a label value per app name would grow without bound)."""
+
+    @app.hook("before_request")
+    def started() -> None:
+        request.environ["docklet.started"] = time.perf_counter()
+
+    @app.hook("after_request")
+    def answered() -> None:
+        route = request.environ.get("bottle.route")
+        began = request.environ.get("docklet.started", time.perf_counter())
+        cp.metrics.request(
+            route.rule if route is not None else UNMATCHED,
+            request.method,
+            response.status_code,
+            time.perf_counter() - began,
+        )
+
+
 def make_app(cp: ControlPlane) -> Bottle:
     app = Bottle()
+    app.install(request_context)  # outermost: a 500's log line carries the request id too
     app.install(json_errors)
     app.install(browser_guard)  # inside json_errors: its refusals leave in the JSON shape
     for route in ROUTES:
         app.route(route.path, route.method, guarded(cp, route))
+    _measured(cp, app)
 
     def http_error(err: HTTPError) -> str:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
@@ -526,6 +637,7 @@ def make_app(cp: ControlPlane) -> Bottle:
             404: f"no such endpoint: {request.method} {request.path}",
             405: f"{request.method} is not allowed on {request.path}",
         }.get(err.status_code, str(err.body))
+        response.set_header(REQUEST_ID_HEADER, request_id())  # the router's answers too
         return _error_body(err.status_code, code, message)
 
     for status in (400, 401, 403, 404, 405, 413, 429, 500):

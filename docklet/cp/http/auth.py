@@ -47,8 +47,10 @@ def failed(cp: ControlPlane, address: str, guessed: bool) -> None:
     try:
         refuse_if_limited(cp.tokens.limiter, address)
     except RateLimited:
+        cp.metrics.auth_failed(limited=True)
         cp.liveness.refused(address)
         raise
+    cp.metrics.auth_failed(limited=False)
     if guessed:
         cp.tokens.limiter.fail(address)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from docklet.common import logs
 from docklet.common.status import EventKind, RevisionStatus, TaskKind
 from docklet.cp.store import apps, events, placements, revisions, rollouts, tasks
 from docklet.cp.store.placements import Placed
@@ -136,10 +137,7 @@ def _apply_rollout(db: sqlite3.Connection, app: str, change: RolloutChange) -> N
     else:
         rollout_id = change.id
         rollouts.update(db, rollout_id, change.fields)
-    for note in change.notes:
-        events.record(
-            db,
-            EventKind.ROLLOUT,
-            f"app {app}: rollout {rollout_id} v{change.from_revision}→v{change.revision}: {note}",
-            app=app,
-        )
+    subject = f"app {app}: rollout {rollout_id} v{change.from_revision}→v{change.revision}"
+    with logs.context(rollout=rollout_id, revision=change.revision):  # its log lines say so
+        for note in change.notes:
+            events.record(db, EventKind.ROLLOUT, f"{subject}: {note}", app=app)

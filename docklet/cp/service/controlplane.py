@@ -18,8 +18,10 @@ from docklet.cp.service.agents import Agents
 from docklet.cp.service.apps import Apps
 from docklet.cp.service.changes import Changes
 from docklet.cp.service.liveness import Liveness
+from docklet.cp.service.metrics import Metrics
 from docklet.cp.service.passes import Passes
 from docklet.cp.service.polls import Polls
+from docklet.cp.service.stream import EventStreams
 from docklet.cp.service.tokens import Tokens
 from docklet.cp.service.views import Views
 from docklet.cp.settings import CPConfig
@@ -47,6 +49,10 @@ class ControlPlane:
             self.store, config, self.cluster_id, self.liveness, self.polls, self.changes
         )
         self.tokens = Tokens(self.store, config)
+        # GET /metrics: a registry of this control plane's own (a process may hold several).
+        self.metrics = Metrics(self.store, config, self.views, self.polls, self.liveness)
+        self.passes.observe = self.metrics.passed
+        self.streams = EventStreams(self.store, config)  # GET /api/events, followed
         self._config = config
 
     @property
@@ -57,7 +63,14 @@ class ControlPlane:
     def config(self, config: CPConfig) -> None:
         """New settings (a test's, or the server's address) reach every service at once."""
         self._config = config
-        for service in (self.passes, self.views, self.agents, self.tokens):
+        for service in (
+            self.passes,
+            self.views,
+            self.agents,
+            self.tokens,
+            self.streams,
+            self.metrics,
+        ):
             service.config = config
 
 

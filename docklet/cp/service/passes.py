@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 from docklet.common.status import RolloutStatus
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 
 # The outcomes worth a note on the rolled-out commit: what went wrong, in Git's words.
 NOTED = (RolloutStatus.ROLLED_BACK, RolloutStatus.ROLLBACK_FAILED, RolloutStatus.FAILED)
+
+# Told each stage ("sync" or "reconcile"), its seconds and its result: GET /metrics.
+PassObserver = Callable[[str, float, object], None]
+
+
+def _unobserved(stage: str, seconds: float, result: object) -> None:
+    return None
 
 
 class Passes:
@@ -48,10 +56,13 @@ class Passes:
         self._sync_lock = threading.Lock()
         # app → blob last synced (see sync.sync), from the database's synced commit on.
         self.synced_blobs = recorded_blobs(store, repo)
+        self.observe: PassObserver = _unobserved  # ControlPlane sets its Metrics' own
 
     def sync(self) -> SyncResult | None:
         with self._sync_lock:
+            started = time.perf_counter()
             result = sync(self.store, self.repo, self.synced_blobs)
+            self.observe("sync", time.perf_counter() - started, result)
         if result is not None:
             self.changes.wake(result.changed)
         return result
@@ -62,6 +73,7 @@ class Passes:
 
     def run(self, apps: Collection[str] | None) -> scheduler.Pass:
         """A reconcile pass over `apps` (every app if None), as liveness stands now."""
+        started = time.perf_counter()
         done = scheduler.reconcile(
             self.store,
             self.config,
@@ -69,6 +81,7 @@ class Passes:
             seen=self.liveness.last_seen(),
             apps=apps,
         )
+        self.observe("reconcile", time.perf_counter() - started, done)
         if done.queued:
             self.polls.wake()
         self._record_outcomes()

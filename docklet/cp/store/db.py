@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,9 @@ class Store:
         # The newest slow writes, (when, seconds, where): what a benchmark or operator
         # looks at when the longest write is too long (GET /api/version's metrics).
         self.slow_writes: deque[tuple[float, float, str]] = deque(maxlen=SLOW_WRITES_KEPT)
+        # Called after each committed transaction, outside the writer lock, with its site and
+        # seconds (GET /metrics' histogram): what the CP measures here anyway, shown.
+        self.observers: list[Callable[[str, float], None]] = []
         self._migrate()
 
     def _migrate(self) -> None:
@@ -266,6 +269,11 @@ class Store:
             self.longest_write = max(self.longest_write, took)
             if took > SLOW_WRITE:
                 self.slow_writes.append((time.time(), took, site))
+        for observe in self.observers:
+            try:
+                observe(site, took)
+            except Exception:  # the transaction is committed: a figure must not fail it
+                log.exception("database: a write observer failed")
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection (WAL: it never waits for the writer)."""
