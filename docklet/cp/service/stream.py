@@ -9,8 +9,8 @@ when there is nothing to say: proxies keep it open, and a client that left is
 noticed when the write fails (the server's socket timeout bounds a stalled one).
 
 New events are found cheaply: a stream sleeps on the event log's bell
-(store/events.py rings it on every event) and reads the events after the
-last id it sent, by primary key.
+(store/events.py rings it once a transaction that recorded events commits)
+and reads the events after the last id it sent, by primary key.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from docklet.cp.store import events
 from docklet.cp.store.db import Store
 
 BATCH = 200  # events one read of the table sends at most
-SETTLE = 0.02  # after a ring that found nothing (not committed yet): look again this soon...
-POLL = 1.0  # ...backing off to this, which is also how often a stream looks unwoken
+POLL = 1.0  # how often a stream looks unwoken (events written by another process)
 MAX_ID = 2**63 - 1  # SQLite's largest integer key
 RETRY_AFTER = 5  # seconds a client refused a stream waits before asking again
 RECONNECT_MS = 1000  # the `retry:` an EventSource waits before it reconnects
@@ -45,6 +44,7 @@ class EventStreams:
         self.keepalive = defaults.EVENT_STREAM_KEEPALIVE
         self._lock = threading.Lock()
         self._open = 0
+        store.observers.append(events.bell.after_commit)  # wakes streams once events commit
 
     def open_now(self) -> int:
         with self._lock:
@@ -107,20 +107,13 @@ class EventStreams:
 
     def _next(self, app: str | None, last: int, until: float) -> list[dict[str, Any]]:
         """The events after `last`, as soon as there are some; [] at `until`."""
-        wait = POLL
         while True:
             rung = events.bell.rung
             found = events.after(self.store, last, app, BATCH)
             left = until - time.monotonic()
             if found or left <= 0:
                 return found
-            if events.bell.wait(rung, min(left, wait)):
-                # Rung inside a transaction not yet committed, and often one of a burst:
-                # a moment later the event is readable, and the burst one read.
-                time.sleep(SETTLE)
-                wait = SETTLE
-            else:
-                wait = min(POLL, wait * 2)
+            events.bell.wait(rung, min(left, POLL))  # rung after a commit: read at once
 
 
 class Stream:

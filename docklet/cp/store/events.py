@@ -2,7 +2,7 @@
 
 The only module that writes the `events` table. Each event is also a CP log
 line with its subject, so the log and `GET /api/events` tell the same story.
-Each event also rings `bell`, which wakes the open event streams
+Each event also rings `bell` once its transaction commits, which wakes the open event streams
 (service/stream.py): they read the table, here, instead of polling it blind.
 """
 
@@ -23,17 +23,27 @@ MAX_MESSAGE = 2000  # an event quotes errors from Docker and from specs: keep it
 
 
 class Bell:
-    """Rung by every recorded event; a stream waits on it for the next ring.
+    """Rung once a write transaction that recorded events has committed; a stream
+    waits on it for the next ring, and what it then reads is there to read.
 
-    It rings inside the write transaction, before the commit: a stream woken by
-    it may not see the event yet, and looks again shortly (service/stream.py).
-    One per process: a test's several CPs only wake each other's streams for
-    nothing.
+    `record` notes the event on the writing thread; `after_commit`, a store write
+    observer, rings for it once the transaction is committed (one ring for a burst
+    of events, none for a rolled-back one until that thread commits again).
+    One per process: a test's several CPs only wake each other's streams for nothing.
     """
 
     def __init__(self) -> None:
         self.rung = 0  # rings so far: a waiter compares, so no ring is missed
         self._cond = threading.Condition()
+        self._written = threading.local()  # the writing thread's transaction has events
+
+    def note(self) -> None:
+        self._written.pending = True
+
+    def after_commit(self, _site: str = "", _took: float = 0.0) -> None:
+        if getattr(self._written, "pending", False):
+            self._written.pending = False
+            self.ring()
 
     def ring(self) -> None:
         with self._cond:
@@ -67,7 +77,7 @@ def record(
     )
     # Its subject, as the log line's context fields too (--log-format json).
     log.info("%s: %s", kind, message, extra={"app": app, "node": node_id, "task": task_id})
-    bell.ring()
+    bell.note()
 
 
 PRUNE_BATCH = 500  # events one prune deletes at most (each pass): a transaction stays short
