@@ -43,6 +43,10 @@ class ExitCode(IntEnum):
     SERVER_ERROR = 5  # the control plane failed (HTTP 5xx)
     TIMEOUT = 6  # waited, and the app did not run, or its rollout did not finish, in time
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+    # `docklet diff`, for CI on a pull request (the same numbers, so they are aliases):
+    DIFF_NONE = 0  # the files change nothing
+    DIFF_CHANGES = 1  # the files are valid and would change something
+    DIFF_INVALID = 4  # a file does not validate (a push of it would be refused)
 
 
 class Failed(click.ClickException):

@@ -425,6 +425,21 @@ def get_rollout(cp: ControlPlane, name: str, rollout_id: int) -> str:
     return _json(cp.views.rollout(name, rollout_id))
 
 
+def plan_changes(cp: ControlPlane) -> str:
+    """What spec files would change, decided as a pass would, applied nowhere (read access)."""
+    data = body(cp)
+    complete = data.get("complete", False)
+    if not isinstance(complete, bool):
+        raise BadRequest("'complete' is true (the files are the whole of apps/) or false")
+    return _json(cp.planning.plan(data.get("files"), complete))
+
+
+def apply_file(cp: ControlPlane) -> str:
+    """Commit one spec file, through the checks a plan makes (docklet apply -f FILE)."""
+    data = body(cp)
+    return _json(cp.planning.apply(data.get("file"), data.get("text"), _author()))
+
+
 def openapi_document(cp: ControlPlane) -> str:
     """The OpenAPI 3.1 document of this table (docklet/cp/http/openapi.py makes it)."""
     response.content_type = "application/json"
@@ -545,6 +560,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/apps/<name>/rollouts/retry", retry_rollout, Access.ADMIN),
     Route("GET", "/api/apps/<name>/rollouts", list_rollouts, Access.READ),
     Route("GET", "/api/apps/<name>/rollouts/<rollout_id:int>", get_rollout, Access.READ),
+    Route("POST", "/api/plan", plan_changes, Access.READ),  # changes nothing
+    Route("POST", "/api/apply", apply_file, Access.ADMIN),
     Route("POST", "/api/agents/register", register, Access.JOIN),
     Route("POST", "/api/agents/<node_id>/heartbeat", heartbeat, Access.NODE),
     Route("GET", "/api/agents/<node_id>/tasks", agent_tasks, Access.NODE),

@@ -73,6 +73,25 @@ class JoinTokenRequest(_Body):
     rotate: bool = False
 
 
+class PlanRequest(_Body):
+    """Spec files to plan (POST /api/plan): what would change if they were committed."""
+
+    files: dict[Annotated[str, Field(pattern=r"^apps/[^/]+$")], str | None] = Field(
+        description="Spec files by path (apps/NAME.yaml): their text, or null for a file the"
+        " client could not send (it counts as invalid)."
+    )
+    complete: bool = Field(
+        False, description="The files are the whole of apps/: an app not among them is removed."
+    )
+
+
+class ApplyRequest(_Body):
+    """One spec file to commit (POST /api/apply), through the same checks as a plan."""
+
+    file: Annotated[str, Field(pattern=r"^apps/[^/]+$", examples=["apps/web.yaml"])]
+    text: str
+
+
 class ApiError(BaseModel):
     """Every error the API answers, whatever raised it."""
 
@@ -157,6 +176,15 @@ _DETAILS: dict[tuple[str, str], Detail] = {
         query=(("force", _FLAG, "Revoke even the last admin token."),),
     ),
     ("POST", "/api/nodes/join-token"): Detail("Show or rotate the join token.", JoinTokenRequest),
+    ("POST", "/api/plan"): Detail(
+        "What spec files would change (validation with file:line, per app the fields, the"
+        " revision, rollout or direct, nodes and slots); nothing is written.",
+        PlanRequest,
+        "object",
+    ),
+    ("POST", "/api/apply"): Detail(
+        "Commit one spec file, if it validates (a commit).", ApplyRequest, "object"
+    ),
     ("GET", OPENAPI_PATH): Detail("This document.", answer="object"),
 }
 

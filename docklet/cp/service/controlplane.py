@@ -20,6 +20,7 @@ from docklet.cp.service.changes import Changes
 from docklet.cp.service.liveness import Liveness
 from docklet.cp.service.metrics import Metrics
 from docklet.cp.service.passes import Passes
+from docklet.cp.service.planning import Planning
 from docklet.cp.service.polls import Polls
 from docklet.cp.service.stream import EventStreams
 from docklet.cp.service.tokens import Tokens
@@ -45,6 +46,8 @@ class ControlPlane:
         self.passes = Passes(self.store, self.repo, config, self.liveness, self.polls, self.changes)
         self.views = Views(self.store, self.repo, config, self.liveness, self.polls)
         self.apps = Apps(self.store, self.repo, self.passes, self.views)
+        # POST /api/plan and /api/apply: spec files checked, decided, never applied by a plan.
+        self.planning = Planning(self.store, self.repo, config, self.apps, self.views)
         self.agents = Agents(
             self.store, config, self.cluster_id, self.liveness, self.polls, self.changes
         )
@@ -65,6 +68,7 @@ class ControlPlane:
         self._config = config
         for service in (
             self.passes,
+            self.planning,
             self.views,
             self.agents,
             self.tokens,
