@@ -8,14 +8,19 @@ value without an engine, and the engine only sends it.
 
 from __future__ import annotations
 
+import io
+import tarfile
 from collections.abc import Mapping
 from typing import Any
 
 from docklet.common.errors import TaskFailed
 from docklet.common.units import parse_duration, parse_port
-from docklet.wire.protocol import ContainerSpec, Label, LeasedTask
+from docklet.wire.protocol import ContainerSpec, Label, LeasedTask, SecretRef
 
 NANOSECONDS = 1_000_000_000  # Docker's healthcheck durations are in these
+SECRET_FILE_MODE = 0o400  # read by the container's root user only, as Swarm's default owner
+
+Values = Mapping[tuple[str, int], str]  # (secret, version) → value: what a lease carries
 
 
 def task_labels(task: LeasedTask, node_id: str, cluster_id: str) -> dict[str, str]:
@@ -32,11 +37,14 @@ def task_labels(task: LeasedTask, node_id: str, cluster_id: str) -> dict[str, st
     return {k.value: str(v) for k, v in ours.items() if v is not None}
 
 
-def create_options(spec: ContainerSpec, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+def create_options(
+    spec: ContainerSpec, name: str, labels: Mapping[str, str], secrets: Values | None = None
+) -> dict[str, Any]:
     """`create_container`'s keyword arguments for `spec`; `host_config` holds the host part's.
 
     `labels` are Docklet's own (task_labels): they win over the spec's, so
-    an app cannot pass its containers off as another's.
+    an app cannot pass its containers off as another's. `secrets` are the values
+    the task's lease carries, for the env values that are secrets.
     """
     bindings = _port_bindings(spec.ports)
     binds = _binds(spec.volumes)
@@ -48,7 +56,7 @@ def create_options(spec: ContainerSpec, name: str, labels: Mapping[str, str]) ->
         "image": spec.image,
         "name": name,
         "command": spec.command,  # a string is split by the SDK as a shell would
-        "environment": spec.env,
+        "environment": _environment(spec.env, secrets or {}),
         "labels": {**spec.labels, **labels},
         "ports": [tuple(k.split("/")) for k in bindings],
         "volumes": [b["bind"] for b in binds.values()],
@@ -62,6 +70,35 @@ def create_options(spec: ContainerSpec, name: str, labels: Mapping[str, str]) ->
     if spec.healthcheck:
         options["healthcheck"] = _healthcheck(spec.healthcheck)
     return options
+
+
+def _value(values: Values, name: str, version: int) -> str:
+    try:
+        return values[(name, version)]
+    except KeyError:
+        raise TaskFailed(f"secret {name} v{version} did not come with the task") from None
+
+
+def _environment(env: Mapping[str, str | SecretRef], values: Values) -> dict[str, str]:
+    return {
+        key: value if isinstance(value, str) else _value(values, value.secret, value.version)
+        for key, value in env.items()
+    }
+
+
+def secret_archive(spec: ContainerSpec, values: Values) -> bytes | None:
+    """The spec's secret files as a tar for `put_archive(container, "/")`, before it starts
+    (None: it has none). Only files: Docker makes their folders."""
+    if not spec.secrets:
+        return None
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for item in spec.secrets:
+            data = _value(values, item.name, item.version).encode()
+            info = tarfile.TarInfo(item.target.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), SECRET_FILE_MODE, 0
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 def _port_bindings(ports: list[str]) -> dict[str, Any]:

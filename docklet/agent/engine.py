@@ -23,8 +23,8 @@ import docker
 import docker.errors
 import docker.utils
 
-from docklet.agent.container import create_options, task_labels
-from docklet.common import defaults
+from docklet.agent.container import create_options, secret_archive, task_labels
+from docklet.common import defaults, logs
 from docklet.common.errors import DockerUnavailable, TaskFailed
 from docklet.common.status import ContainerState
 from docklet.wire.protocol import MAX_EVIDENCE, ContainerSpec, Label, LeasedTask
@@ -304,9 +304,19 @@ class Engine:
 
     def _create(self, task: LeasedTask, spec: ContainerSpec, node_id: str, cluster_id: str) -> Any:
         api = self.client.api
-        options = create_options(spec, task.container, task_labels(task, node_id, cluster_id))
+        values = task.secrets()
+        logs.hide(*values.values())  # from now on no line of this agent's log shows them
+        labels = task_labels(task, node_id, cluster_id)
+        options = create_options(spec, task.container, labels, values)
         host_config = api.create_host_config(**options.pop("host_config"))
         created = api.create_container(**options, host_config=host_config)
+        files = secret_archive(spec, values)
+        if files is not None:  # before it starts: the process finds its files there
+            try:
+                api.put_archive(created["Id"], "/", files)
+            except docker.errors.APIError:
+                api.remove_container(created["Id"], force=True)  # never started without them
+                raise
         return self.client.containers.get(created["Id"])
 
     def _switch(

@@ -11,11 +11,21 @@ module that adds its commands to it, imported here so that all of them join.
 
 from __future__ import annotations
 
-from docklet.cli import apps, auth, completion, diff, events, nodes, rollouts, version
+from docklet.cli import (
+    apps,
+    auth,
+    completion,
+    diff,
+    events,
+    nodes,
+    rollouts,
+    secrets,
+    version,
+)
 from docklet.cli.base import cli, run_command
 
 # Imported for their commands.
-COMMAND_MODULES = (apps, auth, diff, events, nodes, rollouts, version)
+COMMAND_MODULES = (apps, auth, diff, events, nodes, rollouts, secrets, version)
 cli.add_command(completion.completion)  # knows nothing of the group it completes
 
 

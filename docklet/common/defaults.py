@@ -91,3 +91,26 @@ EVENT_STREAM_KEEPALIVE = 15.0
 
 # GET /metrics needs a read token unless the CP runs with --metrics-public.
 METRICS_PUBLIC = False
+
+# Upstream mode (--git-url): the CP's repository is a mirror of a branch on the team's
+# own Git host. Without webhooks it fetches every GIT_POLL seconds (jittered), as Flux
+# does; a token is sent over HTTPS as the password of GIT_USERNAME (GitHub's and Gitea's
+# name for it; GitLab takes any). A fetch or push waits at most GIT_TIMEOUT on the host;
+# a push that lost a race with another one is redone on the new head GIT_PUSH_RETRIES
+# times. A webhook's body is at most WEBHOOK_MAX_BODY.
+GIT_POLL = 60.0
+GIT_USERNAME = "x-access-token"
+GIT_TIMEOUT = 30.0
+GIT_PUSH_RETRIES = 5
+GIT_FORCE_PUSH = "refuse"  # or "follow": what a rewritten upstream history does
+WEBHOOK_MAX_BODY = 1024 * 1024
+
+# Secrets (`docklet secret set`): encrypted by the CP with AES-GCM under a 256-bit key kept
+# in the data dir (0600) or given as DOCKLET_SECRET_KEY (base64). A value is bounded like
+# an env value; a name is a DNS-label-like word that is also a safe file name.
+SECRET_KEY_FILE = "secret.key"
+SECRET_KEY_ENV = "DOCKLET_SECRET_KEY"
+SECRET_VALUE_MAX = 64 * 1024  # bytes of one value
+SECRET_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+SECRETS_MAX = 1000  # secrets in a cluster
+SECRET_VERSIONS_KEPT = 10  # per secret, besides every version a revision refers to

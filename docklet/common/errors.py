@@ -91,11 +91,38 @@ class RefMoved(RepoError):
     code = "ref_moved"
 
 
+class UpstreamReadOnly(Conflict):
+    """Upstream mode: the Git host refused the CP's push (read-only credentials, a protected
+    branch); the change must be made by a commit to the upstream instead."""
+
+    code = "upstream_read_only"
+
+
+class UpstreamDiverged(Conflict):
+    """Upstream mode: the upstream branch's history was rewritten and the CP refuses to follow."""
+
+    code = "upstream_diverged"
+
+
+class UpstreamUnavailable(RepoError):
+    """Upstream mode: the Git host did not answer a fetch or a push."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+
 class DockerUnavailable(DockletError):
     """The Docker engine did not answer."""
 
     status = 503
     code = "docker_unavailable"
+
+
+class SecretKeyError(DockletError):
+    """The CP's secret key is missing, malformed, or not the one the secrets were sealed with."""
+
+    status = 500
+    code = "secret_key"
 
 
 class TaskFailed(DockletError):

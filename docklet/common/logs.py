@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -34,9 +35,33 @@ Value = str | int
 _context: ContextVar[Mapping[str, Value] | None] = ContextVar("docklet_log_context", default=None)
 
 
+# Secret values (`docklet secret set`) this process has held: the CP opens them for a
+# lease, the agent receives them. Each is redacted wherever it appears; the newest
+# HIDDEN_MAX are kept, and values too short to tell from ordinary words are not.
+HIDDEN_MAX = 1000
+HIDDEN_MIN = 6
+_hidden: dict[str, None] = {}  # ordered: the oldest is dropped first
+_hidden_lock = threading.Lock()
+
+
+def hide(*values: str) -> None:
+    """From now on, no line this process logs shows any of `values`."""
+    with _hidden_lock:
+        for value in values:
+            if len(value) >= HIDDEN_MIN:
+                _hidden.pop(value, None)
+                _hidden[value] = None
+        while len(_hidden) > HIDDEN_MAX:
+            del _hidden[next(iter(_hidden))]
+
+
 def redact(text: str) -> str:
-    """`text` with every token it holds replaced by [redacted]."""
-    return _DOCKLET_SECRET.sub("[redacted]", _SECRET.sub(r"\1[redacted]", text))
+    """`text` with every token and hidden value it holds replaced by [redacted]."""
+    text = _DOCKLET_SECRET.sub("[redacted]", _SECRET.sub(r"\1[redacted]", text))
+    for value in list(_hidden) if _hidden else ():
+        if value in text:
+            text = text.replace(value, "[redacted]")
+    return text
 
 
 def bind(**fields: Value | None) -> Token[Mapping[str, Value] | None]:

@@ -142,6 +142,7 @@ class EventKind(StrEnum):
     CONTROLLER_ERROR = "controller_error"
     ROLLOUT = "rollout"  # every transition of a rollout
     TOKEN = "token"  # an API token created or revoked, a bootstrap window used
+    SECRET = "secret"  # a secret's value set (its version, never the value) or removed
 
 
 class Access(StrEnum):

@@ -1,4 +1,5 @@
-"""`docklet-cp token create`: the host's operator mints an API token where the data is.
+"""`docklet-cp token create`, `docklet-cp secrets rotate-key`: the host's operator, where
+the data is.
 
 Once the last admin token is revoked (or lost) no API call can make another;
 whoever can read the control plane's data directory can. This writes to the
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import click
 
-from docklet.common.errors import BadRequest, Conflict, NotFound
+from docklet.common.errors import BadRequest, Conflict, NotFound, SecretKeyError
 from docklet.common.status import TokenScope
+from docklet.cp.service import secrets as secret_service
 from docklet.cp.service.tokens import Tokens
 from docklet.cp.settings import CPConfig
 from docklet.cp.store.db import Store
@@ -22,14 +24,19 @@ from docklet.cp.store.db import Store
 OFFLINE = "the host's operator (docklet-cp token create, offline)"
 
 
-def mint(data_dir: Path, name: str, scope: str) -> str:
-    """A new API token in the cluster whose data is in `data_dir`; its secret, once."""
+def _existing(data_dir: Path) -> CPConfig:
     config = CPConfig(data_dir=data_dir)
     if not config.db_path.is_file():  # a typo must not make an empty cluster
         raise NotFound(
             f"no control plane data in {data_dir} (no {config.db_path.name}): give --data-dir"
             " the directory docklet-cp serves from"
         )
+    return config
+
+
+def mint(data_dir: Path, name: str, scope: str) -> str:
+    """A new API token in the cluster whose data is in `data_dir`; its secret, once."""
+    config = _existing(data_dir)
     store = Store(config.db_path)
     try:
         return Tokens(store, config).create(name, TokenScope(scope), OFFLINE)
@@ -76,3 +83,51 @@ def create(ctx: click.Context, name: str, scope: str, data_dir: Path | None) -> 
         raise click.ClickException(exc.message) from None
     click.echo(f"✔ Token {name} ({scope}); it is shown only now:", err=True)
     click.echo(secret)
+
+
+def rotate(data_dir: Path) -> int:
+    """Re-seal every secret of the cluster in `data_dir` under a new key; how many versions."""
+    config = _existing(data_dir)
+    store = Store(config.db_path)
+    try:
+        return secret_service.rotate_key(store, config)
+    finally:
+        store.close()
+
+
+@click.group("secrets")
+def secrets_group() -> None:
+    """The key the control plane seals secrets with (docklet secret set).
+
+    Example: docklet-cp secrets rotate-key --data-dir /data
+    """
+
+
+@secrets_group.command("rotate-key")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    envvar="DOCKLET_DATA_DIR",
+    help="The control plane's data directory (default: docklet-cp's own --data-dir).",
+)
+@click.pass_context
+def rotate_key(ctx: click.Context, data_dir: Path | None) -> None:
+    """Re-encrypt every secret version under a new key, then swap the key file atomically.
+
+    Run where the data is, with the control plane stopped or running (it reads the new
+    key file when it next opens a value). With DOCKLET_SECRET_KEY set, the new key is
+    left in secret.key.new: put it in DOCKLET_SECRET_KEY and restart the control plane.
+
+    Example: docklet-cp secrets rotate-key --data-dir /data
+    """
+    where = data_dir or (ctx.obj or {}).get("data_dir")
+    if where is None:
+        raise click.UsageError("give --data-dir: where docklet-cp keeps its data")
+    try:
+        count = rotate(Path(where))
+    except NotFound as exc:
+        raise click.UsageError(exc.message) from None
+    except SecretKeyError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"✔ {count} secret version(s) re-encrypted under a new key", err=True)

@@ -668,3 +668,4 @@ def main(ctx: click.Context, **options: Any) -> None:
 
 
 main.add_command(admin.token)
+main.add_command(admin.secrets_group)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from docklet.common import defaults
 from docklet.common.settings import Settings
@@ -162,6 +163,13 @@ class CPConfig(Settings):
         le=3600,
         description="Seconds an event stream stays open (the client reconnects).",
     )
+    secret_versions_kept: int = Field(
+        defaults.SECRET_VERSIONS_KEPT,
+        ge=1,
+        le=1000,
+        description="Versions kept of each secret (`docklet secret set`), besides every"
+        " version a revision refers to.",
+    )
     allowed_hosts: str = Field(
         "",
         max_length=4096,
@@ -169,6 +177,74 @@ class CPConfig(Settings):
         " a first login or agent join under a name must use one of these, an IP address,"
         " localhost or the listen address.",
     )
+    # Upstream mode: follow a branch of the team's own Git host instead of hosting one.
+    git_url: str = Field(
+        "",
+        max_length=2048,
+        description="Follow this Git repository (https://, http://, ssh://, git://, file://"
+        " or user@host:path) instead of hosting one: the CP mirrors --git-branch, and its"
+        " own commits (docklet run, update, ...) are pushed there. Empty: host it (/git/).",
+    )
+    git_branch: str = Field(
+        defaults.GIT_BRANCH,
+        pattern=r"^[A-Za-z0-9._/-]{1,200}$",
+        description="The upstream branch that is desired state (with --git-url).",
+    )
+    git_username: str = Field(
+        defaults.GIT_USERNAME,
+        max_length=200,
+        description="The user name a --git-token-file token is sent with (GitLab: oauth2),"
+        " and the SSH user when the URL names none.",
+    )
+    git_token_file: Path | None = Field(
+        None,
+        description="A file holding a token for an https:// upstream (re-read at each"
+        " fetch and push, so it can be rotated in place).",
+    )
+    git_ssh_key: Path | None = Field(
+        None,
+        description="A private key file (a deploy key) for an ssh:// upstream; the host"
+        " must be in ~/.ssh/known_hosts.",
+    )
+    git_webhook_secret_file: Path | None = Field(
+        None,
+        description="A file holding the secret forges sign webhooks with (POST"
+        " /api/hooks/git: GitHub, Gitea/Forgejo, GitLab); without it webhooks are refused.",
+    )
+    git_poll: float = Field(
+        defaults.GIT_POLL,
+        ge=0.1,
+        le=86400,
+        description="Seconds between fetches of the upstream (jittered), webhooks or not.",
+    )
+    git_force_push: str = Field(
+        defaults.GIT_FORCE_PUSH,
+        pattern="^(follow|refuse)$",
+        description="A rewritten upstream history (a force-push): refuse (keep deploying"
+        " the last followed commit, and say so) or follow (deploy the new head).",
+    )
+    git_push_outcomes: bool = Field(
+        False,
+        description="Push deployment outcomes (refs/notes/docklet,"
+        " refs/docklet/deployed/<app>) to the upstream too.",
+    )
+
+    @field_validator("git_url")
+    @classmethod
+    def _git_url(cls, url: str) -> str:
+        """A URL Git can fetch from, said plainly when it is not one."""
+        url = url.strip()
+        if url and not re.match(r"^((https?|ssh|git|file)://\S+|[\w.-]+@[\w.-]+:\S+|/\S*)$", url):
+            raise ValueError(
+                "a Git URL: https://host/org/repo.git, ssh://git@host/org/repo.git,"
+                " git@host:org/repo.git, git://host/repo.git or file:///path/repo.git"
+            )
+        return url
+
+    @property
+    def upstream(self) -> bool:
+        """Whether the CP follows an upstream repository (--git-url) instead of hosting one."""
+        return bool(self.git_url)
 
     @property
     def long_poll_slots(self) -> int:
@@ -207,6 +283,10 @@ class CPConfig(Settings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "docklet.db"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_dir / defaults.SECRET_KEY_FILE
 
     @property
     def repo_path(self) -> Path:

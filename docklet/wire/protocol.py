@@ -168,13 +168,38 @@ class RegistrationReply(Wire):
     heartbeat_interval: Seconds
 
 
+class SecretRef(Wire):
+    """An env value that is a secret: the lease's `secret_values` carry its value."""
+
+    secret: Id
+    version: Annotated[int, Field(ge=1)]
+
+
+class SecretFile(Wire):
+    """A secret the agent writes as a file (mode 0400) into the container before it starts."""
+
+    name: Id
+    version: Annotated[int, Field(ge=1)]
+    target: Annotated[str, Field(min_length=2, max_length=4096, pattern=r"^/")]
+
+
+class SecretValue(Wire):
+    """A secret's value, in the lease answer of the one task that uses it, and nowhere else."""
+
+    name: Id
+    version: Annotated[int, Field(ge=1)]
+    # repr=False: a task printed in a traceback or a log line shows no value.
+    value: Annotated[str, Field(max_length=64 * 1024, repr=False)]
+
+
 class ContainerSpec(Wire):
     """What a deploy task carries: the container part of an app spec, and its hash."""
 
     image: Annotated[str, Field(min_length=1, max_length=255)]
     container_hash: Annotated[str, Field(min_length=1, max_length=64)]
     command: list[str] | str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str | SecretRef] = Field(default_factory=dict)
+    secrets: list[SecretFile] = Field(default_factory=list, max_length=100)
     ports: list[str] = Field(default_factory=list)
     volumes: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -201,6 +226,12 @@ class LeasedTask(Wire):
     payload: ContainerSpec | None = None  # deploy tasks only
     lease_token: Id
     lease_seconds: Seconds
+    # The values of the secrets the payload names (by name and version), for this lease only.
+    secret_values: list[SecretValue] = Field(default_factory=list, max_length=1100)
+
+    def secrets(self) -> dict[tuple[str, int], str]:
+        """(secret, version) → value, of what this lease carries."""
+        return {(s.name, s.version): s.value for s in self.secret_values}
 
     @field_validator("payload", mode="before")
     @classmethod

@@ -231,6 +231,8 @@ def test_example_repository_pushed_to_a_fresh_cp_syncs_cleanly(
 ) -> None:
     work = tmp_path / "desired"
     shutil.copytree(EXAMPLE_REPO, work)
+    for secret in ("billing-db-password", "stripe-key"):  # apps/billing.yaml uses them
+        cp.secrets.set(secret, "example-value", "test")
     env = {
         **os.environ,
         "GIT_CONFIG_NOSYSTEM": "1",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 
+from docklet.common import defaults
 from docklet.common.errors import InvalidSpec
 from docklet.common.status import DesiredState
 from docklet.common.units import (
@@ -50,6 +51,8 @@ MAX_VALUE = 64 * 1024  # characters of an env or label value, an argument, a she
 MAX_VOLUME = 4096  # characters of a volume mapping: PATH_MAX
 MAX_NODE_ID = 253  # a node id is a hostname at most
 MAX_COUNT = 1000  # replicas, canary, max_parallel, healthcheck retries
+MAX_SECRET_FILES = 100
+MAX_VERSION = 2**31  # a secret's version number
 
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 # Every pattern spells its classes out ([0-9], [A-Za-z0-9_]): `\d` and `\w` match any Unicode
@@ -61,6 +64,9 @@ IMAGE_PATTERN = (
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
+# An absolute path in the container, without '..' (the file lands where it says) or controls.
+SECRET_TARGET_PATTERN = r"^/[^\x00-\x1f\x7f]*[^/\x00-\x1f\x7f]$"
+SECRETS_DIR = "/run/secrets"  # where a secret file goes when its target is not given
 # No ':' inside either path (Docker splits on it), nor control characters (NUL ends a C string).
 VOLUME_PATTERN = r"^[^:\x00-\x1f\x7f]+:/[^:\x00-\x1f\x7f]*(?::(?:ro|rw))?$"
 RESERVED_LABEL_PREFIX = "docklet."
@@ -130,6 +136,29 @@ Port = Annotated[str, Field(pattern=PORT_PATTERN, max_length=64), AfterValidator
 Volume = Annotated[str, Field(pattern=VOLUME_PATTERN, max_length=MAX_VOLUME)]
 NodeId = Annotated[str, Field(min_length=1, max_length=MAX_NODE_ID), AfterValidator(_text)]
 _UNION_TAGS = {"exec", "shell"}  # loc parts that name a Command form, not a place in the spec
+_ENV_TAGS = {"text", "secret-ref"}  # the same for an env value: text, or {secret: NAME}
+
+
+def _env_form(value: Any) -> str:
+    return "secret-ref" if isinstance(value, dict | SecretRef) else "text"
+
+
+SecretName = Annotated[
+    str,
+    Field(
+        pattern=defaults.SECRET_NAME_PATTERN,
+        description="A secret's name (docklet secret list): a-z, 0-9, '.', '_', '-'.",
+    ),
+]
+SecretVersion = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_VERSION,
+        description="A version of the secret; absent: the newest (the revision records which)."
+        " `docklet rollback` writes the version it returns to.",
+    ),
+]
 
 
 class RestartPolicy(StrEnum):
@@ -164,6 +193,7 @@ CONTAINER_FIELDS = frozenset(
         "restart",
         "stop_grace_period",
         "healthcheck",
+        "secrets",
     }
 )
 
@@ -172,6 +202,41 @@ class Strict(BaseModel):
     """A part of the spec in which unknown keys are errors, never ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+
+class SecretRef(Strict):
+    """An env value kept as a secret (`docklet secret set NAME`): Git holds only its name."""
+
+    secret: SecretName
+    version: SecretVersion | None = None
+
+
+class SecretFile(Strict):
+    """A secret as a file in the container (mode 0400, owned by root)."""
+
+    name: SecretName
+    target: Annotated[str, Field(pattern=SECRET_TARGET_PATTERN, max_length=MAX_VOLUME)] | None = (
+        Field(None, description=f"Absolute path of the file; default {SECRETS_DIR}/NAME.")
+    )
+    version: SecretVersion | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value.split("/"):
+            raise ValueError(f"{short(value)}: a target path may not contain '..'")
+        return value
+
+    @property
+    def path(self) -> str:
+        return self.target or f"{SECRETS_DIR}/{self.name}"
+
+
+# Tagged, so a bad value's error names the one form it was meant as (env.KEY.secret).
+EnvEntry = Annotated[
+    Annotated[EnvValue, Tag("text")] | Annotated[SecretRef, Tag("secret-ref")],
+    Discriminator(_env_form),
+]
 
 
 class Healthcheck(Strict):
@@ -230,7 +295,11 @@ class AppSpec(Strict):
         SpecState.RUNNING, description="running or stopped (to remove an app, delete its file)."
     )
     command: Command | None = None
-    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
+    env: dict[EnvName, EnvEntry] = Field(
+        default_factory=dict,
+        max_length=MAX_ENV,
+        description="Values as text, or {secret: NAME} for a value kept as a secret.",
+    )
     ports: list[Port] = Field(
         default_factory=list,
         max_length=MAX_PORTS,
@@ -248,6 +317,11 @@ class AppSpec(Strict):
     )
     pull: PullPolicy = PullPolicy.MISSING
     healthcheck: Healthcheck | None = None
+    secrets: list[SecretFile] = Field(
+        default_factory=list,
+        max_length=MAX_SECRET_FILES,
+        description="Secrets written as files into the container before it starts.",
+    )
     placement: Placement = Field(default_factory=Placement)
     rollout: Rollout = Field(default_factory=Rollout)
 
@@ -259,13 +333,54 @@ class AppSpec(Strict):
                 raise ValueError(f"label {key!r}: the 'docklet.' prefix is reserved")
         return value
 
+    @field_validator("secrets")
+    @classmethod
+    def _one_file_a_path(cls, value: list[SecretFile]) -> list[SecretFile]:
+        paths = [item.path for item in value]
+        for path in paths:
+            if paths.count(path) > 1:
+                raise ValueError(f"two secrets are written to {short(path)}")
+        return value
+
+    def secret_refs(self) -> list[tuple[Loc, str, int | None]]:
+        """(where, secret name, pinned version or None) of every secret the spec uses."""
+        refs: list[tuple[Loc, str, int | None]] = [
+            (("env", key), value.secret, value.version)
+            for key, value in self.env.items()
+            if isinstance(value, SecretRef)
+        ]
+        refs += [(("secrets", i), f.name, f.version) for i, f in enumerate(self.secrets)]
+        return refs
+
+    def pinned(self, versions: Mapping[str, int]) -> AppSpec:
+        """This spec with each secret's version written in (`versions`: name → newest),
+        as a revision records it: a new value of a secret is a new revision."""
+        env = {
+            key: value.model_copy(update={"version": versions[value.secret]})
+            if isinstance(value, SecretRef) and value.version is None
+            else value
+            for key, value in self.env.items()
+        }
+        files = [
+            f if f.version is not None else f.model_copy(update={"version": versions[f.name]})
+            for f in self.secrets
+        ]
+        return self.model_copy(update={"env": env, "secrets": files})
+
+    def _dump(self, **which: Any) -> dict[str, Any]:
+        # No secret files: the hashes of the specs written before secrets existed.
+        data = self.model_dump(mode="json", **which)
+        if data.get("secrets") == []:
+            del data["secrets"]
+        return data
+
     def revision_hash(self) -> str:
         """Hash of everything a revision pins: the whole spec but the desired state."""
-        return _digest(self.model_dump(mode="json", exclude={"state"}))
+        return _digest(self._dump(exclude={"state"}))
 
     def container_hash(self) -> str:
         """Hash of what shapes a container; equal hashes mean a container can be kept."""
-        return _digest(self.model_dump(mode="json", include=CONTAINER_FIELDS))
+        return _digest(self._dump(include=CONTAINER_FIELDS))
 
     def runtime_hash(self) -> str:
         """Hash of what decides whether the container works: its fields but labels.
@@ -273,11 +388,18 @@ class AppSpec(Strict):
         A revision whose runtime hash failed before is not rolled out again by
         itself (a later commit that only changes a label keeps it held).
         """
-        return _digest(self.model_dump(mode="json", include=CONTAINER_FIELDS - {"labels"}))
+        return _digest(self._dump(include=CONTAINER_FIELDS - {"labels"}))
 
     def container_spec(self) -> dict[str, Any]:
-        """What an agent needs to make the container: its fields and the pull policy."""
-        return self.model_dump(mode="json", include=CONTAINER_FIELDS | {"pull"})
+        """What an agent needs to make the container: its fields and the pull policy.
+
+        Secrets appear as their names and versions; only a lease carries values."""
+        data = self._dump(include=CONTAINER_FIELDS | {"pull"})
+        if self.secrets:
+            data["secrets"] = [
+                {"name": f.name, "version": f.version, "target": f.path} for f in self.secrets
+            ]
+        return data
 
     def as_written(self) -> dict[str, Any]:
         """The spec as a user would write it: name and image first, defaults left out."""
@@ -321,6 +443,8 @@ def _where(loc: Loc) -> str:
     parts = []
     for i, part in enumerate(loc):
         if part == "[key]" or (part in _UNION_TAGS and i and loc[i - 1] in ("command", "test")):
+            continue
+        if part in _ENV_TAGS and i > 1 and loc[i - 2] == "env":
             continue  # pydantic's marker of a key, or of a union member: no place in the file
         simple = isinstance(part, int) or (
             part.isprintable() and part.strip() == part != "" and len(part) <= 64

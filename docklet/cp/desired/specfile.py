@@ -30,6 +30,14 @@ def load(content: bytes | str, source: str = "spec") -> AppSpec:
     return validate(data, source, line_of=line_of)
 
 
+def line_of(content: bytes | str, loc: Loc) -> int | None:
+    """The line of the file where the value at `loc` is written (None: an empty file).
+
+    For problems found after a file was loaded (a secret it names that does not exist)."""
+    root = _parse(content, "spec")[1]
+    return None if root is None else _line(root, loc)
+
+
 def parse(content: bytes | str, source: str = "spec") -> Any:
     """A spec file's data, unvalidated, read as `load` reads it (bounds, text as written).
 
@@ -71,6 +79,7 @@ _SHAPE: dict[str, Any] = {
     "volumes": _TEXT,
     "labels": {"*": _TEXT},
     "healthcheck": {"test": _TEXT},
+    "secrets": _TEXT,  # [{name: …, target: …}]: a secret's name `1.10` is text
     "placement": {"nodes": _TEXT},
     "rollout": {},
 }
@@ -191,6 +200,8 @@ def _build(loader: _Loader, node: Node, shape: Any) -> Any:
         return node.value
     if shape == _TEXT and isinstance(node, SequenceNode):
         return [_build(loader, item, _TEXT) for item in node.value]
+    if shape == _TEXT and isinstance(node, MappingNode):
+        shape = {"*": _TEXT}  # {secret: NAME} in env, an item of secrets: text as written
     if isinstance(shape, dict) and isinstance(node, MappingNode):
         loader.flatten_mapping(node)  # resolve `<<: *base` merges as the loader would
         data = {}

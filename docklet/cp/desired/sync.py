@@ -24,8 +24,8 @@ from docklet.common.status import EventKind
 from docklet.cp.desired import specfile
 from docklet.cp.desired.edits import app_name
 from docklet.cp.desired.gitrepo import Commit, GitRepo
-from docklet.cp.desired.spec import AppSpec
-from docklet.cp.store import apps, events, revisions, sync_errors
+from docklet.cp.desired.spec import AppSpec, Loc
+from docklet.cp.store import apps, events, revisions, secret_values, sync_errors
 from docklet.cp.store.db import Store, dumps, get_meta, savepoint, set_meta
 
 log = logging.getLogger(__name__)
@@ -121,16 +121,19 @@ def sync(store: Store, repo: GitRepo, recorded: dict[str, str] | None = None) ->
     """
     for _ in range(SYNC_ATTEMPTS):
         head = repo.head()
-        if head is None or _synced(store) == head:
+        # A secret's new value is synced like a commit: the apps that use it get a revision.
+        secrets = secret_values.generation(store.reader())
+        if head is None or _done(store.reader()) == (head, secrets):
             return None
         commit = repo.read(head)
         plan = _plan(store, commit, parse_commit(commit), recorded or {})
         with store.write() as db:
-            if get_meta(db, "synced_commit") == head:
+            if _done(db) == (head, secret_values.generation(db)):
                 return None
-            if repo.head() != head:
-                continue  # superseded while parsing: sync the newer head
+            if repo.head() != head or secret_values.generation(db) != secrets:
+                continue  # superseded while parsing: sync the newer head (or values)
             result = _record(db, commit, plan)
+            set_meta(db, SYNCED_SECRETS, secrets)
         if recorded is not None:  # only once the transaction is committed
             recorded.clear()
             recorded.update(result.recorded)
@@ -165,6 +168,14 @@ def _synced(store: Store) -> str | None:
     return get_meta(store.reader(), "synced_commit")
 
 
+SYNCED_SECRETS = "synced_secrets"  # meta: the secrets' generation the last sync read
+
+
+def _done(db: sqlite3.Connection) -> tuple[str | None, str]:
+    """What the last sync brought the database to: a commit, and the secrets' generation."""
+    return get_meta(db, "synced_commit"), get_meta(db, SYNCED_SECRETS) or "0"
+
+
 @dataclass
 class Plan:
     """What a sync will write, worked out before its transaction (which stays short)."""
@@ -177,10 +188,20 @@ class Plan:
 
 def _plan(store: Store, commit: Commit, parsed: Parsed, recorded: dict[str, str]) -> Plan:
     plan = Plan(parsed, {}, {}, [])
+    kept: dict[str, list[int]] | None = None  # secrets' versions, read once if any spec needs
     for name, app_spec in parsed.valid.items():
-        oid = commit.oids.get(f"{defaults.APPS_DIR}/{name}.yaml") or commit.oids.get(
-            f"{defaults.APPS_DIR}/{name}.yml"
-        )
+        path = _path_of(commit, name)
+        oid = commit.oids.get(path)
+        if app_spec.secret_refs():
+            kept = secret_values.versions(store.reader()) if kept is None else kept
+            try:
+                app_spec = pin_secrets(app_spec, kept, path, commit.files[path])
+            except InvalidSpec as exc:  # a missing secret: the app keeps its revision
+                parsed.errors[path] = exc.message
+                parsed.kept.add(name)
+                continue
+            # The same bytes with other secret versions is something new to record.
+            oid = oid and f"{oid}+" + ",".join(f"{s}:{v}" for _, s, v in app_spec.secret_refs())
         if oid is not None and recorded.get(name) == oid:
             plan.same[name] = oid  # the same bytes as last time: nothing to record
         else:
@@ -188,6 +209,40 @@ def _plan(store: Store, commit: Commit, parsed: Parsed, recorded: dict[str, str]
     present = set(parsed.valid) | parsed.kept
     plan.gone = [name for name in apps.not_removed(store.reader()) if name not in present]
     return plan
+
+
+def _path_of(commit: Commit, name: str) -> str:
+    path = f"{defaults.APPS_DIR}/{name}.yaml"
+    return path if path in commit.files else f"{defaults.APPS_DIR}/{name}.yml"
+
+
+def pin_secrets(app_spec: AppSpec, kept: dict[str, list[int]], path: str, data: bytes) -> AppSpec:
+    """The spec with each secret's version written in (the newest unless it names one),
+    or InvalidSpec naming, with its line, each secret or version that is not there."""
+    newest: dict[str, int] = {}
+    wrong: list[tuple[Loc, str]] = []
+    for loc, name, version in app_spec.secret_refs():
+        versions = kept.get(name)
+        if not versions:
+            wrong.append((loc, f"secret {name!r} does not exist: docklet secret set {name}"))
+        elif version is not None and version not in versions:
+            have = ", ".join(f"v{v}" for v in versions)
+            wrong.append(
+                (
+                    loc,
+                    f"secret {name!r} has no version {version} (kept: {have}); remove"
+                    " `version:` to use the newest",
+                )
+            )
+        else:
+            newest[name] = versions[-1]
+    if wrong:
+        lines = [
+            f"{path}:{specfile.line_of(data, loc) or 1}: {'.'.join(map(str, loc))}: {text}"
+            for loc, text in wrong
+        ]
+        raise InvalidSpec("; ".join(lines), source=path)
+    return app_spec.pinned(newest)
 
 
 def _record(db: sqlite3.Connection, commit: Commit, plan: Plan) -> SyncResult:
@@ -301,3 +356,6 @@ def _record_revision(
         # The same container spec ran before (a rollback by commit): the same bytes, exactly.
         image_digest=revisions.pinned_digest(db, name, app_spec.container_hash()),
     )
+    uses = [(secret, version) for _, secret, version in app_spec.secret_refs()]
+    if uses:  # kept while this revision is: a rollback to it finds its values
+        secret_values.record_uses(db, name, number, [(s, v) for s, v in uses if v is not None])

@@ -40,7 +40,7 @@ from docklet.common.errors import (
     UnsupportedMediaType,
 )
 from docklet.common.status import Access, TokenScope
-from docklet.cp.desired import spec
+from docklet.cp.desired import spec, webhook
 from docklet.cp.desired.spec import SpecState
 from docklet.cp.http import auth, openapi
 from docklet.cp.service.controlplane import ControlPlane
@@ -208,6 +208,8 @@ def browser_guard(callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _refuse_browser_write() -> None:
+    if request.path == webhook.PATH:
+        return  # signed with a secret no web page knows; GitHub may send it form-encoded
     if request.path == BOOTSTRAP_PATH or request.content_length > 0 or header("Transfer-Encoding"):
         media = header("Content-Type").partition(";")[0].strip().lower()
         if media != "application/json":
@@ -374,6 +376,7 @@ def create_app(cp: ControlPlane) -> str:
         raise InvalidSpec('\'image\' is required, e.g. {"image": "nginx:1.25"}')
     data["image"] = spec.with_default_tag(data["image"].strip())
     data.setdefault("name", spec.default_name(data["image"]))
+    cp.secrets.check_refs(data)  # a secret it names must exist before it is committed
     view = cp.apps.create(data, _author())
     response.status = 201
     return _json(view)
@@ -386,7 +389,9 @@ def get_app(cp: ControlPlane, name: str) -> str:
 
 
 def update_app(cp: ControlPlane, name: str) -> str:
-    return _json(cp.apps.update(name, body(cp), _author()))
+    fields = body(cp)
+    cp.secrets.check_refs(fields)
+    return _json(cp.apps.update(name, fields, _author()))
 
 
 def stop_app(cp: ControlPlane, name: str) -> str:
@@ -438,6 +443,32 @@ def apply_file(cp: ControlPlane) -> str:
     """Commit one spec file, through the checks a plan makes (docklet apply -f FILE)."""
     data = body(cp)
     return _json(cp.planning.apply(data.get("file"), data.get("text"), _author()))
+
+
+def git_webhook(cp: ControlPlane) -> str:
+    """A Git host's push webhook (upstream mode): verified by its signature, answered 202
+    at once; the fetch happens on the upstream watcher's thread (desired/webhook.py)."""
+    raw = request.body.read(webhook.MAX_BODY + 1)
+    headers = {name: header(name) for name in webhook.HEADERS}
+    answer = webhook.receive(cp.upstream, headers, raw, request.remote_addr or "unknown")
+    response.status = 202
+    return _json(answer)
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+def set_secret(cp: ControlPlane, secret: str) -> str:
+    """A new version of a secret (body {"value": "..."}); never echoed back."""
+    return _json(cp.secrets.set(secret, body(cp).get("value"), str(_author())))
+
+
+def list_secrets(cp: ControlPlane) -> str:
+    return _json(cp.secrets.listing())
+
+
+def remove_secret(cp: ControlPlane, secret: str) -> str:
+    return _json(cp.secrets.remove(secret, str(_author())))
 
 
 def openapi_document(cp: ControlPlane) -> str:
@@ -562,6 +593,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/apps/<name>/rollouts/<rollout_id:int>", get_rollout, Access.READ),
     Route("POST", "/api/plan", plan_changes, Access.READ),  # changes nothing
     Route("POST", "/api/apply", apply_file, Access.ADMIN),
+    Route("POST", webhook.PATH, git_webhook, Access.PUBLIC),  # signed by the Git host
+    Route("PUT", "/api/secrets/<secret>", set_secret, Access.ADMIN),
+    Route("GET", "/api/secrets", list_secrets, Access.READ),
+    Route("DELETE", "/api/secrets/<secret>", remove_secret, Access.ADMIN),
     Route("POST", "/api/agents/register", register, Access.JOIN),
     Route("POST", "/api/agents/<node_id>/heartbeat", heartbeat, Access.NODE),
     Route("GET", "/api/agents/<node_id>/tasks", agent_tasks, Access.NODE),

@@ -185,6 +185,15 @@ _DETAILS: dict[tuple[str, str], Detail] = {
     ("POST", "/api/apply"): Detail(
         "Commit one spec file, if it validates (a commit).", ApplyRequest, "object"
     ),
+    ("POST", "/api/hooks/git"): Detail(
+        "A Git host's push webhook (upstream mode, --git-url): signed (X-Hub-Signature-256,"
+        " X-Gitea-Signature, X-Forgejo-Signature or X-Gitlab-Token), answered at once; the"
+        " fetch follows. 401 unsigned, 403 signed wrongly or webhooks off, 404 without"
+        " --git-url.",
+        "object",
+        "object",
+        status=202,
+    ),
     ("GET", OPENAPI_PATH): Detail("This document.", answer="object"),
 }
 
@@ -308,6 +317,8 @@ def _error_statuses(route: RouteLike, access: Access) -> set[int]:
         statuses.add(404)
     if route.method in _WRITES:
         statuses |= {403, 404, 409, 413, 415}  # a browser's write; a conflict; the body
+    if route.path == "/api/hooks/git":
+        statuses.add(401)  # public, but signed: an unsigned webhook is refused
     return statuses
 
 

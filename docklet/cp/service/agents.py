@@ -8,19 +8,23 @@ its agent through a long-poll (polls.py) or its next heartbeat's answer.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from typing import Any
 
-from docklet.common.errors import Forbidden, Unauthorized
-from docklet.common.status import TaskStatus
+from docklet.common.errors import DockletError, Forbidden, Unauthorized
+from docklet.common.status import TaskKind, TaskStatus
 from docklet.cp.reconcile import rollout
 from docklet.cp.service.changes import Changes
 from docklet.cp.service.liveness import Liveness
 from docklet.cp.service.polls import Polls
+from docklet.cp.service.secrets import Secrets, task_refs
 from docklet.cp.settings import CPConfig
 from docklet.cp.store import nodes, tasks, tokens
 from docklet.cp.store.db import Store
 from docklet.wire.protocol import Heartbeat, Registration, TaskReport
+
+log = logging.getLogger(__name__)
 
 NOT_ADMITTED = (
     "this agent may not join: give it the cluster's join token as"
@@ -43,6 +47,7 @@ class Agents:
     ) -> None:
         self.store, self.config, self.cluster_id = store, config, cluster_id
         self.liveness, self.polls, self.changes = liveness, polls, changes
+        self.secrets: Secrets | None = None  # ControlPlane sets it: the values leases carry
 
     def authenticate(self, node_id: str, token: str) -> None:
         nodes.authenticate(self.store, node_id, token)
@@ -122,6 +127,8 @@ class Agents:
         return tasks.waiting(self.store, node_id)
 
     def report(self, node_id: str, task_id: int, report: TaskReport) -> dict[str, Any]:
+        if report.error and self.secrets is not None:  # Docker's words may echo the env
+            report = report.model_copy(update={"error": self.secrets.scrub(task_id, report.error)})
         with self.store.write() as db:
             outcome = tasks.report(db, node_id, task_id, report, self.config.task_lease)
             if report.image_digest and report.status == TaskStatus.DONE and outcome["revision"]:
@@ -165,4 +172,24 @@ class Agents:
         if not tasks.waiting(self.store, node_id, token_hash):
             return []
         with self.store.write() as db:
-            return tasks.lease(db, node_id, token_hash, self.config.task_lease, limit)
+            leased = tasks.lease(db, node_id, token_hash, self.config.task_lease, limit)
+        return [task for task in leased if self._with_secrets(node_id, task)]
+
+    def _with_secrets(self, node_id: str, task: dict[str, Any]) -> bool:
+        """Put the values of the secrets a deploy uses into its lease answer, the only
+        place they leave the CP; False (the task failed) when they cannot be opened."""
+        refs = task_refs(task["payload"] or {}) if task["kind"] == TaskKind.DEPLOY else []
+        if not refs or self.secrets is None:
+            return True
+        try:
+            task["secret_values"] = self.secrets.values(refs)
+            return True
+        except DockletError as exc:  # this task fails; the node's other tasks go on
+            log.error("task %s: its secrets cannot be delivered: %s", task["id"], exc.message)
+            failed = TaskReport(
+                status=TaskStatus.FAILED,
+                lease_token=task["lease_token"],
+                error=f"its secrets cannot be delivered: {exc.message}",
+            )
+            self.report(node_id, task["id"], failed)
+            return False

@@ -13,6 +13,7 @@ import time
 
 from docklet.cp.desired import hooks
 from docklet.cp.desired.gitrepo import GitRepo
+from docklet.cp.desired.upstream import Upstream
 from docklet.cp.reconcile import rollout
 from docklet.cp.service.agents import Agents
 from docklet.cp.service.apps import Apps
@@ -22,6 +23,7 @@ from docklet.cp.service.metrics import Metrics
 from docklet.cp.service.passes import Passes
 from docklet.cp.service.planning import Planning
 from docklet.cp.service.polls import Polls
+from docklet.cp.service.secrets import Secrets
 from docklet.cp.service.stream import EventStreams
 from docklet.cp.service.tokens import Tokens
 from docklet.cp.service.views import Views
@@ -40,17 +42,24 @@ class ControlPlane:
         self.repo = GitRepo(config.repo_path)
         hooks.install(config.repo_path)  # pushes with invalid specs are refused
         self.cluster_id = _start(self.store, started_at)
+        # Upstream mode (--git-url): the repository follows the team's Git host, and the
+        # CP's own commits are pushed there (desired/upstream.py).
+        self.upstream = Upstream(self.repo, config) if config.upstream else None
         self.liveness = Liveness(self.store, started_at)
         self.polls = Polls(config.long_poll_slots)
         self.changes = Changes()
         self.passes = Passes(self.store, self.repo, config, self.liveness, self.polls, self.changes)
         self.views = Views(self.store, self.repo, config, self.liveness, self.polls)
+        self.passes.upstream = self.upstream
         self.apps = Apps(self.store, self.repo, self.passes, self.views)
         # POST /api/plan and /api/apply: spec files checked, decided, never applied by a plan.
         self.planning = Planning(self.store, self.repo, config, self.apps, self.views)
+        # Secret values, sealed at rest; opened only for the lease of a task that uses them.
+        self.secrets = Secrets(self.store, config, self.passes)
         self.agents = Agents(
             self.store, config, self.cluster_id, self.liveness, self.polls, self.changes
         )
+        self.agents.secrets = self.secrets
         self.tokens = Tokens(self.store, config)
         # GET /metrics: a registry of this control plane's own (a process may hold several).
         self.metrics = Metrics(self.store, config, self.views, self.polls, self.liveness)
@@ -69,6 +78,7 @@ class ControlPlane:
         for service in (
             self.passes,
             self.planning,
+            self.secrets,
             self.views,
             self.agents,
             self.tokens,

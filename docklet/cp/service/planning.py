@@ -15,6 +15,9 @@ import dataclasses
 import json
 import sqlite3
 import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +51,14 @@ class Change(StrEnum):
     NONE = "none"
 
 
+@dataclass(frozen=True)
+class Ground:
+    """What every dry run of one plan shares, read once: the nodes, and slots per node."""
+
+    nodes: Mapping[str, sqlite3.Row]
+    load: Counter[str]
+
+
 # A task's kind as a slot's entry says it; a rollout's other slots are replaced in turn.
 _ACTIONS = {TaskKind.DEPLOY: "deploy", TaskKind.REMOVE: "remove", TaskKind.STOP: "stop"}
 
@@ -65,8 +76,11 @@ class Planning:
         """The validation result and, per app, what would change and how it would be applied."""
         prop = proposal.propose(self.repo, proposal.checked_files(files, complete), complete)
         problems = prop.problems()
-        entries = [self._entry(name, spec) for name, spec in prop.specs().items()]
-        entries += [self._removal(name) for name in self._removed(prop)]
+        reader = self.store.reader()
+        # Read once a plan, as a pass reads them once: each dry run adds what it placed.
+        ground = Ground(reads.nodes(reader), placements.per_node(reader))
+        entries = [self._entry(name, spec, ground) for name, spec in prop.specs().items()]
+        entries += [self._removal(name, ground) for name in self._removed(prop)]
         return {
             "valid": not problems,
             "errors": [p.as_dict() for p in problems],
@@ -95,31 +109,33 @@ class Planning:
         present = prop.present()
         return [n for n in app_rows.not_removed(self.store.reader()) if n not in present]
 
-    def _entry(self, name: str, spec: AppSpec) -> dict[str, Any]:
+    def _entry(self, name: str, spec: AppSpec, ground: Ground) -> dict[str, Any]:
+        """One app's entry: sync's test for a new revision (the hash of the latest), then,
+        if anything changes, the fields and the next pass's plan. Unchanged apps cost two
+        reads, so a whole tree of them is cheap."""
         reader = self.store.reader()
         row = app_rows.get(reader, name)
         latest = revisions.latest(reader, name)
-        old = self._old_spec(name, row, latest)
         new_revision = latest is None or latest["spec_hash"] != spec.revision_hash()
         number = (latest["number"] if latest else 0) + (1 if new_revision else 0)
         gone = row is None or row["desired"] == DesiredState.REMOVED
-        change = Change.CREATE if gone else Change.UPDATE
         if not gone and not new_revision and row["desired"] == spec.state:
-            change = Change.NONE
-        entry = _entry(name, change, proposal.fields(None if gone else old, spec), number)
-        if change != Change.NONE:
-            supposed = _supposed_app(name, row, spec.state, number, new_revision, gone)
-            extra = {(name, number): _supposed_revision(reader, name, number, spec)}
-            decided = self._dry_run(supposed, extra if new_revision else {})
-            entry.update(_effects(decided, name, number, spec, self._placed(name)))
+            return _entry(name, Change.NONE, [], number)
+        old = None if gone else self._old_spec(name, row, latest)
+        entry = _entry(name, Change.CREATE if gone else Change.UPDATE, [], number)
+        entry["fields"] = proposal.fields(old, spec)
+        supposed = _supposed_app(name, row, spec.state, number, new_revision, gone)
+        extra = {(name, number): _supposed_revision(reader, name, number, spec)}
+        decided = self._dry_run(supposed, extra if new_revision else {}, ground)
+        entry.update(_effects(decided, name, number, spec, self._placed(name)))
         return entry
 
-    def _removal(self, name: str) -> dict[str, Any]:
+    def _removal(self, name: str, ground: Ground) -> dict[str, Any]:
         row = app_rows.get(self.store.reader(), name)
         entry = _entry(name, Change.REMOVE, [], None)
         if row is None:  # forgotten meanwhile: nothing left to remove
             return entry
-        decided = self._dry_run({**dict(row), "desired": DesiredState.REMOVED}, {})
+        decided = self._dry_run({**dict(row), "desired": DesiredState.REMOVED}, {}, ground)
         entry.update(_effects(decided, name, None, None, self._placed(name)))
         return entry
 
@@ -139,13 +155,17 @@ class Planning:
     def _placed(self, name: str) -> dict[int, tuple[str, int | None]]:
         return dict(placements.of_apps(self.store.reader(), [name]).get(name, {}))
 
-    def _dry_run(self, app: dict[str, Any], extra: dict[tuple[str, int], Any]) -> Plan:
+    def _dry_run(
+        self, app: dict[str, Any], extra: dict[tuple[str, int], Any], ground: Ground
+    ) -> Plan:
         """The plan the next pass would make for `app` (as the proposal leaves it), on the
         world as it is now: read on a reader connection, decided, never applied."""
         reader = self.store.reader()
-        world = World.read(reader, self.config, time.time(), [app["name"]], reads.nodes(reader))
+        world = World.read(reader, self.config, time.time(), [app["name"]], ground.nodes)
         world = dataclasses.replace(world, revisions={**world.revisions, **extra})
-        return decide(world, placements.per_node(reader), app).plan
+        decision = decide(world, ground.load, app)
+        ground.load.update(decision.load_delta)  # the next app spreads around this one
+        return decision.plan
 
 
 def _entry(
