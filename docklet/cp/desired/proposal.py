@@ -182,6 +182,8 @@ def fields(old: AppSpec | None, new: AppSpec) -> list[dict[str, Any]]:
     """
     before = _flat(old.model_dump(mode="json")) if old else {}
     after = _flat(new.model_dump(mode="json") if old else new.as_written())
+    if old is None:
+        after.pop("name")  # the entry's app already
     return [
         {"field": key, "old": before.get(key), "new": after.get(key)}
         for key in sorted(before.keys() | after.keys())
