@@ -1,4 +1,5 @@
-"""The controller loop: sync and reconcile on each wake-up or interval; and the repo watcher.
+"""The controller loop: sync and reconcile on each wake-up or interval; the repo watcher; and,
+in upstream mode, the upstream watcher that fetches on a webhook or every --git-poll.
 
 Most passes look only at the apps something changed (a commit, a report, a
 heartbeat: `cp.changes`) and those the last pass left with work in flight;
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Iterable
 
+from docklet.common.errors import DockletError
 from docklet.cp.service.controlplane import ControlPlane
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 FULL_PASS_EVERY = 30.0
 GATE_SLACK = 0.05  # seconds after a health gate's wait ends that its pass comes
 FLUSH_EVERY = 1.0  # heartbeats kept in memory are written this often
+POLL_JITTER = 0.1  # each upstream poll comes up to this share early or late: hosts see no burst
 
 
 class Controller:
@@ -69,6 +73,10 @@ class Controller:
         Each stage is isolated: a sync that fails (a broken repository) still
         lets the reconcile pass expire leases and schedule, and the reverse.
         """
+        if self.cp.upstream is not None:
+            threading.Thread(
+                target=self.watch_upstream, args=(stop,), daemon=True, name="watch_upstream"
+            ).start()
         done = 0
         next_pass = 0.0
         while not stop.is_set() and (max_iterations is None or done < max_iterations):
@@ -123,3 +131,24 @@ class Controller:
                 "repo watcher stopped; new pushes sync within %.0fs",
                 self.cp.config.reconcile_interval,
             )
+
+    def watch_upstream(self, stop: threading.Event, max_iterations: int | None = None) -> None:
+        """Upstream mode: fetch (and sync) at once, then on each webhook and every --git-poll
+        seconds, jittered. Its own thread: a slow or unreachable Git host never delays a
+        reconcile pass, and a fetch that fails is logged and tried again at the next poll."""
+        upstream = self.cp.upstream
+        if upstream is None:
+            return
+        done = 0
+        while not stop.is_set() and (max_iterations is None or done < max_iterations):
+            try:
+                self.cp.passes.follow()
+            except DockletError as exc:
+                log.warning("upstream: %s; next try in %.0fs", exc.message, self.cp.config.git_poll)
+            except Exception:
+                log.exception("upstream: fetching failed")
+            done += 1
+            if max_iterations is not None and done >= max_iterations:
+                break
+            jitter = random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+            upstream.wait(self.cp.config.git_poll * jitter, stop)

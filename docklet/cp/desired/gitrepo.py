@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 COMMITTER = ("Docklet", "docklet@localhost")
 STALE_LOCK_AGE = 60.0  # a ref lock this old was left by a writer that died
 COMMIT_RETRIES = 20
+# Pushes the commit to the upstream before the branch moves (upstream mode, upstream.py):
+# RefMoved when the upstream moved meanwhile, so the edit is redone on its new head.
+Publish = Callable[[str | None, str, list[str]], None]  # parent, commit, the paths it changes
 
 # Objects must be on disk before a ref points at them: a crash must not leave
 # the branch naming a commit whose objects were never flushed.
@@ -103,6 +106,7 @@ class GitRepo:
         self.path = path
         self.ref = f"refs/heads/{branch}"
         self._lock = threading.Lock()
+        self.publish: Publish | None = None  # set in upstream mode
         self._read: dict[str, Commit] = {}  # the newest commits read, by sha
         self._read_lock = threading.Lock()
         # Spec files by blob id: a commit that changes one file of a thousand reads one
@@ -208,8 +212,10 @@ class GitRepo:
         runs again on the new head. Returns the new commit, or None when the
         edit changed nothing. Only files under apps/ are Docklet's to edit.
         """
+        # A retry in upstream mode is a fetch and a push over the network: fewer of them.
+        retries = COMMIT_RETRIES if self.publish is None else defaults.GIT_PUSH_RETRIES
         with self._lock:
-            for attempt in range(COMMIT_RETRIES):
+            for attempt in range(retries):
                 parent = self.head()
                 current = dict(self.read(parent).files) if parent else {}  # read is shared
                 changes = edit(current)
@@ -219,6 +225,8 @@ class GitRepo:
                     return None
                 sha = self._write_commit(parent, changes, message, author)
                 try:
+                    if self.publish is not None:
+                        self.publish(parent, sha, sorted(changes))
                     self._swap_ref(parent, sha)
                 except RefMoved:
                     log.info("repo %s: branch moved during commit; retrying", self.path)
@@ -247,6 +255,23 @@ class GitRepo:
             None, who, pygit2.Signature(*COMMITTER), message, tree, parents
         )
         return str(oid)
+
+    def writing(self) -> threading.Lock:
+        """The lock every move of the branch holds (commits, and an upstream's fetches)."""
+        return self._lock
+
+    def move_branch(self, expected: str | None, new: str) -> None:
+        """Point the branch at `new` if it still points at `expected`; hold `writing()`."""
+        self._swap_ref(expected, new)
+
+    def contains(self, descendant: str, ancestor: str) -> bool:
+        """Whether commit `descendant`'s history holds `ancestor` (a fast-forward from it)."""
+        try:
+            return descendant == ancestor or self.repo.descendant_of(
+                pygit2.Oid(hex=descendant), pygit2.Oid(hex=ancestor)
+            )
+        except (pygit2.GitError, KeyError, ValueError):  # an object missing: not a fast-forward
+            return False
 
     def _swap_ref(self, expected: str | None, new: str) -> None:
         """Point the branch at `new` only if it still points at `expected`."""

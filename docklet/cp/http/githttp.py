@@ -10,7 +10,8 @@ request body is streamed to the CGI, bounded by Git's own limit
 (`max_git_body`, refused in Git's protocol so `git push` shows why), and its
 answer streamed back; the Git-Protocol header is passed on, so clients speak
 protocol v2. Pushes pass the repository's pre-receive hook (`hooks.py`), and
-the CP's repo watcher syncs them at once.
+the CP's repo watcher syncs them at once. In upstream mode (--git-url) the
+repository is a mirror: fetches are served, pushes refused with the upstream named.
 """
 
 from __future__ import annotations
@@ -99,6 +100,28 @@ def _password(environ: dict[str, Any]) -> str:
     return decoded.partition(":")[2]
 
 
+def _pushes(environ: dict[str, Any]) -> bool:
+    """Whether the request is (part of) a push; a malformed one is left to the usual checks."""
+    try:
+        return _needs(environ) == Access.ADMIN
+    except BadRequest:
+        return False
+
+
+def _upstream_refusal(start_response: StartResponse, upstream: str) -> list[bytes]:
+    """Upstream mode: the mirror follows the upstream only, so a push here is refused before
+    any credential is asked for. Plain text, which `git push` shows as `remote:` lines."""
+    body = (
+        f"docklet: this control plane follows {upstream} (upstream mode); push there, not"
+        " here: its mirror takes commits from the upstream only. Fetching from here works.\n"
+    ).encode()
+    start_response(
+        "403 Forbidden",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
 def _http_backend() -> str | None:
     """The `git-http-backend` program itself: run directly, not by the `git` wrapper, so
     that stopping it stops it (the wrapper's child would outlive the wrapper)."""
@@ -125,6 +148,8 @@ class GitHTTP:
             return _error(start_response, 404, "not_found", f"no repository at {path}")
         if self.git is None:
             return _error(start_response, 503, "no_git", "git is not installed on the CP")
+        if self.cp.upstream is not None and _pushes(environ):
+            return _upstream_refusal(start_response, self.cp.upstream.shown)
         try:
             caller = self._authenticate(environ, _needs(environ))
         except DockletError as exc:

@@ -14,15 +14,19 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from docklet.common.status import RolloutStatus
+from docklet.common.errors import DockletError
+from docklet.common.status import EventKind, RolloutStatus
 from docklet.cp.desired.gitrepo import GitRepo
 from docklet.cp.desired.sync import SyncResult, recorded_blobs, sync
+from docklet.cp.desired.upstream import Fetched, Upstream
 from docklet.cp.reconcile import rollout, scheduler
 from docklet.cp.service.changes import Changes
 from docklet.cp.service.liveness import Liveness
 from docklet.cp.service.polls import Polls
 from docklet.cp.settings import CPConfig
-from docklet.cp.store.db import Store
+from docklet.cp.store import events, sync_errors
+from docklet.cp.store import views as stored
+from docklet.cp.store.db import Store, get_meta
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class Passes:
         # app → blob last synced (see sync.sync), from the database's synced commit on.
         self.synced_blobs = recorded_blobs(store, repo)
         self.observe: PassObserver = _unobserved  # ControlPlane sets its Metrics' own
+        self.upstream: Upstream | None = None  # upstream mode: ControlPlane sets it
+        self._told_rewrite: str | None = None  # the rewritten upstream head last reported
 
     def sync(self) -> SyncResult | None:
         with self._sync_lock:
@@ -66,6 +72,41 @@ class Passes:
         if result is not None:
             self.changes.wake(result.changed)
         return result
+
+    def follow(self) -> Fetched | None:
+        """Upstream mode: fetch the upstream branch and sync what it brought at once.
+
+        A rewritten history (a force-push) is reported once per new head, followed
+        or not: an event and a log line; refused, also a sync error (`docklet ps`,
+        GET /api/state/sync) until the branch moves on from the deployed commit.
+        """
+        if self.upstream is None:
+            return None
+        fetched = self.upstream.fetch()
+        if fetched.rewritten and fetched.fetched != self._told_rewrite:
+            self._told_rewrite = fetched.fetched
+            self._report_rewrite(fetched)
+        if fetched.moved:
+            self.sync()
+        return fetched
+
+    def _report_rewrite(self, fetched: Fetched) -> None:
+        assert self.upstream is not None
+        if fetched.moved:
+            told = (
+                f"upstream {self.upstream.shown} {self.upstream.branch} was rewritten (a"
+                f" force-push) from {(fetched.before or '')[:8]} to {(fetched.fetched or '')[:8]};"
+                " followed (--git-force-push follow)"
+            )
+        else:
+            told = self.upstream.diverged_message(fetched)
+        log.warning("%s", told)
+        with self.store.write() as db:
+            events.record(db, EventKind.SYNC_ERROR, told)
+            if not fetched.moved:  # kept until a sync of a later head replaces the errors
+                kept = {e["path"]: e["message"] for e in stored.sync_errors(self.store)}
+                synced = get_meta(db, "synced_commit") or fetched.before or ""
+                sync_errors.replace(db, synced, {**kept, "upstream": told})
 
     def reconcile(self, apps: Collection[str] | None = None) -> int:
         """A reconcile pass over `apps` (every app if None); returns the tasks it queued."""
@@ -95,8 +136,18 @@ class Passes:
                 self.repo.record_outcome(r["app"], deployed, note)
             except Exception:  # Git is where people look; the database stays the truth
                 log.exception("rollout %s: could not record its outcome in Git", r["id"])
+            self._push_outcome(r["app"])
             with self.store.write() as db:
                 rollout.mark_recorded(db, r["id"])
+
+    def _push_outcome(self, app: str) -> None:
+        """With --git-push-outcomes, the record goes upstream too; a failure is only logged."""
+        if self.upstream is None or not self.config.git_push_outcomes:
+            return
+        try:
+            self.upstream.push_outcomes(app)
+        except DockletError as exc:
+            log.warning("app %s: outcome not pushed upstream: %s", app, exc.message)
 
 
 def outcome(row: Any) -> tuple[str | None, tuple[str, str] | None]:
