@@ -63,7 +63,7 @@ def diff(ctx: Context, target: Path, as_json: bool) -> None:
     nothing would change, 1 when something would, 4 when a file does not
     validate (file:line, as a push would be refused).
 
-    Example: git clone http://cp:8080/git/apps.git && cd apps && docklet diff
+    Example: docklet diff   (in a clone of http://cp:8080/git/apps.git)
     """
     if target.is_dir():
         files, local = tree_files(target)
@@ -202,13 +202,18 @@ def _read_entry(entry: Path, files: Files, local: list[dict[str, Any]], *, in_tr
 
 
 def _read_file(entry: Path, path: str, files: Files, local: list[dict[str, Any]]) -> None:
-    size = entry.stat().st_size
+    try:
+        size = entry.stat().st_size
+        raw = b"" if size > defaults.MAX_SPEC_BYTES else entry.read_bytes()
+    except OSError as exc:  # unreadable here: the file is there all the same
+        local.append(_local(path, f"cannot be read: {exc.strerror or exc}"))
+        files[path] = None
+        return
     if size > defaults.MAX_SPEC_BYTES:  # not read, as the CP does not read it
         limit = size_text(defaults.MAX_SPEC_BYTES)
         local.append(_local(path, f"{size_text(size)} is over the {limit} limit for a spec file"))
         files[path] = None
         return
-    raw = entry.read_bytes()
     try:
         files[path] = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
