@@ -249,3 +249,22 @@ def test_apply_keeps_the_name_of_the_file_the_app_has(cp: ControlPlane, api: WSG
     assert status == 200, answer
     files = cp.repo.read(cp.repo.head()).files
     assert sorted(files) == ["apps/web.yml"] and files["apps/web.yml"] == changed.encode()
+
+
+def test_the_note_says_what_stands_in_the_way(cp: ControlPlane, api: WSGIClient) -> None:
+    web = entry(plan(api, {"apps/web.yaml": WEB}), "web")
+    assert (web["change"], web["slots"], web["nodes"]) == ("create", [], [])
+    assert web["note"].startswith("no online node to run it")
+    a = Agent(cp, "a")
+    stable_web(cp, a)
+    bad = WEB.replace("nginx:1.25", "nginx:broken")
+    put_app(cp, "web", replicas=2, image="nginx:broken", rollout=FAST)
+    for _ in range(2):
+        a.work(fail="pull nginx:broken: manifest unknown")
+        a.heartbeat()
+        cp.passes.reconcile()
+    assert cp.views.rollouts("web")[0]["status"] == "rolled_back"
+    # The same container spec with a new label: held, as the rollout controller holds it.
+    held = entry(plan(api, {"apps/web.yaml": bad + "labels: {team: web}\n"}), "web")
+    assert (held["change"], held["revision"], held["rollout"]) == ("update", "v3", False)
+    assert "failed before" in held["note"] and "docklet rollout retry web" in held["note"]
