@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from cheroot import wsgi
-from conftest import WSGIClient, wait_for
+from conftest import WSGIClient, free_port, wait_for
 
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.settings import CPConfig
@@ -488,3 +488,147 @@ def _force_push(host: GitHost, text: str) -> str:
     git("commit", "-q", "-a", "--amend", "-m", "Rewritten", cwd=host.work)
     git("push", "-q", "--force", "origin", "HEAD:main", cwd=host.work)
     return host.head()
+
+
+# -- the CP's own Git endpoint, other transports, the record of what runs ---------------
+
+
+def test_pushes_to_the_cps_own_git_are_refused_naming_the_upstream(
+    cp: ControlPlane, served_cp: str, host: GitHost, tmp_path: Path
+) -> None:
+    from conftest import ADMIN_TOKEN
+
+    wait_for(lambda: cp.repo.head() == host.head(), 10, "the first fetch")
+    url = served_cp.replace("http://", f"http://admin:{ADMIN_TOKEN}@") + "/git/apps.git"
+    clone = tmp_path / "clone"
+    git("clone", "-q", url, str(clone), cwd=tmp_path)  # fetching from the mirror works
+    assert (clone / "README.md").read_text() == "deployment files\n"
+    (clone / "apps").mkdir()
+    (clone / "apps" / "web.yaml").write_text(APP.format(name="web", image="nginx:1.25"))
+    git("add", "-A", cwd=clone)
+    git("commit", "-q", "-m", "Add web", cwd=clone)
+    done = subprocess.run(
+        ["git", "push", "origin", "HEAD:main"], cwd=clone, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert f"follows {host.url}" in done.stderr and "push there" in done.stderr, done.stderr
+    assert cp.repo.head() == host.head()
+
+
+def test_git_daemon_and_file_upstreams_are_followed_and_pushed_to(tmp_path: Path) -> None:
+    """git:// (git daemon, receive-pack enabled) and file://: no credentials at all."""
+    from docklet.cp.http.api import make_app
+
+    root = tmp_path / "served"
+    bare = root / "team.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    port = free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
+         f"--base-path={root}", "--listen=127.0.0.1", f"--port={port}", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for n, url in enumerate((f"git://127.0.0.1:{port}/team.git", f"file://{bare}")):
+            wait_for(lambda u=url: _reachable(u, tmp_path), 10, f"{url} to answer")
+            cp = plane(upstream_config(tmp_path / f"cp{n}", url, token=None))
+            try:
+                cp.passes.follow()
+                name = f"web{n}"
+                status, view = create(WSGIClient(make_app(cp)), name=name)
+                assert status == 201, view
+                shown = subprocess.run(
+                    ["git", "show", f"main:apps/{name}.yaml"], cwd=bare, capture_output=True
+                )
+                assert f"name: {name}" in shown.stdout.decode()
+            finally:
+                cp.store.close()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+def _reachable(url: str, cwd: Path) -> bool:
+    return subprocess.run(["git", "ls-remote", url], cwd=cwd, capture_output=True).returncode == 0
+
+
+def test_outcomes_stay_in_the_mirror_unless_pushed_when_asked(
+    tmp_path: Path, host: GitHost
+) -> None:
+    for push in (False, True):
+        cp = plane(upstream_config(tmp_path / str(push), host.url, git_push_outcomes=push))
+        try:
+            sha = host.commit({f"apps/a{push}.yaml": APP.format(name=f"a{push}", image="x:1")})
+            cp.passes.follow()
+            cp.repo.record_outcome(f"a{push}", sha, (sha, "docklet: rolled back\n"))
+            cp.passes._push_outcome(f"a{push}")
+            refs = git("for-each-ref", "--format=%(refname)", cwd=host.repo).split()
+            assert (f"refs/docklet/deployed/a{push}" in refs) is push
+            assert ("refs/notes/docklet" in refs) is push
+        finally:
+            cp.store.close()
+
+
+def test_a_bad_git_url_is_a_usage_error_that_shows_the_forms(tmp_path: Path) -> None:
+    import click
+
+    from docklet.common.settings import build
+
+    with pytest.raises(click.UsageError) as refused:
+        build(CPConfig, {"data_dir": tmp_path, "git_url": "github.com/team/deploy"})
+    assert "--git-url: a Git URL: https://host/org/repo.git" in refused.value.message
+    config = build(CPConfig, {"data_dir": tmp_path, "git_url": "git@github.com:team/deploy.git"})
+    assert config.upstream
+
+
+def test_credentials_never_reach_an_answer_or_a_log_line(
+    tmp_path: Path, host: GitHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL with a password in it, a refused push: neither the token nor the password shows."""
+    from docklet.cp.http.api import make_app
+
+    url = host.auth_url(READER)  # the token in the URL itself, as some people write it
+    cp = plane(upstream_config(tmp_path, url, token=None))
+    try:
+        cp.passes.follow()
+        status, answer = create(WSGIClient(make_app(cp)))
+        assert status == 409 and READER[1] not in json.dumps(answer)
+        assert cp.upstream is not None and READER[1] not in cp.upstream.shown
+    finally:
+        cp.store.close()
+    assert READER[1] not in caplog.text
+
+
+def test_the_cli_explains_a_read_only_upstream(tmp_path: Path, host: GitHost) -> None:
+    """`docklet update` against read-only credentials: exit 4, and what to do instead."""
+    import sys
+
+    from conftest import ADMIN_TOKEN
+
+    from docklet.cp.server import Server
+
+    host.commit({"apps/web.yaml": APP.format(name="web", image="nginx:1.25")}, "Add web")
+    config = upstream_config(tmp_path, host.url, token=READER[1])
+    cp = plane(CPConfig(**{**dict(config), "host": "127.0.0.1", "port": 0, "threads": 8}))
+    server = Server(cp)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        cp.passes.follow()
+        cli = [
+            str(Path(sys.executable).parent / "docklet"),
+            "--cp",
+            f"http://127.0.0.1:{server.port}",
+        ]
+        done = subprocess.run(
+            [*cli, "update", "web", "--replicas", "2", "--detach"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DOCKLET_TOKEN": ADMIN_TOKEN},
+            timeout=60,
+        )
+    finally:
+        server.stop()
+        cp.store.close()
+    assert done.returncode == 4, done
+    assert "409: the control plane cannot push to" in done.stderr
+    assert "Change apps/web.yaml by a commit to main there" in done.stderr
