@@ -211,6 +211,10 @@ class GitRepo:
         refuse (a duplicate app, say). When the branch moves underneath, it
         runs again on the new head. Returns the new commit, or None when the
         edit changed nothing. Only files under apps/ are Docklet's to edit.
+        In upstream mode `publish` pushes the commit before the branch moves
+        (a commit the upstream refused is never deployed); it raises RefMoved
+        when the upstream moved, having fetched its new head, so the edit runs
+        again there too.
         """
         # A retry in upstream mode is a fetch and a push over the network: fewer of them.
         retries = COMMIT_RETRIES if self.publish is None else defaults.GIT_PUSH_RETRIES
