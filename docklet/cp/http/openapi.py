@@ -85,6 +85,12 @@ class PlanRequest(_Body):
     )
 
 
+class SecretValue(_Body):
+    """A secret's new value (PUT /api/secrets/{name}); it is never sent back."""
+
+    value: Annotated[str, Field(max_length=64 * 1024)]
+
+
 class ApplyRequest(_Body):
     """One spec file to commit (POST /api/apply), through the same checks as a plan."""
 
@@ -176,6 +182,17 @@ _DETAILS: dict[tuple[str, str], Detail] = {
         query=(("force", _FLAG, "Revoke even the last admin token."),),
     ),
     ("POST", "/api/nodes/join-token"): Detail("Show or rotate the join token.", JoinTokenRequest),
+    ("PUT", "/api/secrets/<secret>"): Detail(
+        "Set a secret's value: its next version; the apps that use it roll it out.",
+        SecretValue,
+        "object",
+    ),
+    ("GET", "/api/secrets"): Detail(
+        "Every secret: versions, times, the apps that use it (never a value).", answer="array"
+    ),
+    ("DELETE", "/api/secrets/<secret>"): Detail(
+        "Remove a secret (409 while an app uses it).", answer="object"
+    ),
     ("POST", "/api/plan"): Detail(
         "What spec files would change (validation with file:line, per app the fields, the"
         " revision, rollout or direct, nodes and slots); nothing is written.",
