@@ -228,6 +228,22 @@ class CPConfig(Settings):
         description="Push deployment outcomes (refs/notes/docklet,"
         " refs/docklet/deployed/<app>) to the upstream too.",
     )
+    git_status_token_file: Path | None = Field(
+        None,
+        description="A file holding a forge API token: each synced commit then gets a"
+        " commit status named docklet (pending, success, failure) on the upstream's forge.",
+    )
+    git_forge: str = Field(
+        "",
+        pattern="^(|github|gitea|forgejo|gitlab)$",
+        description="The upstream's forge, for commit statuses (empty: guessed from the host).",
+    )
+    git_status_api: str = Field(
+        "",
+        max_length=2048,
+        description="The forge's API root for commit statuses (empty: https://api.github.com"
+        " for github.com, else https://HOST/api/v3, /api/v1 or /api/v4 by forge).",
+    )
 
     @field_validator("git_url")
     @classmethod

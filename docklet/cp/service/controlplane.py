@@ -12,6 +12,7 @@ import secrets
 import time
 
 from docklet.cp.desired import hooks
+from docklet.cp.desired.forge import Forge
 from docklet.cp.desired.gitrepo import GitRepo
 from docklet.cp.desired.upstream import Upstream
 from docklet.cp.reconcile import rollout
@@ -51,6 +52,8 @@ class ControlPlane:
         self.passes = Passes(self.store, self.repo, config, self.liveness, self.polls, self.changes)
         self.views = Views(self.store, self.repo, config, self.liveness, self.polls)
         self.passes.upstream = self.upstream
+        if self.upstream is not None and config.git_status_token_file is not None:
+            self.passes.forge = Forge(config)  # commit statuses on the upstream's forge
         self.apps = Apps(self.store, self.repo, self.passes, self.views)
         # POST /api/plan and /api/apply: spec files checked, decided, never applied by a plan.
         self.planning = Planning(self.store, self.repo, config, self.apps, self.views)

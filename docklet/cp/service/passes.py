@@ -16,6 +16,7 @@ from typing import Any
 
 from docklet.common.errors import DockletError
 from docklet.common.status import EventKind, RolloutStatus
+from docklet.cp.desired.forge import Forge, State
 from docklet.cp.desired.gitrepo import GitRepo
 from docklet.cp.desired.sync import SyncResult, recorded_blobs, sync
 from docklet.cp.desired.upstream import Fetched, Upstream
@@ -63,6 +64,7 @@ class Passes:
         self.observe: PassObserver = _unobserved  # ControlPlane sets its Metrics' own
         self.upstream: Upstream | None = None  # upstream mode: ControlPlane sets it
         self._told_rewrite: str | None = None  # the rewritten upstream head last reported
+        self.forge: Forge | None = None  # commit statuses (--git-status-token-file)
 
     def sync(self) -> SyncResult | None:
         with self._sync_lock:
@@ -71,7 +73,22 @@ class Passes:
             self.observe("sync", time.perf_counter() - started, result)
         if result is not None:
             self.changes.wake(result.changed)
+            self._status_of_sync(result)
         return result
+
+    def _status_of_sync(self, result: SyncResult) -> None:
+        """The synced commit's status on the forge: invalid, rolling out, or deployed."""
+        if self.forge is None:
+            return
+        names = ", ".join(f"{app} v{n}" for app, n in sorted(result.new_revisions.items()))
+        if result.errors:
+            first = result.errors[min(result.errors)]
+            told = f"{len(result.errors)} problem(s), not deployed: {first}"
+            self.forge.report(result.commit, State.FAILURE, told)
+        elif any(n > 1 for n in result.new_revisions.values()):  # a v1 deploys without a rollout
+            self.forge.report(result.commit, State.PENDING, f"rolling out {names}")
+        else:
+            self.forge.report(result.commit, State.SUCCESS, f"synced: {names or 'no new revision'}")
 
     def follow(self) -> Fetched | None:
         """Upstream mode: fetch the upstream branch and sync what it brought at once.
@@ -137,8 +154,21 @@ class Passes:
             except Exception:  # Git is where people look; the database stays the truth
                 log.exception("rollout %s: could not record its outcome in Git", r["id"])
             self._push_outcome(r["app"])
+            self._status_of_outcome(r)
             with self.store.write() as db:
                 rollout.mark_recorded(db, r["id"])
+
+    def _status_of_outcome(self, row: Any) -> None:
+        """A finished rollout's outcome as its commit's status: stable, or why it was not."""
+        status = RolloutStatus(row["status"])
+        if self.forge is None or not row["to_commit"]:
+            return
+        what = f"{row['app']} v{row['revision']}"
+        if status == RolloutStatus.STABLE:
+            self.forge.report(row["to_commit"], State.SUCCESS, f"{what} is stable")
+        elif status in NOTED:
+            told = f"{what} {status}: {row['reason']}"
+            self.forge.report(row["to_commit"], State.FAILURE, told)
 
     def _push_outcome(self, app: str) -> None:
         """With --git-push-outcomes, the record goes upstream too; a failure is only logged."""
