@@ -41,7 +41,7 @@ def secret() -> None:
     A spec uses one by name: env: {DB_PASSWORD: {secret: db-password}}, or as a
     file: secrets: [{name: db-password}] (/run/secrets/db-password).
 
-    Example: printf %s "$PASSWORD" | docklet secret set db-password
+    Example: docklet secret set db-password < ./db-password.txt
     """
 
 
