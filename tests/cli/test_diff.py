@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from clilab import ROOT, add_node
 from conftest import ADMIN_TOKEN
 
 from docklet.cli.base import ExitCode
+from docklet.cli.main import cli
 from docklet.cp.service.controlplane import ControlPlane
 
 WEB = "name: web\nimage: nginx:1.25\n"
@@ -121,3 +123,11 @@ def test_a_directory_that_is_no_working_tree_is_a_usage_error(
     done = docklet(tmp_path, served_cp, "diff")
     assert done.returncode == ExitCode.USAGE
     assert "no apps/ directory" in done.stderr
+
+
+def test_changes_are_coloured_on_a_terminal(served_cp: str, work: Path) -> None:
+    (work / "apps" / "db.yaml").write_text("name: db\nimage: postgres:16\n")
+    result = CliRunner().invoke(cli, ["--cp", served_cp, "diff", str(work)], color=True)
+    assert result.exit_code == ExitCode.DIFF_CHANGES, result.output
+    assert "\x1b[32m\x1b[1m+ db: create → v1" in result.output  # green, bold
+    assert "\x1b[32mpostgres:16\x1b[0m" in result.output  # the new value green
