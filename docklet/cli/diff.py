@@ -274,6 +274,8 @@ def _show_app(a: dict[str, Any]) -> None:
             f"{s['slot']} {s['action']} on {s['node'] or '(placed then)'}" for s in a["slots"]
         )
         click.echo(f"    slots: {slots}")
+    if a["nodes"]:
+        click.echo(f"    nodes: {', '.join(a['nodes'])}")
     if a["note"]:
         click.echo(click.style(f"    ! {a['note']}", fg="yellow"))
 
