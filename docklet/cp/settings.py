@@ -193,8 +193,7 @@ class CPConfig(Settings):
     git_username: str = Field(
         defaults.GIT_USERNAME,
         max_length=200,
-        description="The user name a --git-token-file token is sent with (GitLab: oauth2),"
-        " and the SSH user when the URL names none.",
+        description="The user name a --git-token-file token is sent with (GitLab: oauth2).",
     )
     git_token_file: Path | None = Field(
         None,
@@ -203,8 +202,13 @@ class CPConfig(Settings):
     )
     git_ssh_key: Path | None = Field(
         None,
-        description="A private key file (a deploy key) for an ssh:// upstream; the host"
-        " must be in ~/.ssh/known_hosts.",
+        description="A private key file (a deploy key, mode 0600) for an ssh:// upstream."
+        " ssh itself connects, checking the host against --git-known-hosts.",
+    )
+    git_known_hosts: Path | None = Field(
+        None,
+        description="The known_hosts file an ssh:// upstream's host key must be in (empty:"
+        " ssh's own, ~/.ssh/known_hosts of the user the CP runs as).",
     )
     git_webhook_secret_file: Path | None = Field(
         None,

@@ -9,12 +9,19 @@ run`, `update`, ...) is pushed there first (`publish`, called by
 with someone else's is refused by the host; the new head is fetched and the
 edit redone on it. Credentials (a token file, a deploy key) are read at each
 use, never logged, and the URL is shown without any it holds.
+
+HTTPS, git:// and file:// go through libgit2 (pygit2); SSH through `git` and
+OpenSSH, because pygit2 gives its certificate callback no host key to check
+and so accepts any: OpenSSH checks known_hosts (`--git-known-hosts`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shlex
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -104,6 +111,10 @@ class _AuthRefused(Exception):
     """Raised inside libgit2's credentials callback; pygit2 re-raises it to the caller."""
 
 
+class _Failed(Exception):
+    """A fetch or push that did not happen, in the words of libgit2, Git or ssh."""
+
+
 class Upstream:
     """The team's Git host, followed: fetched into the mirror, pushed to by the CP's commits."""
 
@@ -161,13 +172,11 @@ class Upstream:
         refs = self.repo.repo.references
         if TRACKING in refs:
             refs.delete(TRACKING)  # a branch deleted upstream then reads as no head
-        callbacks = _Callbacks(self)
         try:
-            remote = self.repo.repo.remotes.create_anonymous(self.url)
-            remote.fetch([f"+refs/heads/{self.branch}:{TRACKING}"], callbacks=callbacks)
-        except (pygit2.GitError, _AuthRefused, OSError, ValueError) as exc:
+            self._transfer("fetch", [f"+refs/heads/{self.branch}:{TRACKING}"])
+        except _Failed as exc:
             raise UpstreamUnavailable(
-                f"cannot fetch {self.branch} from {self.shown}: {_said(exc)}"
+                f"cannot fetch {self.branch} from {self.shown}: {exc}"
             ) from None
         ref = refs.get(TRACKING)
         return str(ref.target) if ref is not None else None
@@ -184,21 +193,75 @@ class Upstream:
         """
         self.repo.repo.references.create(OUTGOING, pygit2.Oid(hex=sha), force=True)
         try:
-            callbacks = self._push([f"{OUTGOING}:refs/heads/{self.branch}"])
-        except (pygit2.GitError, _AuthRefused, OSError, ValueError) as exc:
-            self._push_failed(_said(exc), paths)
+            rejected = self._transfer("push", [f"{OUTGOING}:refs/heads/{self.branch}"])
+        except _Failed as exc:
+            self._push_failed(str(exc), paths)
             raise  # _push_failed always raises; this is for the type checker
         finally:
             self.repo.repo.references.delete(OUTGOING)
-        for message in callbacks.rejected.values():
+        for message in rejected.values():
             self._push_failed(message, paths)
         self.repo.repo.references.create(TRACKING, pygit2.Oid(hex=sha), force=True)
         log.info("upstream %s: pushed %s to %s", self.shown, sha[:8], self.branch)
 
-    def _push(self, specs: list[str]) -> _Callbacks:
+    # -- the transports ----------------------------------------------------------------
+
+    def _transfer(self, action: str, specs: list[str]) -> dict[str, str]:
+        """Fetch or push `specs`: the refs the host refused, in its words; _Failed when
+        nothing happened (unreachable, no credentials, not found)."""
+        if self.ssh:
+            return self._git_cli(action, specs)
         callbacks = _Callbacks(self)
-        self.repo.repo.remotes.create_anonymous(self.url).push(specs, callbacks=callbacks)
-        return callbacks
+        try:
+            remote = self.repo.repo.remotes.create_anonymous(self.url)
+            if action == "fetch":
+                remote.fetch(specs, callbacks=callbacks)
+            else:
+                remote.push(specs, callbacks=callbacks)
+        except (pygit2.GitError, _AuthRefused, OSError, ValueError) as exc:
+            raise _Failed(_said(exc)) from None
+        return callbacks.rejected
+
+    @property
+    def ssh(self) -> bool:
+        """Whether the upstream is reached over SSH (ssh:// or user@host:path)."""
+        return self.url.startswith("ssh://") or ("://" not in self.url and "@" in self.url)
+
+    def _git_cli(self, action: str, specs: list[str]) -> dict[str, str]:
+        """Over SSH, Git and OpenSSH themselves: libgit2 through pygit2 accepts any host key
+        (pygit2 hands its callback no key to check), OpenSSH checks known_hosts."""
+        extra = ["--porcelain"] if action == "push" else ["--no-tags", "--no-write-fetch-head"]
+        args = ["git", "--git-dir", str(self.repo.path), action, *extra, self.url, *specs]
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": self._ssh_command()}
+        try:
+            done = subprocess.run(
+                args, env=env, capture_output=True, text=True, timeout=2 * defaults.GIT_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            raise _Failed(f"no answer in {2 * defaults.GIT_TIMEOUT:.0f}s") from None
+        rejected = {
+            fields[1]: fields[2]
+            for line in done.stdout.splitlines()
+            if line.startswith("!") and len(fields := line.split("\t")) >= 3
+        }
+        if rejected or done.returncode == 0:
+            return rejected
+        said = _cli_said(done.stderr or done.stdout)
+        if action == "fetch" and "couldn't find remote ref" in said:
+            return {}  # the branch does not exist yet: the CP's first commit makes it
+        raise _Failed(said)
+
+    def _ssh_command(self) -> str:
+        """The ssh Git runs: never a prompt, only known hosts, only the deploy key."""
+        command = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+        command += ["-o", f"ConnectTimeout={defaults.GIT_TIMEOUT:.0f}"]
+        if self.config.git_ssh_key:
+            command += ["-i", str(self.config.git_ssh_key), "-o", "IdentitiesOnly=yes"]
+        if self.config.git_known_hosts:
+            command += ["-o", f"UserKnownHostsFile={self.config.git_known_hosts}"]
+        if "@" not in self.url.split("://")[-1].split("/")[0]:
+            command += ["-l", "git"]  # what forges expect when the URL names no user
+        return shlex.join(command)
 
     def _push_failed(self, said: str, paths: list[str]) -> None:
         """Why a push failed, as the error the caller answers with."""
@@ -228,12 +291,11 @@ class Upstream:
         if not specs:
             return
         try:
-            callbacks = self._push(specs)
-        except (pygit2.GitError, _AuthRefused, OSError, ValueError) as exc:
-            said = _said(exc)
-            raise UpstreamUnavailable(f"cannot push outcomes to {self.shown}: {said}") from None
-        if callbacks.rejected:
-            said = "; ".join(callbacks.rejected.values())
+            rejected = self._transfer("push", specs)
+        except _Failed as exc:
+            raise UpstreamUnavailable(f"cannot push outcomes to {self.shown}: {exc}") from None
+        if rejected:
+            said = "; ".join(rejected.values())
             raise UpstreamUnavailable(f"{self.shown} refused the outcomes: {said}")
 
     # -- what is said of it ------------------------------------------------------------
@@ -249,17 +311,11 @@ class Upstream:
 
     def credentials(
         self, user_from_url: str | None, allowed: pygit2.enums.CredentialType
-    ) -> pygit2.UserPass | pygit2.Keypair | None:
-        """What to offer the host: the deploy key over SSH, the token over HTTPS (read now,
-        so a rotated file is used at once), or None when there is nothing to offer."""
+    ) -> pygit2.UserPass | None:
+        """What to offer an HTTPS host: the token (read now, so a rotated file is used at
+        once), or None when there is nothing to offer. (SSH goes through ssh itself.)"""
         config = self.config
         user = user_from_url or config.git_username
-        if allowed & pygit2.enums.CredentialType.SSH_KEY and config.git_ssh_key:
-            public = Path(f"{config.git_ssh_key}.pub")
-            ssh_user = user_from_url or "git"
-            return pygit2.Keypair(
-                ssh_user, public if public.exists() else None, config.git_ssh_key, ""
-            )
         if allowed & pygit2.enums.CredentialType.USERPASS_PLAINTEXT and config.git_token_file:
             return pygit2.UserPass(user, _read_secret(config.git_token_file))
         return None
@@ -276,6 +332,16 @@ def _read_secret(path: Path) -> str:
         return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeError) as exc:
         raise UpstreamUnavailable(f"cannot read {path}: {exc.__class__.__name__}") from None
+
+
+_TELLING = re.compile(r"fatal:|error:|denied|failed|rejected|couldn't|not found|timed out", re.I)
+
+
+def _cli_said(output: str) -> str:
+    """What git and ssh said that tells why, without ssh's banners of @ signs."""
+    lines = [line.strip() for line in output.splitlines() if line.strip().strip("@")]
+    telling = [line for line in lines if _TELLING.search(line)] or lines[-1:]
+    return _said(RuntimeError(" ".join(telling)))
 
 
 def _said(exc: BaseException) -> str:
