@@ -632,3 +632,25 @@ def test_the_cli_explains_a_read_only_upstream(tmp_path: Path, host: GitHost) ->
     assert done.returncode == 4, done
     assert "409: the control plane cannot push to" in done.stderr
     assert "Change apps/web.yaml by a commit to main there" in done.stderr
+
+
+def test_an_unreachable_upstream_is_a_sync_error_until_it_answers(tmp_path: Path) -> None:
+    from docklet.common.errors import UpstreamUnavailable
+
+    bare = tmp_path / "later.git"
+    cp = plane(upstream_config(tmp_path, f"file://{bare}", token=None))
+    try:
+        for _ in range(2):  # said once, however many polls fail
+            with pytest.raises(UpstreamUnavailable):
+                cp.passes.follow()
+        (error,) = stored.sync_errors(cp.store)
+        assert (
+            error["path"] == "upstream"
+            and f"cannot fetch main from file://{bare}" in (error["message"])
+        )
+        assert sum("cannot fetch" in e["message"] for e in cp.views.events(None, 20)) == 1
+        git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+        cp.passes.follow()
+        assert stored.sync_errors(cp.store) == []
+    finally:
+        cp.store.close()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from docklet.common.errors import DockletError
+from docklet.common.errors import DockletError, UpstreamUnavailable
 from docklet.common.status import EventKind, RolloutStatus
 from docklet.cp.desired.forge import Forge, State
 from docklet.cp.desired.gitrepo import GitRepo
@@ -64,6 +64,7 @@ class Passes:
         self.observe: PassObserver = _unobserved  # ControlPlane sets its Metrics' own
         self.upstream: Upstream | None = None  # upstream mode: ControlPlane sets it
         self._told_rewrite: str | None = None  # the rewritten upstream head last reported
+        self._told_unreachable: str | None = None  # the last fetch error reported
         self.forge: Forge | None = None  # commit statuses (--git-status-token-file)
 
     def sync(self) -> SyncResult | None:
@@ -96,10 +97,22 @@ class Passes:
         A rewritten history (a force-push) is reported once per new head, followed
         or not: an event and a log line; refused, also a sync error (`docklet ps`,
         GET /api/state/sync) until the branch moves on from the deployed commit.
+        An upstream that cannot be fetched is a sync error too (once per message,
+        and an event), until a fetch works again.
         """
         if self.upstream is None:
             return None
-        fetched = self.upstream.fetch()
+        try:
+            fetched = self.upstream.fetch()
+        except UpstreamUnavailable as exc:
+            if exc.message != self._told_unreachable:
+                self._told_unreachable = exc.message
+                self._note_upstream(exc.message, event=True)
+            raise
+        if self._told_unreachable is not None:  # reachable again: the note goes
+            self._told_unreachable = None
+            self._told_rewrite = None  # a refused rewrite it replaced is noted again below
+            self._note_upstream(None, event=False)
         if fetched.rewritten and fetched.fetched != self._told_rewrite:
             self._told_rewrite = fetched.fetched
             self._report_rewrite(fetched)
@@ -118,12 +131,21 @@ class Passes:
         else:
             told = self.upstream.diverged_message(fetched)
         log.warning("%s", told)
+        # Refused, it stays a sync error until a sync of a later head replaces the errors.
+        self._note_upstream(None if fetched.moved else told, event=True, told=told)
+
+    def _note_upstream(self, note: str | None, *, event: bool, told: str | None = None) -> None:
+        """The sync error named `upstream` (`docklet ps`, GET /api/state/sync): set to `note`,
+        or removed when None; with `event`, also an event of `told` (else of `note`)."""
         with self.store.write() as db:
-            events.record(db, EventKind.SYNC_ERROR, told)
-            if not fetched.moved:  # kept until a sync of a later head replaces the errors
-                kept = {e["path"]: e["message"] for e in stored.sync_errors(self.store)}
-                synced = get_meta(db, "synced_commit") or fetched.before or ""
-                sync_errors.replace(db, synced, {**kept, "upstream": told})
+            if event:
+                events.record(db, EventKind.SYNC_ERROR, told or note or "")
+            kept = {e["path"]: e["message"] for e in stored.sync_errors(self.store)}
+            if note is None and "upstream" not in kept:
+                return
+            kept.pop("upstream", None)
+            synced = get_meta(db, "synced_commit") or ""
+            sync_errors.replace(db, synced, {**kept, **({"upstream": note} if note else {})})
 
     def reconcile(self, apps: Collection[str] | None = None) -> int:
         """A reconcile pass over `apps` (every app if None); returns the tasks it queued."""
