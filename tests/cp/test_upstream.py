@@ -654,3 +654,17 @@ def test_an_unreachable_upstream_is_a_sync_error_until_it_answers(tmp_path: Path
         assert stored.sync_errors(cp.store) == []
     finally:
         cp.store.close()
+
+
+def test_wrong_signatures_from_one_address_meet_the_auth_limit(
+    cp: ControlPlane, api: WSGIClient, host: GitHost
+) -> None:
+    """A flood of badly signed webhooks is 429 past --auth-failures; a signed one still passes."""
+    body, headers = signed("github", payload("github", host.url), secret="guess")
+    codes = [
+        api.request("POST", "/api/hooks/git", raw=body, headers=headers)[0]
+        for _ in range(cp.config.auth_failures + 1)
+    ]
+    assert codes[:-1] == [403] * cp.config.auth_failures and codes[-1] == 429
+    body, headers = signed("github", payload("github", host.url))
+    assert api.request("POST", "/api/hooks/git", raw=body, headers=headers)[0] == 202

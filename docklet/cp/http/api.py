@@ -450,7 +450,12 @@ def git_webhook(cp: ControlPlane) -> str:
     at once; the fetch happens on the upstream watcher's thread (desired/webhook.py)."""
     raw = request.body.read(webhook.MAX_BODY + 1)
     headers = {name: header(name) for name in webhook.HEADERS}
-    answer = webhook.receive(cp.upstream, headers, raw, request.remote_addr or "unknown")
+    address = request.environ.get("REMOTE_ADDR") or "unknown"
+    try:
+        answer = webhook.receive(cp.upstream, headers, raw, address)
+    except (Unauthorized, Forbidden) as exc:  # a wrong signature counts as a guessed secret
+        auth.failed(cp, address, guessed=isinstance(exc, Forbidden))
+        raise
     response.status = 202
     return _json(answer)
 
