@@ -452,3 +452,32 @@ def test_the_agent_puts_values_in_the_env_and_files_of_the_container() -> None:
     with pytest.raises(TaskFailed, match="secret db v2 did not come with the task"):
         create_options(spec, "c1", {}, {("db", 1): "old"})
     assert secret_archive(ContainerSpec(image="x", container_hash="h"), {}) is None
+
+
+def test_a_cp_opening_a_value_while_a_rotation_renames_its_file_loses_nothing(
+    api: WSGIClient, cp: ControlPlane
+) -> None:
+    from docklet.cp.service import secrets as service
+
+    put(api, "db-password", "during-rotation")
+    key_file = cp.config.data_dir / defaults.SECRET_KEY_FILE
+    stale = key_file.with_name("secret.key.new")
+    stale.write_text(base64.b64encode(os.urandom(32)).decode())  # no database matches it
+    assert cp.secrets.values([("db-password", 1)])[0]["value"] == "during-rotation"
+    assert stale.exists()  # never deleted by the CP: it may be a rotation's, in progress
+    replace = os.replace
+
+    def cp_reads_first(source: Any, target: Any) -> None:
+        # The rotation has committed; the running CP opens a value before the rename
+        # (and makes the rename itself, through the real os.replace).
+        os.replace = replace  # type: ignore[assignment]
+        assert cp.secrets.values([("db-password", 1)])[0]["value"] == "during-rotation"
+        replace(source, target)
+
+    try:
+        os.replace = cp_reads_first  # type: ignore[assignment]
+        assert service.rotate_key(cp.store, CPConfig(data_dir=cp.config.data_dir)) == 1
+    finally:
+        os.replace = replace
+    assert not stale.exists()
+    assert cp.secrets.values([("db-password", 1)])[0]["value"] == "during-rotation"

@@ -139,10 +139,19 @@ class Vault:
         given = os.environ.get(defaults.SECRET_KEY_ENV)
         if given:
             key = _decode_key(given, defaults.SECRET_KEY_ENV)
-        else:
+            self._check(key)
+            return key
+        with self._lock:
+            key = self._from_file(create)
+        try:
+            self._check(key)
+        except SecretKeyError:
+            # A rotation may have committed a moment ago and not renamed its file yet:
+            # read again (finish_swap takes its file if the database says it is the key).
             with self._lock:
-                key = self._from_file(create)
-        self._check(key)
+                self._cached = None
+                key = self._from_file(create=False)
+            self._check(key)
         return key
 
     def _from_file(self, create: bool) -> bytes:
@@ -223,16 +232,22 @@ def _new_path(path: Path) -> Path:
 
 
 def finish_swap(store: Store, path: Path) -> None:
-    """A rotation that stopped between its commit and its rename: finish or undo it."""
+    """A rotation that committed but did not rename its file (it died, or is about to):
+    the database is sealed under the new key, so that file is the key now.
+
+    A new file the database does not match is left alone: a rotation may be re-sealing
+    right now (the next rotation clears one that was abandoned)."""
     new = _new_path(path)
-    if not new.exists():
+    try:
+        key = _decode_key(new.read_text(errors="replace"), str(new))
+    except (FileNotFoundError, SecretKeyError):
         return
-    key = _decode_key(new.read_text(errors="replace"), str(new))
     if secret_values.key_check(store.reader()) == key_check(key):
-        os.replace(new, path)  # the database is sealed under the new key: it is the key
+        try:
+            os.replace(new, path)
+        except FileNotFoundError:
+            return  # the rotation renamed it itself meanwhile
         log.warning("secrets: finished an interrupted key rotation (%s)", path)
-    else:
-        new.unlink()  # the re-seal never committed: the old key still opens everything
 
 
 def rotate_key(store: Store, config: CPConfig) -> int:
@@ -256,7 +271,11 @@ def rotate_key(store: Store, config: CPConfig) -> int:
             secret_values.reseal(db, row["name"], row["version"], sealed)
         secret_values.set_key_check(db, key_check(new_key))
     if not os.environ.get(defaults.SECRET_KEY_ENV):
-        os.replace(staged, path)
+        try:
+            os.replace(staged, path)
+        except FileNotFoundError:  # a running CP read the key meanwhile and took the file
+            if _decode_key(path.read_text(), str(path)) != new_key:
+                raise
         _fsync_dir(path.parent)
     return len(rows)
 
