@@ -481,3 +481,17 @@ def test_a_cp_opening_a_value_while_a_rotation_renames_its_file_loses_nothing(
         os.replace = replace
     assert not stale.exists()
     assert cp.secrets.values([("db-password", 1)])[0]["value"] == "during-rotation"
+
+
+def test_a_new_value_does_not_repeat_the_commits_sync_errors(
+    api: WSGIClient, cp: ControlPlane
+) -> None:
+    text = b"name: web\nimage: nginx:1.25\nreplicas: many\n"
+    cp.repo.commit(lambda files: {"apps/web.yaml": text}, "Add web", "alice <a@example.com>")
+    cp.passes.sync()
+    put(api, "db-password", "one-value")
+    put(api, "db-password", "two-value")
+    status, found = api.get("/api/events?limit=1000")
+    assert status == 200
+    assert [e["kind"] for e in found].count("sync_error") == 1
+    assert api.get("/api/state/sync")[1]["errors"][0]["path"] == "apps/web.yaml"

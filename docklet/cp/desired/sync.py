@@ -270,10 +270,14 @@ def _record(db: sqlite3.Connection, commit: Commit, plan: Plan) -> SyncResult:
 
 
 def _record_errors(db: sqlite3.Connection, commit: Commit, errors: dict[str, str]) -> None:
-    """The commit's sync errors replace the last commit's, each also an event."""
+    """The commit's sync errors replace the last commit's, each also an event.
+
+    The same commit synced again (a secret's new value) tells only the paths it had not."""
+    told = set(sync_errors.paths(db)) if get_meta(db, "synced_commit") == commit.sha else set()
     sync_errors.replace(db, commit.sha, errors)
     for path, message in errors.items():
-        events.record(db, EventKind.SYNC_ERROR, message, app=app_name(path))
+        if path not in told:
+            events.record(db, EventKind.SYNC_ERROR, message, app=app_name(path))
 
 
 def _remove_gone(db: sqlite3.Connection, commit: Commit, gone: list[str]) -> list[str]:
