@@ -495,3 +495,14 @@ def test_a_new_value_does_not_repeat_the_commits_sync_errors(
     assert status == 200
     assert [e["kind"] for e in found].count("sync_error") == 1
     assert api.get("/api/state/sync")[1]["errors"][0]["path"] == "apps/web.yaml"
+
+
+def test_rotating_before_any_secret_is_set_just_makes_a_key(cp: ControlPlane) -> None:
+    result = CliRunner().invoke(
+        cp_main, ["secrets", "rotate-key", "--data-dir", str(cp.config.data_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "0 secret version(s) re-encrypted" in result.output
+    assert (cp.config.data_dir / defaults.SECRET_KEY_FILE).exists()
+    missing = CliRunner().invoke(cp_main, ["secrets", "rotate-key", "--data-dir", "/nonexistent"])
+    assert missing.exit_code == 2 and "no control plane data in /nonexistent" in missing.output

@@ -257,7 +257,7 @@ def rotate_key(store: Store, config: CPConfig) -> int:
     `<data dir>/secret.key.new` for the operator to put in the environment.
     """
     vault = Vault(store, config)
-    old = vault.key()
+    old = vault.key(create=True)  # none yet and no value stored: a first key, rotated at once
     new_key = os.urandom(KEY_BYTES)
     path = config.secret_key_path
     staged = _new_path(path)
