@@ -165,3 +165,27 @@ def test_a_secret_reaches_its_container_and_nowhere_else_and_rolls_out_and_back(
         assert value.encode() not in database_bytes(cluster), "a secret value is in SQLite"
     # The container's own logs are the app's business; its env never went through them.
     assert first not in running(cluster, "vault").logs().decode(errors="replace")
+
+
+def test_a_secret_file_docker_cannot_write_fails_the_deploy_and_leaves_no_container(
+    cluster: Cluster, web_image: str
+) -> None:
+    value = f"CANARY-SECRET-{uuid.uuid4().hex}"
+    assert docklet(cluster, "secret", "set", "api-key", stdin=value).returncode == 0
+    spec = {  # /bin/busybox is a file: Docker cannot make it a folder
+        "name": "badfile",
+        "image": web_image,
+        "env": {"API_KEY": {"secret": "api-key"}},
+        "secrets": [{"name": "api-key", "target": "/bin/busybox/api-key"}],
+    }
+    cluster.client.post("/api/apps", spec)
+
+    def failed() -> Any:
+        view = cluster.client.get("/api/apps/badfile")
+        return view if view["errors"] or view["last_error"] else None
+
+    view = wait_for(failed, 60, "the deploy to fail")
+    assert "/bin/busybox/api-key: not a directory" in view["errors"][0]["error"]  # Docker's words
+    assert not cluster.containers("badfile")  # never started without its files
+    text = json.dumps(view) + every_get(cluster, "badfile") + cluster.agent.log.read_text()
+    assert value not in text and value not in cluster.cp.log.read_text()
