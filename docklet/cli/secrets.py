@@ -77,6 +77,10 @@ def set_secret(ctx: Context, name: str, from_file: Path | None) -> None:
     Example: docklet secret set db-password --from-file ./db-password.txt
     """
     value = _read_value(from_file)
+    if value.endswith("\n"):  # `echo pw |` sends one: kept, as a file's last line break is
+        click.echo(
+            "! the value ends with a line break, which is kept (printf %s strips it)", err=True
+        )
     answer = ctx.call("PUT", _path(name), SET, {"value": value})
     used = ", ".join(answer["apps"]) or "no app yet"
     click.echo(f"✔ Secret {answer['name']} v{answer['version']} set (used by {used})")

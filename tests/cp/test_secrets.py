@@ -424,6 +424,8 @@ def test_the_cli_sets_from_stdin_or_a_file_and_never_prints_values(
     assert missing.exit_code != 0 and "no secret 'db-password'" in missing.output
     for out in (made, listed):
         assert value not in out.output
+    echoed = docklet(served_cp, "secret", "set", "with-newline", stdin="pw-value\n")
+    assert echoed.exit_code == 0 and "ends with a line break, which is kept" in echoed.output
 
 
 # -- the agent's side: create options as data -------------------------------------------
