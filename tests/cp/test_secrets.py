@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import uuid
@@ -27,6 +28,7 @@ from docklet.common.errors import TaskFailed
 from docklet.cp.server import main as cp_main
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.settings import CPConfig
+from docklet.cp.store.db import MIGRATIONS
 from docklet.wire.protocol import ContainerSpec, LeasedTask
 
 
@@ -508,3 +510,55 @@ def test_rotating_before_any_secret_is_set_just_makes_a_key(cp: ControlPlane) ->
     assert (cp.config.data_dir / defaults.SECRET_KEY_FILE).exists()
     missing = CliRunner().invoke(cp_main, ["secrets", "rotate-key", "--data-dir", "/nonexistent"])
     assert missing.exit_code == 2 and "no control plane data in /nonexistent" in missing.output
+
+
+# -- the tables, in the migrations ---------------------------------------------------------
+
+
+def schema_versions(path: Path) -> list[int]:
+    db = sqlite3.connect(path)
+    try:
+        return [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
+    finally:
+        db.close()
+
+
+def test_a_data_dir_of_0_3_upgrades_and_takes_secrets(config: CPConfig) -> None:
+    # The database as 0.3 left it: its five migrations, applied as its Store applied them.
+    config.data_dir.mkdir(parents=True)
+    old = sqlite3.connect(config.db_path)
+    old.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for version, script in enumerate(MIGRATIONS[:5], start=1):
+        old.executescript(script)
+        old.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
+    old.commit()
+    old.close()
+    plane = ControlPlane(config)
+    try:
+        assert schema_versions(config.db_path) == list(range(1, len(MIGRATIONS) + 1))
+        assert plane.secrets.set("db-password", "upgraded", "ana")["version"] == 1
+        text = b"name: web\nimage: nginx:1.25\nenv: {P: {secret: db-password}}\n"
+        plane.repo.commit(lambda files: {"apps/web.yaml": text}, "Add web", "ana <a@x>")
+        plane.passes.sync()
+        (listed,) = plane.secrets.listing()
+        assert (listed["name"], listed["versions"], listed["apps"]) == ("db-password", [1], ["web"])
+    finally:
+        plane.store.close()
+
+
+def test_a_pre_release_database_with_the_tables_keeps_its_values(config: CPConfig) -> None:
+    # A 0.5 pre-release made the tables at the secrets service's start, at schema version 5.
+    plane = ControlPlane(config)
+    plane.secrets.set("db-password", "kept-across", "ana")
+    plane.store.close()
+    db = sqlite3.connect(config.db_path)
+    db.execute("DELETE FROM schema_migrations WHERE version > 5")
+    db.commit()
+    db.close()
+    again = ControlPlane(config)
+    try:
+        assert schema_versions(config.db_path) == list(range(1, len(MIGRATIONS) + 1))
+        (opened,) = again.secrets.values([("db-password", 1)])
+        assert opened["value"] == "kept-across"
+    finally:
+        again.store.close()

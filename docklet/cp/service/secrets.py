@@ -289,8 +289,6 @@ class Secrets:
     def __init__(self, store: Store, config: CPConfig, passes: Passes | None = None) -> None:
         self.store, self.passes = store, passes
         self.vault = Vault(store, config)
-        with store.write() as db:
-            secret_values.install(db)
 
     @property
     def config(self) -> CPConfig:

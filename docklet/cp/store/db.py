@@ -189,6 +189,29 @@ MIGRATIONS: list[str] = [
     ALTER TABLE containers ADD COLUMN first_started_at REAL;
     ALTER TABLE containers ADD COLUMN first_restarts INTEGER;
     """,
+    # 6: secret values (store/secret_values.py): a row per version, sealed (never a
+    # value), and which revision refers to which version. IF NOT EXISTS: a database of
+    # a 0.5 pre-release made them outside the migrations, at the secrets service's start.
+    """
+    CREATE TABLE IF NOT EXISTS secret_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE TABLE IF NOT EXISTS secret_uses (
+        app TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (app, number, name, version),
+        FOREIGN KEY (app, number) REFERENCES revisions(app, number) ON DELETE CASCADE
+    );
+    CREATE INDEX IF NOT EXISTS secret_uses_by_name ON secret_uses(name, version);
+    """,
 ]
 
 

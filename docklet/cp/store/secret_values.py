@@ -8,7 +8,7 @@ nonces and ciphertexts.
 Two tables, this module their only writer: `secret_versions` (one row per version:
 name, version, nonce, ciphertext) and `secret_uses` (which revision refers to which
 version, written by sync as it records a revision; a revision's removal removes its
-rows). The tables are made here, idempotently, by `install`.
+rows). The tables are made by migration 6 of `store/db.py`, as every table is.
 
 Every change of a value moves the meta key `secrets_generation` on: a sync compares it
 with the one it last synced, so a new value reaches the apps that use it without a commit.
@@ -25,41 +25,6 @@ from docklet.cp.store.db import get_meta, set_meta
 
 GENERATION = "secrets_generation"  # meta: moves on with every secret written or removed
 KEY_CHECK = "secret_key_check"  # meta: which key sealed the values (a keyed hash, not the key)
-
-_TABLES = """
-CREATE TABLE IF NOT EXISTS secret_versions (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    created_by TEXT NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS secret_uses (
-    app TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    PRIMARY KEY (app, number, name, version),
-    FOREIGN KEY (app, number) REFERENCES revisions(app, number) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS secret_uses_by_name ON secret_uses(name, version);
-"""
-
-
-def install(db: sqlite3.Connection) -> None:
-    """Make the tables if this database has none yet (they came after its migrations)."""
-    for statement in _TABLES.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def _installed(db: sqlite3.Connection) -> bool:
-    found = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'secret_versions'"
-    ).fetchone()
-    return found is not None
 
 
 def generation(db: sqlite3.Connection) -> str:
@@ -88,8 +53,6 @@ def add(db: sqlite3.Connection, name: str, seal: tuple[bytes, bytes], now: float
 
 def next_version(db: sqlite3.Connection, name: str) -> int:
     """The version the next value of `name` gets (its number is part of what is sealed)."""
-    if not _installed(db):
-        return 1
     row = db.execute(
         "SELECT COALESCE(MAX(version), 0) FROM secret_versions WHERE name = ?", (name,)
     ).fetchone()
@@ -98,15 +61,11 @@ def next_version(db: sqlite3.Connection, name: str) -> int:
 
 def count(db: sqlite3.Connection) -> int:
     """How many secrets (not versions) there are."""
-    if not _installed(db):
-        return 0
     return int(db.execute("SELECT COUNT(DISTINCT name) FROM secret_versions").fetchone()[0])
 
 
 def sealed(db: sqlite3.Connection, name: str, version: int) -> tuple[bytes, bytes] | None:
     """(nonce, ciphertext) of one version, None when there is no such version."""
-    if not _installed(db):
-        return None
     row = db.execute(
         "SELECT nonce, ciphertext FROM secret_versions WHERE name = ? AND version = ?",
         (name, version),
@@ -116,8 +75,6 @@ def sealed(db: sqlite3.Connection, name: str, version: int) -> tuple[bytes, byte
 
 def versions(db: sqlite3.Connection) -> dict[str, list[int]]:
     """Every secret's kept versions, oldest first (no value, no ciphertext)."""
-    if not _installed(db):
-        return {}
     kept: dict[str, list[int]] = defaultdict(list)
     for name, version in db.execute(
         "SELECT name, version FROM secret_versions ORDER BY name, version"
@@ -128,8 +85,6 @@ def versions(db: sqlite3.Connection) -> dict[str, list[int]]:
 
 def listing(db: sqlite3.Connection) -> list[sqlite3.Row]:
     """Per secret: its newest version, how many are kept, when the first and newest were set."""
-    if not _installed(db):
-        return []
     return db.execute(
         "SELECT name, MAX(version) AS version, COUNT(*) AS kept, MIN(created_at) AS created_at,"
         " MAX(created_at) AS updated_at FROM secret_versions GROUP BY name ORDER BY name"
@@ -138,8 +93,6 @@ def listing(db: sqlite3.Connection) -> list[sqlite3.Row]:
 
 def users(db: sqlite3.Connection, name: str | None = None) -> dict[str, list[str]]:
     """Secret → the apps (not removed) whose current or target revision uses it."""
-    if not _installed(db):
-        return {}
     only = "" if name is None else " AND u.name = ?"
     rows = db.execute(
         "SELECT DISTINCT u.name, u.app FROM secret_uses u JOIN apps a ON a.name = u.app"
@@ -178,8 +131,6 @@ def prune(db: sqlite3.Connection, name: str, keep: int) -> int:
 
 def remove(db: sqlite3.Connection, name: str) -> int:
     """Every version of `name`; how many there were."""
-    if not _installed(db):
-        return 0
     cursor = db.execute("DELETE FROM secret_versions WHERE name = ?", (name,))
     if cursor.rowcount:
         _moved(db)
@@ -188,8 +139,6 @@ def remove(db: sqlite3.Connection, name: str) -> int:
 
 def every_sealed(db: sqlite3.Connection) -> list[sqlite3.Row]:
     """Every version's name, number, nonce and ciphertext: what a key rotation re-seals."""
-    if not _installed(db):
-        return []
     return db.execute(
         "SELECT name, version, nonce, ciphertext FROM secret_versions ORDER BY name, version"
     ).fetchall()
