@@ -5,6 +5,7 @@ with simulated agents (test_scheduler.Agent) where a rollout needs a stable revi
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,102 @@ def test_the_note_says_what_stands_in_the_way(cp: ControlPlane, api: WSGIClient)
     held = entry(plan(api, {"apps/web.yaml": bad + "labels: {team: web}\n"}), "web")
     assert (held["change"], held["revision"], held["rollout"]) == ("update", "v3", False)
     assert "failed before" in held["note"] and "docklet rollout retry web" in held["note"]
+
+
+# -- secrets: planned as sync pins them ---------------------------------------------------
+
+SECRET_WEB = WEB + "env:\n  PLAIN: x\n  DB_PASSWORD: {secret: db-password}\n"
+
+
+def set_secret(api: WSGIClient, name: str, value: str) -> None:
+    status, answer = api.request("PUT", f"/api/secrets/{name}", {"value": value})
+    assert status == 200, answer
+
+
+def commit_web(cp: ControlPlane, text: str) -> None:
+    cp.apps.commit(lambda files: {"apps/web.yaml": text.encode()}, "web", "x <x@x>")
+
+
+def test_an_unchanged_app_that_uses_a_secret_is_no_change(
+    cp: ControlPlane, api: WSGIClient
+) -> None:
+    value = "CANARY-plan-secret-value"
+    set_secret(api, "db-password", value)
+    commit_web(cp, SECRET_WEB)
+    answer = plan(api, {"apps/web.yaml": SECRET_WEB})
+    web = entry(answer, "web")
+    assert (answer["valid"], web["change"], web["revision"], web["fields"]) == (
+        True,
+        "none",
+        "v1",
+        [],
+    )
+    # The version written out, as the revision has it, is the same spec.
+    pinned = SECRET_WEB.replace("{secret: db-password}", "{secret: db-password, version: 1}")
+    assert entry(plan(api, {"apps/web.yaml": pinned}), "web")["change"] == "none"
+    # A real change still shows only what changed, not the secret's version.
+    bigger = entry(
+        plan(api, {"apps/web.yaml": SECRET_WEB.replace("replicas: 2", "replicas: 3")}), "web"
+    )
+    assert bigger["fields"] == [{"field": "replicas", "old": 2, "new": 3}]
+    assert value not in json.dumps(answer)
+
+
+def test_a_missing_secret_is_an_error_with_its_line_as_a_push_gets(
+    cp: ControlPlane, api: WSGIClient
+) -> None:
+    set_secret(api, "db-password", "one")
+    missing = SECRET_WEB.replace("db-password", "nope")
+    answer = plan(api, {"apps/web.yaml": missing, "apps/api.yaml": "name: api\nimage: nginx\n"})
+    assert answer["valid"] is False
+    assert answer["errors"] == [
+        {
+            "file": "apps/web.yaml",
+            "line": 8,
+            "message": "env.DB_PASSWORD: secret 'nope' does not exist: docklet secret set nope",
+        }
+    ]
+    assert [a["app"] for a in answer["apps"]] == ["api"]  # web keeps its state; api is planned
+    no_version = SECRET_WEB.replace("{secret: db-password}", "{secret: db-password, version: 4}")
+    (error,) = plan(api, {"apps/web.yaml": no_version})["errors"]
+    assert (error["line"], error["message"]) == (
+        8,
+        "env.DB_PASSWORD: secret 'db-password' has no version 4 (kept: v1);"
+        " remove `version:` to use the newest",
+    )
+    # Word for word what the sync records once the file is pushed.
+    commit_web(cp, missing)
+    (synced,) = cp.views.sync_state()["errors"]
+    assert synced["message"] == f"apps/web.yaml:8: {answer['errors'][0]['message']}"
+
+
+def test_after_a_new_value_the_unchanged_file_is_no_change_and_an_old_pin_is(
+    cp: ControlPlane, api: WSGIClient
+) -> None:
+    set_secret(api, "db-password", "one")
+    commit_web(cp, SECRET_WEB)
+    # `secret set` made the revision that uses the new value already: the file asks nothing more.
+    set_secret(api, "db-password", "two")
+    assert cp.views.app("web")["target_revision"] == "v2"
+    web = entry(plan(api, {"apps/web.yaml": SECRET_WEB}), "web")
+    assert (web["change"], web["revision"], web["fields"]) == ("none", "v2", [])
+    # Pinning the old value back is a change of that version: a new revision.
+    old = SECRET_WEB.replace("{secret: db-password}", "{secret: db-password, version: 1}")
+    back = entry(plan(api, {"apps/web.yaml": old}), "web")
+    assert (back["change"], back["revision"]) == ("update", "v3")
+    assert back["fields"] == [{"field": "env.DB_PASSWORD.version", "old": 2, "new": 1}]
+
+
+def test_apply_refuses_a_missing_secret_as_update_does(cp: ControlPlane, api: WSGIClient) -> None:
+    set_secret(api, "db-password", "one")
+    sha = cp.repo.head()
+    missing = SECRET_WEB.replace("db-password", "nope")
+    status, body = api.post("/api/apply", {"file": "apps/web.yaml", "text": missing})
+    assert_error(status, body, 400)
+    assert body["error"]["message"] == (
+        "apps/web.yaml:8: env.DB_PASSWORD: secret 'nope' does not exist: docklet secret set"
+        " nope; nothing was committed"
+    )
+    assert cp.repo.head() == sha
+    status, answer = api.post("/api/apply", {"file": "apps/web.yaml", "text": SECRET_WEB})
+    assert status == 200 and answer["revision"] == "v1", answer

@@ -1,8 +1,9 @@
 """Plan before apply: what spec files would change, decided as a pass would, written nowhere.
 
 `POST /api/plan` reads the files as a push would be read (desired/proposal:
-sync's own parsing, so the file:line errors are the same), works out per app
-the revision it would become, and runs the reconcile layer's `decide` on the
+sync's own parsing, so the file:line errors are the same), pins each secret's
+version as sync pins it (a secret that does not exist is that file's error),
+works out per app the revision it would become, and runs the reconcile layer's `decide` on the
 current world with that revision in it: a `Draft` whose `Plan` is read for
 what it says (a rollout or not, which slots on which nodes) and never
 applied. `POST /api/apply` commits one file through the same checks, with
@@ -21,13 +22,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from docklet.common.errors import BadRequest
+from docklet.common.errors import BadRequest, InvalidSpec
 from docklet.common.status import DesiredState, RevisionStatus, TaskKind
 from docklet.cp.desired import proposal
-from docklet.cp.desired.edits import app_name
+from docklet.cp.desired.edits import app_name, paths_of
 from docklet.cp.desired.gitrepo import GitRepo
 from docklet.cp.desired.proposal import Proposal
 from docklet.cp.desired.spec import AppSpec
+from docklet.cp.desired.sync import Parsed, pin_secrets
 from docklet.cp.reconcile.decide import decide
 from docklet.cp.reconcile.plan import KEEP, Plan
 from docklet.cp.reconcile.world import World
@@ -36,7 +38,7 @@ from docklet.cp.service.tokens import Author
 from docklet.cp.service.views import Views
 from docklet.cp.settings import CPConfig
 from docklet.cp.store import apps as app_rows
-from docklet.cp.store import placements, revisions
+from docklet.cp.store import placements, revisions, secret_values
 from docklet.cp.store import views as stored
 from docklet.cp.store import world as reads
 from docklet.cp.store.db import Store
@@ -75,6 +77,7 @@ class Planning:
     def plan(self, files: Any, complete: bool) -> dict[str, Any]:
         """The validation result and, per app, what would change and how it would be applied."""
         prop = proposal.propose(self.repo, proposal.checked_files(files, complete), complete)
+        prop = self._pinned(prop)
         problems = prop.problems()
         reader = self.store.reader()
         # Read once a plan, as a pass reads them once: each dry run adds what it placed.
@@ -98,8 +101,39 @@ class Planning:
         path, data = next(iter(proposal.checked_files({path: text}).items()))
         assert data is not None  # text is a string
         name = app_name(path)
+        self._refuse_missing_secrets(path, data)
         sha = self.apps.commit(proposal.put(path, data), f"Apply {path}", author, name)
         return {"app": name, "commit": sha, **(self.views.find(name) or {})}
+
+    def _pinned(self, prop: Proposal) -> Proposal:
+        """The proposal with its secrets' versions written in, as sync writes them into a
+        revision: else an app that uses a secret would differ from its own revision. A
+        secret or version not kept is its file's error, word for word what a sync says,
+        and the app is left out as sync leaves it (it keeps its revision)."""
+        users = {n: s for n, s in prop.specs().items() if s.secret_refs()}
+        if not users:
+            return prop
+        kept = secret_values.versions(self.store.reader())
+        parsed = prop.parsed
+        out = Parsed(dict(parsed.valid), dict(parsed.errors), set(parsed.kept))
+        for name, spec in users.items():
+            (path,) = paths_of(prop.commit.files, name)  # one file, or it would not be valid
+            try:
+                out.valid[name] = pin_secrets(spec, kept, path, prop.commit.files[path])
+            except InvalidSpec as exc:
+                out.errors[path] = exc.message
+                out.kept.add(name)
+                del out.valid[name]
+        return dataclasses.replace(prop, parsed=out)
+
+    def _refuse_missing_secrets(self, path: str, data: bytes) -> None:
+        """A file naming a secret or version not kept is refused before it is committed, as
+        `update` refuses one (a push is taken: Git is the truth, and its sync says so)."""
+        prop = proposal.propose(self.repo, {path: data}, False)
+        errors = self._pinned(prop).parsed.errors
+        missing = [errors[p] for p in sorted(errors) if errors[p] != prop.parsed.errors.get(p)]
+        if missing:
+            raise InvalidSpec("; ".join(missing) + "; nothing was committed", source=path)
 
     # -- one app ------------------------------------------------------------------
 
