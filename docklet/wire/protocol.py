@@ -285,9 +285,18 @@ class LogLine(Wire):
         return cls(label=label, text=text, time=time)
 
 
+class LogEnd(StrEnum):
+    """Why a container's lines ended (a LogEnded's reason may also be Docker's own words)."""
+
+    EXITED = "container exited"  # following, and the container stopped
+    NOT_FOUND = "container not found"
+    DONE = "end of logs"  # not following: every line asked for was sent
+    TIME_LIMIT = "followed for the longest a stream lasts; run it again"
+
+
 class LogEnded(Wire):
     label: LogLabel
-    reason: Annotated[str, Field(max_length=1000)]  # "container exited", "container not found"
+    reason: Annotated[str, Field(max_length=1000)]  # a LogEnd, or what Docker said
 
 
 class LogBatch(Wire):
