@@ -44,6 +44,18 @@ class AgentConfig(Settings):
         le=3600,
         description="Longest backoff while the CP or Docker does not answer.",
     )
+    log_streams: int = Field(
+        defaults.AGENT_LOG_STREAMS,
+        ge=1,
+        le=256,
+        description="Log streams (docklet logs) this agent follows at once; beyond, it says no.",
+    )
+    log_stream_time: float = Field(
+        defaults.LOG_STREAM_MAX_TIME,
+        ge=1,
+        le=86_400,
+        description="Seconds one log stream is followed at most (the caller then asks again).",
+    )
     join_token: str | None = Field(
         None,
         description="The cluster's join token (docklet nodes join-token); set it in the"

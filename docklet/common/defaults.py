@@ -91,3 +91,17 @@ EVENT_STREAM_KEEPALIVE = 15.0
 
 # GET /metrics needs a read token unless the CP runs with --metrics-public.
 METRICS_PUBLIC = False
+
+# The log relay, agent side. An agent follows at most AGENT_LOG_STREAMS streams (and
+# AGENT_LOG_CONTAINERS containers of one stream) at once; each holds at most
+# AGENT_LOG_BUFFER_LINES lines / AGENT_LOG_BUFFER_BYTES for the CP (beyond, the oldest
+# are dropped and counted), posts a batch at most every LOG_BATCH_EVERY while lines
+# wait and an empty one every LOG_IDLE_BATCH (its answer tells whether the caller is
+# still there). Its channel is read with AGENT_CHANNEL_TIMEOUT: three keepalives missed.
+AGENT_LOG_STREAMS = 8
+AGENT_LOG_CONTAINERS = 100
+AGENT_LOG_BUFFER_LINES = 1_000
+AGENT_LOG_BUFFER_BYTES = 1024 * 1024
+LOG_BATCH_EVERY = 0.1
+LOG_IDLE_BATCH = 2.0
+AGENT_CHANNEL_TIMEOUT = 60.0
