@@ -49,7 +49,7 @@ class Limits:
     containers: int = defaults.AGENT_LOG_CONTAINERS
     lines: int = defaults.AGENT_LOG_BUFFER_LINES
     bytes: int = defaults.AGENT_LOG_BUFFER_BYTES
-    stream_time: float = defaults.LOG_STREAM_MAX_TIME
+    stream_time: float = defaults.AGENT_LOG_STREAM_TIME
     batch_every: float = defaults.LOG_BATCH_EVERY
     idle_batch: float = defaults.LOG_IDLE_BATCH
 

@@ -51,7 +51,7 @@ class AgentConfig(Settings):
         description="Log streams (docklet logs) this agent follows at once; beyond, it says no.",
     )
     log_stream_time: float = Field(
-        defaults.LOG_STREAM_MAX_TIME,
+        defaults.AGENT_LOG_STREAM_TIME,
         ge=1,
         le=86_400,
         description="Seconds one log stream is followed at most (the caller then asks again).",

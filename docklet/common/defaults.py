@@ -97,8 +97,10 @@ METRICS_PUBLIC = False
 # AGENT_LOG_BUFFER_LINES lines / AGENT_LOG_BUFFER_BYTES for the CP (beyond, the oldest
 # are dropped and counted), posts a batch at most every LOG_BATCH_EVERY while lines
 # wait and an empty one every LOG_IDLE_BATCH (its answer tells whether the caller is
-# still there). Its channel is read with AGENT_CHANNEL_TIMEOUT: three keepalives missed.
+# still there), and ends after AGENT_LOG_STREAM_TIME (as the CP's, LOG_STREAM_MAX_TIME).
+# Its channel is read with AGENT_CHANNEL_TIMEOUT: three keepalives missed.
 AGENT_LOG_STREAMS = 8
+AGENT_LOG_STREAM_TIME = 3600.0
 AGENT_LOG_CONTAINERS = 100
 AGENT_LOG_BUFFER_LINES = 1_000
 AGENT_LOG_BUFFER_BYTES = 1024 * 1024
