@@ -106,9 +106,11 @@ class Channel:
             log.info("node %s: channel open", node_id)
             for data in frames(response):
                 self._dispatch(data)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as exc:
+            # What http.client raises when the socket closes under a read: the agent stopping
+            # (close()), or the CP or the network going away.
             if not self.stop.is_set():
-                raise CPUnreachable(f"channel to {self.cp.base_url} lost: {exc}") from None
+                raise CPUnreachable(f"channel to {self.cp.base_url} lost: {exc!r}") from None
         finally:
             self.open.clear()
             self._conn = None
