@@ -43,6 +43,23 @@ class ScriptedAgent:
         self.frames: queue.Queue[dict[str, Any] | str] = queue.Queue()  # str: a comment
         self.channel: http.client.HTTPResponse | None = None
         self._conn: http.client.HTTPConnection | None = None
+        self.sock: socket.socket | None = None
+        self._beating = threading.Event()
+
+    def keep_beating(self, every: float = 0.2) -> None:
+        """Heartbeats in the background (in process: only liveness matters) until `stop`."""
+        self._beating.set()
+
+        def beat() -> None:
+            while self._beating.is_set():
+                self.beat_in_process()
+                time.sleep(every)
+
+        threading.Thread(target=beat, daemon=True).start()
+
+    def stop(self) -> None:
+        self._beating.clear()
+        self.close_channel()
 
     # -- the channel ------------------------------------------------------------------
 
@@ -175,9 +192,14 @@ def deploy(cp: ControlPlane, agents: list[ScriptedAgent], app: str, replicas: in
 class LogReader:
     """A caller of GET /api/apps/{app}/logs over real HTTP: its lines, notices and end."""
 
-    def __init__(self, url: str, app: str, query: str = "", token: str = ADMIN_TOKEN) -> None:
+    def __init__(
+        self, url: str, app: str, query: str = "", token: str = ADMIN_TOKEN, read: bool = True
+    ) -> None:
         parts = urlsplit(url)
         self.conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        if not read:  # a caller that stalls: its socket takes in little until `start`
+            self.conn.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+            self.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         self.conn.request(
             "GET", f"/api/apps/{app}/logs?{query}", headers={"Authorization": f"Bearer {token}"}
         )
@@ -188,12 +210,18 @@ class LogReader:
         self.notices: list[str] = []
         self.end: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
+        self.failed: Exception | None = None
         self.changed = threading.Condition()
         if self.status != 200:
             self.error = json.loads(self.answer.read())["error"]
             self.retry_after = self.answer.getheader("Retry-After")
             return
         self.thread = threading.Thread(target=self._read, daemon=True)
+        if read:
+            self.thread.start()
+
+    def start(self) -> None:
+        """Read (again), from now on."""
         self.thread.start()
 
     def _read(self) -> None:
@@ -206,8 +234,8 @@ class LogReader:
                 elif line.startswith("data: "):
                     self._got(event, json.loads(line[6:]))
                     event = ""
-        except (OSError, ValueError, AttributeError, http.client.HTTPException):  # closed meanwhile
-            pass
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as exc:
+            self.failed = exc  # closed meanwhile, or the test's own doing
         with self.changed:
             self.end = self.end or {"reason": "(connection closed)"}
             self.changed.notify_all()
@@ -227,7 +255,7 @@ class LogReader:
             if not self.changed.wait_for(lambda: predicate(self), timeout):
                 raise AssertionError(
                     f"timed out waiting for {what}: {len(self.lines)} lines,"
-                    f" notices {self.notices}, end {self.end}"
+                    f" notices {self.notices}, end {self.end}, failed {self.failed!r}"
                 )
 
     def texts(self) -> list[tuple[str, str]]:

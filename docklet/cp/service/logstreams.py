@@ -47,7 +47,7 @@ from docklet.cp.store import sources
 from docklet.cp.store import views as stored
 from docklet.cp.store.db import Store
 from docklet.cp.store.nodes import effective_last_seen, last_seen, status_for
-from docklet.wire.protocol import LogBatch
+from docklet.wire.protocol import LogBatch, LogEnd
 
 RETRY_AFTER = 5  # seconds a caller refused a stream waits before asking again
 
@@ -115,7 +115,8 @@ class Relay:
                 self.notice(f"… {batch.dropped} lines dropped on {node_id} (it could not keep up)")
             for ended in batch.ended:
                 if ended.label in known:
-                    self.notice(f"{ended.label}: {ended.reason}")
+                    if ended.reason != LogEnd.DONE:  # all that was asked for was sent: no news
+                        self.notice(f"{ended.label}: {ended.reason}")
                     self.open_labels.get(node_id, set()).discard(ended.label)
             if batch.error:
                 self.notice(f"{node_id}: {batch.error}")
