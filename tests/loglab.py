@@ -45,6 +45,7 @@ class ScriptedAgent:
         self._conn: http.client.HTTPConnection | None = None
         self.sock: socket.socket | None = None
         self._beating = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def keep_beating(self, every: float = 0.2) -> None:
         """Heartbeats in the background (in process: only liveness matters) until `stop`."""
@@ -55,10 +56,14 @@ class ScriptedAgent:
                 self.beat_in_process()
                 time.sleep(every)
 
-        threading.Thread(target=beat, daemon=True).start()
+        self._beater = threading.Thread(target=beat, daemon=True)
+        self._beater.start()
 
     def stop(self) -> None:
+        """No more heartbeats (none is under way when this returns), and no channel."""
         self._beating.clear()
+        if self._beater is not None:
+            self._beater.join(timeout=5)
         self.close_channel()
 
     # -- the channel ------------------------------------------------------------------

@@ -293,3 +293,24 @@ def test_metrics_count_log_streams_and_channels(
     assert "docklet_log_streams 1.0" in text
     assert "docklet_agent_channels 1.0" in text
     reader.close()
+
+
+def test_a_node_offline_among_several_is_a_notice_and_asked_for_an_error(
+    served_cp: str, cp: ControlPlane, agents: Agents
+) -> None:
+    n1, n2 = agents("n1", "n2")
+    deploy(cp, [n1, n2], "web", 2)
+    n2.stop()
+    cp.liveness.started_at = time.time() - 7200
+    silence(cp, n2.node_id, time.time() - 3600)
+    reader = LogReader(served_cp, "web", "follow=1")
+    assert reader.status == 200
+    asked = n1.next_frame(kind="logs")
+    assert {c["label"].split("@")[1] for c in asked["containers"]} == {"n1"}
+    reader.wait(lambda r: r.notices, what="the notice")
+    assert reader.notices == [
+        "node n2 is offline (last seen 60m ago): its containers are not shown"
+    ]
+    reader.close()
+    only = LogReader(served_cp, "web", "node=n2")
+    assert (only.status, only.error["code"]) == (503, "node_offline")
