@@ -502,12 +502,15 @@ class Gateway(wsgi.Gateway_10):
         env["docklet.detach"] = self.detach
         return env
 
-    def detach(self) -> socket.socket:
+    def detach(self) -> socket.socket | None:
         """Hand this connection's socket over (an agent's channel, after its first frame was
         written): cheroot ends the request without its last chunk, its worker thread goes
         back to the pool, and the connection is closed without touching the socket. The
-        socket returned is a new object owning the descriptor, non-blocking."""
+        socket returned is a new object owning the descriptor, non-blocking; None when the
+        answer is not chunked (an HTTP/1.0 client), which then ends as usual."""
         req, conn = self.req, self.req.conn
+        if not req.chunked_write:  # HTTP/1.0: no chunks to frame with; the answer ends here
+            return None
         req.chunked_write = False  # no `0\r\n\r\n`: the answer goes on, from elsewhere
         req.close_connection = True  # the worker drops the connection, never reads it again
         conn.read_done()

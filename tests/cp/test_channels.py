@@ -127,3 +127,21 @@ def test_the_channel_cap_answers_503_and_a_wrong_token_401(
     second.token = "dkn_wrong"
     assert second.open_channel() == 401
     first.close_channel()
+
+
+def test_an_http_1_0_channel_ends_at_once_instead_of_being_kept(
+    served_cp: str, cp: ControlPlane
+) -> None:
+    """Frames are HTTP/1.1 chunks: a client that cannot take them is not adopted."""
+    node = ScriptedAgent(cp, served_cp, "n1")
+    parts = urlsplit(served_cp)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(
+            f"GET /api/agents/{node.node_id}/channel HTTP/1.0\r\n"
+            f"Authorization: Bearer {node.token}\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b": channel open\n\n")
+    assert not cp.channels.has(node.node_id)

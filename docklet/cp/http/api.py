@@ -614,8 +614,9 @@ def agent_channel(cp: ControlPlane, node_id: str) -> Any:
 
 def _channel(cp: ControlPlane, node_id: str, detach: Callable[[], Any] | None) -> Iterator[bytes]:
     yield b": channel open\n\n"
-    if detach is not None:  # its first frame is written: the socket goes on elsewhere
-        cp.channels.adopt(node_id, detach())
+    sock = detach() if detach is not None else None  # its first frame is written
+    if sock is not None:  # the answer goes on from the channels' thread
+        cp.channels.adopt(node_id, sock)
 
 
 def agent_logs(cp: ControlPlane, node_id: str, stream: str) -> str:
