@@ -50,6 +50,7 @@ import docklet.agent.loop
 from docklet.agent.engine import Outcome
 from docklet.agent.loop import Agent
 from docklet.agent.settings import AgentConfig
+from docklet.common import defaults
 from docklet.common.errors import APIError, DockletError
 from docklet.wire.client import Client
 from docklet.wire.protocol import Label, LeasedTask
@@ -233,6 +234,7 @@ def agent_process(
             state_dir=Path(state) / str(n),
             poll_wait=POLL_WAIT,
             log_level="ERROR",
+            log_batch_every=args.log_batch_every,
         )
         agent = Agent(config, engine=SimEngine(n))
         agents.append(agent)
@@ -461,6 +463,9 @@ def main() -> None:
     parser.add_argument(
         "--log-streams", type=int, default=0, help="`docklet logs -f` streams open while measuring"
     )
+    parser.add_argument(
+        "--log-batch-every", type=float, default=defaults.LOG_BATCH_EVERY, help="the agents' own"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.agents.split(",")]
     print(
@@ -468,7 +473,7 @@ def main() -> None:
         f" heartbeat every {args.interval:g}s, long-poll {POLL_WAIT:g}s,"
         f" {args.processes} agent processes, {args.seconds:g}s measured after the first"
         f" deploy + {args.warmup:g}s warm-up, CP threads {args.cp_threads or 'default'},"
-        f" {args.log_streams} log streams open"
+        f" {args.log_streams} log streams open (a batch every {args.log_batch_every:g}s)"
     )
     header = (
         f"{'agents':>6} | {'deploy s':>8} | {'heartbeat p50/p99 ms':>20} |"

@@ -89,7 +89,11 @@ class Agent:
         self._pool = TaskPool(config.concurrency, self.stop, run=self.run_task, renew=self._renew)
         self._poll_after: float | None = None  # the CP had no long-poll slot: wait this long
         # The log relay: its own threads and Docker connection, never the pool's.
-        limits = Limits(streams=config.log_streams, stream_time=config.log_stream_time)
+        limits = Limits(
+            streams=config.log_streams,
+            stream_time=config.log_stream_time,
+            batch_every=config.log_batch_every,
+        )
         self.relay = Relay(self.engine, self._post_logs, limits)
         self.channel = Channel(
             self.cp,

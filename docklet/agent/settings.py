@@ -56,6 +56,13 @@ class AgentConfig(Settings):
         le=86_400,
         description="Seconds one log stream is followed at most (the caller then asks again).",
     )
+    log_batch_every: float = Field(
+        defaults.LOG_BATCH_EVERY,
+        ge=0.01,
+        le=10,
+        description="Seconds between two batches of a log stream's lines while lines keep"
+        " coming (a line after a quiet while goes at once): latency against CP load.",
+    )
     join_token: str | None = Field(
         None,
         description="The cluster's join token (docklet nodes join-token); set it in the"
