@@ -118,7 +118,7 @@ def test_a_channel_that_does_not_read_is_closed_not_waited_for(
 def test_the_channel_cap_answers_503_and_a_wrong_token_401(
     served_cp: str, cp: ControlPlane
 ) -> None:
-    cp.channels.limit = 1
+    cp.config = cp.config.model_copy(update={"agent_channels": 1})  # --agent-channels 1
     first, second = ScriptedAgent(cp, served_cp, "n1"), ScriptedAgent(cp, served_cp, "n2")
     assert first.open_channel() == 200
     wait_for(lambda: cp.channels.has(first.node_id), 5, "the first channel")

@@ -54,10 +54,11 @@ def test_a_log_request_reaches_a_node_that_holds_no_poll_at_once(
     deploy(cp, [n1], "web", 2)
     assert cp.polls.waiting() == 0  # no long-poll: the channel is what reaches it
     started = time.monotonic()
-    reader = LogReader(served_cp, "web", "tail=5&timestamps=1")
+    reader = LogReader(served_cp, "web", "tail=5&timestamps=1&since=10m")
     asked = n1.next_frame(kind="logs")
     assert time.monotonic() - started < 1.0
     assert asked["tail"] == 5 and asked["timestamps"] is True and asked["follow"] is False
+    assert abs(asked["since"] - (time.time() - 600)) < 5
     assert [(c["slot"], c["label"]) for c in asked["containers"]] == [
         (1, "web.1@n1"),
         (2, "web.2@n1"),

@@ -82,6 +82,7 @@ class ControlPlane:
             self.logstreams,
         ):
             service.config = config
+        self.channels.limit = config.agent_channels
 
 
 def _start(store: Store, started_at: float) -> str:
