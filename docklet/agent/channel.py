@@ -1,4 +1,5 @@
-"""The agent's channel: one request it keeps open so the CP can reach it at once.
+"""The agent's channel: one request it keeps open so the CP can reach it at once;
+and the poster that sends log batches back up.
 
 Agents accept no connections, and only some hold a long-poll: so each agent
 also holds `GET /api/agents/{id}/channel` open, an answer that never ends
@@ -30,7 +31,7 @@ from docklet.agent.backoff import Backoff
 from docklet.common import defaults
 from docklet.common.errors import APIError, CPUnreachable
 from docklet.wire.client import Client
-from docklet.wire.protocol import CHANNEL_FRAME, LogRequest, LogStop, problems
+from docklet.wire.protocol import CHANNEL_FRAME, LogBatch, LogRequest, LogStop, problems
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,7 @@ class Channel:
                 conn.sock.shutdown(socket.SHUT_RDWR)
 
     def _connect(self) -> http.client.HTTPConnection:
-        parts = urlsplit(self.cp.base_url)
-        kind = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
-        return kind(parts.hostname or "", parts.port, timeout=self.read_timeout)
+        return _connection(self.cp.base_url, self.read_timeout)
 
     def _request(self, conn: http.client.HTTPConnection, node_id: str) -> Any:
         base = urlsplit(self.cp.base_url).path.rstrip("/")
@@ -181,9 +178,68 @@ def frames(response: Any) -> Iterator[str]:
 
 def refusal(response: Any) -> APIError:
     """A non-200 answer to the channel request as the APIError the other loops would see."""
-    body = response.read(64 * 1024)
+    return _error(response.status, response.reason, response.read(64 * 1024))
+
+
+def _error(status: int, reason: str, body: bytes) -> APIError:
     try:
         error = json.loads(body)["error"]
-        return APIError(response.status, str(error["code"]), str(error["message"]))
+        return APIError(status, str(error["code"]), str(error["message"]))
     except (ValueError, KeyError, TypeError):
-        return APIError(response.status, "http_error", f"HTTP {response.status} {response.reason}")
+        return APIError(status, "http_error", f"HTTP {status} {reason}")
+
+
+class Poster:
+    """Posts a stream's batches to the CP on a connection kept alive per sender thread.
+
+    A busy stream posts a batch every half second: a new TCP connection each
+    time would cost the CP an accept and a handshake more for every one.
+    """
+
+    def __init__(self, cp: Client, node: Callable[[], str]) -> None:
+        self.cp, self.node = cp, node
+        self._local = threading.local()
+
+    def __call__(self, stream: str, batch: LogBatch) -> Any:
+        path = f"{urlsplit(self.cp.base_url).path.rstrip('/')}/api/agents/{self.node()}"
+        body = batch.model_dump_json().encode()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.cp.token:
+            headers["Authorization"] = f"Bearer {self.cp.token}"
+        reused = getattr(self._local, "conn", None) is not None
+        try:
+            return self._post(f"{path}/logs/{stream}", body, headers)
+        except CPUnreachable:
+            if not reused:
+                raise
+            return self._post(f"{path}/logs/{stream}", body, headers)  # the CP closed it idle
+
+    def _post(self, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connection(self.cp.base_url, self.cp.timeout)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read(MAX_LINE)
+        except (OSError, http.client.HTTPException) as exc:
+            self._local.conn = None
+            conn.close()
+            raise CPUnreachable(
+                f"cannot reach the control plane at {self.cp.base_url}: {exc!r}"
+            ) from None
+        if answer.will_close:
+            self._local.conn = None
+            conn.close()
+        if answer.status != 200:
+            raise _error(answer.status, answer.reason, data)
+        try:
+            return json.loads(data or b"null")
+        except ValueError:
+            return None
+
+
+def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlsplit(base_url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    return kind(parts.hostname or "", parts.port, timeout=timeout)

@@ -24,7 +24,7 @@ import click
 from docklet import __version__
 from docklet.agent import identity
 from docklet.agent.backoff import Backoff, jittered
-from docklet.agent.channel import Channel
+from docklet.agent.channel import Channel, Poster
 from docklet.agent.engine import Engine, Outcome
 from docklet.agent.pool import TaskPool
 from docklet.agent.relay import Limits, Relay
@@ -44,7 +44,6 @@ from docklet.common.status import TaskKind, TaskStatus
 from docklet.wire.client import Client
 from docklet.wire.protocol import (
     LeasedTask,
-    LogBatch,
     LogRequest,
     RegistrationReply,
     TaskBatch,
@@ -94,7 +93,7 @@ class Agent:
             stream_time=config.log_stream_time,
             batch_every=config.log_batch_every,
         )
-        self.relay = Relay(self.engine, self._post_logs, limits)
+        self.relay = Relay(self.engine, Poster(self.cp, lambda: self.node_id), limits)
         self.channel = Channel(
             self.cp,
             lambda: (self.node_id, self._generation),
@@ -232,9 +231,6 @@ class Agent:
                 self.relay.handle(parse(LogRequest, item))
             except BadRequest as exc:
                 log.warning("heartbeat: a log request this agent cannot use: %s", exc.message)
-
-    def _post_logs(self, stream: str, batch: LogBatch) -> object:
-        return self.cp.post(f"/api/agents/{self.node_id}/logs/{stream}", batch.model_dump())
 
     def heartbeat_loop(self, max_iterations: int | None = None) -> None:
         done = 0

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Post = Callable[[str, LogBatch], object]  # raises APIError or CPUnreachable
 REMEMBERED = 1024  # ended streams' ids kept, so a late copy of a request is not run again
 GONE = frozenset({401, 403, 404, 410})  # the stream (or this node's token) is no more
+PATIENCE = 10  # batches wait at least this many times the CP's answer time apart
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class Stream:
         self._live = 0  # followers whose lines have not ended
         self._stopped: str | None = None  # why, once stopped
         self._deadline = time.monotonic() + self.limits.stream_time
+        self._answer_time = 0.0  # how long the CP takes to take a batch (moving average)
 
     def start(self) -> None:
         followed = self.request.containers[: self.limits.containers]
@@ -261,7 +263,10 @@ class Stream:
 
     def _next_batch(self, last: float) -> tuple[LogBatch | None, bool]:
         """The next batch when it is due, and whether it is the stream's last; None: stopped."""
-        every, idle = self.limits.batch_every, self.limits.idle_batch
+        idle = self.limits.idle_batch
+        # A CP slow to answer gets fewer, fuller batches: waiting for it at most a tenth of
+        # the time, so a thousand agents' lines never crowd out their heartbeats.
+        every = min(max(self.limits.batch_every, PATIENCE * self._answer_time), idle)
         with self._cond:
             while self._stopped is None:
                 now = time.monotonic()
@@ -300,8 +305,11 @@ class Stream:
     def _send(self, batch: LogBatch) -> bool | None:
         """Post one batch: True when the CP took it, False when it did not (the lines count
         as dropped), None when it says the stream is no more (the stream stops)."""
+        started = time.monotonic()
         try:
             self.relay.post(self.id, batch)
+            took = time.monotonic() - started
+            self._answer_time = 0.7 * self._answer_time + 0.3 * took
         except APIError as exc:
             if exc.status in GONE:
                 self.stop(f"the control plane closed it: {exc.message}")
