@@ -14,6 +14,7 @@ import gc
 import io
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -500,7 +501,19 @@ class Gateway(wsgi.Gateway_10):
         else:
             conn.read_done()  # a long-poll waits, but its request is in
         env["docklet.detach"] = self.detach
+        env["docklet.gone"] = self.gone
         return env
+
+    def gone(self) -> bool:
+        """Whether the client hung up: its socket reads as ended. A stream waiting for
+        something to say asks, so it need not wait for a write to fail (two writes, as
+        the first after a hang-up still succeeds)."""
+        sock = self.req.conn.socket
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # closed meanwhile
+            return True
 
     def detach(self) -> socket.socket | None:
         """Hand this connection's socket over (an agent's channel, after its first frame was

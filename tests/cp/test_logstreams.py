@@ -138,6 +138,7 @@ def test_a_stalled_caller_makes_the_cp_drop_lines_and_say_so(
 def test_a_caller_that_leaves_stops_its_agents_within_seconds(
     served_cp: str, cp: ControlPlane, agents: Agents
 ) -> None:
+    cp.logstreams.keepalive = defaults.LOG_KEEPALIVE  # noticed before any write fails
     (n1,) = agents("n1")
     deploy(cp, [n1], "web", 1)
     reader = LogReader(served_cp, "web", "follow=1")
@@ -149,7 +150,7 @@ def test_a_caller_that_leaves_stops_its_agents_within_seconds(
     assert n1.next_frame(timeout=5, kind="logs_stop") == {"type": "logs_stop", "stream": stream}
     status, answer = n1.post(stream, [("web.1@n1", "anyone?")])
     assert (status, answer["error"]["code"]) == (410, "stream_closed")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 1.5
     assert cp.logstreams.open_now() == 0
 
 
@@ -199,8 +200,8 @@ def test_the_caps_per_cp_503_and_per_node_429(
     third = LogReader(served_cp, "a3", "follow=1")
     assert (third.status, third.error["code"], third.retry_after) == (503, "too_many_streams", "5")
     assert "--log-streams" in third.error["message"]
-    first.close()
-    wait_for(lambda: cp.logstreams.open_now() == 1, 5, "the first stream to close")
+    first.close()  # and run again at once: the slot of a caller that hung up is free
+    time.sleep(0.1)  # (its FIN crossing the loopback)
     with_slot = LogReader(served_cp, "a3", "follow=1")
     assert with_slot.status == 200
     for reader in (second, with_slot):

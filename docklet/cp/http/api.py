@@ -549,7 +549,8 @@ def app_logs(cp: ControlPlane, name: str) -> Any:
         node=_node_param(),
         revision=_revision_param(),
     )
-    return _event_stream(cp.logstreams.open(name, query))
+    gone = request.environ.get("docklet.gone", bool)  # the server's: whether the caller hung up
+    return _event_stream(cp.logstreams.open(name, query, gone))
 
 
 def _int_param(name: str, default: int | None, low: int, high: int) -> Any:

@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -50,6 +50,8 @@ from docklet.cp.store.nodes import effective_last_seen, last_seen, status_for
 from docklet.wire.protocol import LogBatch, LogEnd
 
 RETRY_AFTER = 5  # seconds a caller refused a stream waits before asking again
+GONE_CHECK = 0.5  # seconds between looks at whether a waiting stream's caller hung up
+CALLER_LEFT = "the caller left"
 
 
 class LogQuery(NamedTuple):
@@ -91,6 +93,7 @@ class Relay:
     waiting: dict[str, float] = field(default_factory=dict)  # node → when it must have answered
     closed: bool = False
     asked: tuple[str, ...] = ()  # the nodes asked, in order: what the per-node count holds
+    gone: Callable[[], bool] = bool  # whether its caller hung up (the server's word)
 
     def __post_init__(self) -> None:
         for s in self.sources:
@@ -143,15 +146,22 @@ class Relay:
 
     def take(self, until: float) -> tuple[bytes, str | None]:
         """What to write to the caller as soon as there is some, or b"" at `until`; and why
-        the stream ends, when it does."""
+        the stream ends, when it does. Whether the caller hung up is looked at every
+        GONE_CHECK while waiting, so its slot and its agents are let go at once, not at the
+        next write that fails."""
         with self.cond:
             while True:
+                if self.closed:  # released meanwhile: its caller hung up
+                    return b"", CALLER_LEFT
                 self._late_nodes()
                 ended = self._ended()
                 left = until - time.monotonic()
                 if self.items or self.dropped or ended or left <= 0:
                     break
-                self.cond.wait(min([left, *(d - time.monotonic() for d in self.waiting.values())]))
+                deadlines = (d - time.monotonic() for d in self.waiting.values())
+                self.cond.wait(min([left, GONE_CHECK, *deadlines]))
+                if self.gone():
+                    return b"", CALLER_LEFT
             out = [] if not self.dropped else [_dropped(self.dropped)]
             out += self.items
             self.items.clear()
@@ -198,17 +208,19 @@ class LogStreams:
         with self._lock:
             return self._open.get(stream_id)
 
-    def open(self, app: str, query: LogQuery) -> Stream:
-        """A stream of the app's lines as `query` asks, or the error that says why not."""
+    def open(self, app: str, query: LogQuery, gone: Callable[[], bool] = bool) -> Stream:
+        """A stream of the app's lines as `query` asks, or the error that says why not;
+        `gone()` says whether the caller hung up (the server's word)."""
         found = self._sources(app, query)
         live, notices = self._reachable(found, query.node)
-        relay = Relay(secrets.token_urlsafe(12), live, query.follow)
+        relay = Relay(secrets.token_urlsafe(12), live, query.follow, gone=gone)
         self._take_slots(relay)
         for message in notices:
             relay.notice(message)
         self._ask(relay, query)
         ends = time.monotonic() + defaults.LOG_STREAM_MAX_TIME
-        return Stream(self._frames(relay, app, ends), lambda: self._release(relay))
+        frames = self._frames(relay, app, ends)
+        return Stream(frames, lambda: self._release(relay))
 
     # -- resolving what to show ------------------------------------------------------------
 
@@ -267,6 +279,7 @@ class LogStreams:
 
     def _take_slots(self, relay: Relay) -> None:
         slots, per_node = self.config.log_stream_slots, self.config.log_streams_per_node
+        self._sweep()
         with self._lock:
             if len(self._open) >= slots:
                 raise TooManyStreams(
@@ -315,10 +328,21 @@ class LogStreams:
                 yield _end("the stream's time is up; run it again to go on")
                 return
             out, ended = relay.take(min(ends, now + self.keepalive))
+            if ended == CALLER_LEFT:
+                return  # nobody to tell
             yield out or b": keepalive\n\n"
             if ended:
                 yield _end(ended)
                 return
+
+    def _sweep(self) -> None:
+        """Let go of the streams whose callers hung up and that have not noticed yet (a
+        `docklet logs -f` ended with Ctrl-C and run again at once must find its slot)."""
+        with self._lock:
+            relays = list(self._open.values())
+        for relay in relays:
+            if relay.gone():
+                self._release(relay)
 
     def _release(self, relay: Relay) -> None:
         with self._lock:
@@ -328,6 +352,7 @@ class LogStreams:
             self._per_node += Counter()  # drops the zeros
         with relay.cond:
             relay.closed = True
+            relay.cond.notify_all()  # its generator, if it waits, ends now
         self.channels.drop_held(relay.stream_id)
         for node_id in relay.asked:
             self.channels.ring(node_id, {"type": "logs_stop", "stream": relay.stream_id})
