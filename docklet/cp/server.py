@@ -510,7 +510,9 @@ class Gateway(wsgi.Gateway_10):
         the first after a hang-up still succeeds)."""
         sock = self.req.conn.socket
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            poller = select.poll()  # not select(): descriptors past 1024 are usual here
+            poller.register(sock, select.POLLIN)
+            readable = poller.poll(0)
             return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):  # closed meanwhile
             return True

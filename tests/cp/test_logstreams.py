@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from conftest import silence, wait_for
@@ -316,3 +317,23 @@ def test_a_node_offline_among_several_is_a_notice_and_asked_for_an_error(
     reader.close()
     only = LogReader(served_cp, "web", "node=n2")
     assert (only.status, only.error["code"]) == (503, "node_offline")
+
+
+def test_streams_hold_when_the_servers_descriptors_are_past_1024(
+    served_cp: str, cp: ControlPlane, agents: Agents, tmp_path: Path
+) -> None:
+    """A thousand agents' sockets put a caller's past select()'s reach: a stream must not
+    take that for its caller hanging up."""
+    held = [(tmp_path / "fd").open("w") for _ in range(1100)]
+    try:
+        (n1,) = agents("n1")
+        deploy(cp, [n1], "web", 1)
+        reader = LogReader(served_cp, "web", "follow=1")
+        stream = n1.next_frame(kind="logs")["stream"]
+        time.sleep(1.0)  # a few looks at whether its caller hung up
+        assert n1.post(stream, [("web.1@n1", "still here")])[0] == 200
+        reader.wait(lambda r: r.lines, what="the line")
+        reader.close()
+    finally:
+        for f in held:
+            f.close()
