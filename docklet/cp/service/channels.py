@@ -60,9 +60,10 @@ class Channels:
         self._incoming: list[tuple[str, socket.socket]] = []
         self._held: dict[str, deque[tuple[float, str, dict[str, Any]]]] = {}
         self._selector: selectors.BaseSelector | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        # The selector thread's bell (a socket pair), made with the thread: a CP that never
+        # holds a channel (the tests', mostly) holds no descriptor for it.
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -146,11 +147,19 @@ class Channels:
             for _, sock in self._incoming:
                 _close(sock)
             self._incoming.clear()
+            for end in (self._wake_r, self._wake_w):
+                if end is not None:
+                    end.close()
+            if self._selector is not None:
+                self._selector.close()
 
     # -- the selector thread ---------------------------------------------------------------
 
     def _start(self) -> None:
         if self._thread is None:  # under the lock
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ)
             self._thread = threading.Thread(target=self.run, daemon=True, name="channels")
@@ -231,12 +240,12 @@ class Channels:
         _close(sock)
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # its buffer is full: the selector wakes anyway
-            self._wake_w.send(b"\0")
+        with contextlib.suppress(OSError, AttributeError):  # full (it wakes anyway), or none
+            self._wake_w.send(b"\0")  # type: ignore[union-attr]
 
     def _drain_wake(self) -> None:
         try:
-            while self._wake_r.recv(4096):
+            while self._wake_r.recv(4096):  # type: ignore[union-attr]
                 pass
         except OSError:
             pass
