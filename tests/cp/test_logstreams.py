@@ -337,3 +337,17 @@ def test_streams_hold_when_the_servers_descriptors_are_past_1024(
     finally:
         for f in held:
             f.close()
+
+
+def test_a_request_held_for_a_heartbeat_goes_on_a_channel_opened_meanwhile(
+    served_cp: str, cp: ControlPlane, agents: Agents
+) -> None:
+    (n1,) = agents("n1", channel=False)
+    deploy(cp, [n1], "web", 1)
+    reader = LogReader(served_cp, "web", "follow=1")
+    wait_for(lambda: cp.channels._held, 5, "the request held for n1's heartbeat")
+    assert n1.open_channel() == 200  # an agent reconnecting: its channel, before a heartbeat
+    asked = n1.next_frame(kind="logs")
+    assert asked["containers"][0]["label"] == "web.1@n1"
+    assert "logs" not in n1.heartbeat()  # given once, on the channel
+    reader.close()
