@@ -16,6 +16,7 @@ from loglab import LogReader, ScriptedAgent, deploy, put_app
 
 from docklet.common import defaults
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.logstreams import LogQuery
 
 Agents = Callable[..., list[ScriptedAgent]]
 
@@ -351,3 +352,18 @@ def test_a_request_held_for_a_heartbeat_goes_on_a_channel_opened_meanwhile(
     assert asked["containers"][0]["label"] == "web.1@n1"
     assert "logs" not in n1.heartbeat()  # given once, on the channel
     reader.close()
+
+
+def test_a_stream_never_iterated_gives_its_slot_back_once(
+    served_cp: str, cp: ControlPlane, agents: Agents
+) -> None:
+    (n1,) = agents("n1")
+    deploy(cp, [n1], "web", 1)
+    stream = cp.logstreams.open("web", LogQuery(follow=True))  # as a caller gone before a write
+    assert cp.logstreams.open_now() == 1
+    stream.close()
+    stream.close()
+    assert cp.logstreams.open_now() == 0
+    asked = n1.next_frame(kind="logs")
+    assert n1.next_frame(kind="logs_stop") == {"type": "logs_stop", "stream": asked["stream"]}
+    assert cp.logstreams._per_node == {}  # the node's count given back too, once
