@@ -202,6 +202,9 @@ def test_the_caps_per_cp_503_and_per_node_429(
     third = LogReader(served_cp, "a3", "follow=1")
     assert (third.status, third.error["code"], third.retry_after) == (503, "too_many_streams", "5")
     assert "--log-streams" in third.error["message"]
+    started = time.monotonic()  # every log slot taken: heartbeats have threads of their own
+    n3.heartbeat()
+    assert time.monotonic() - started < 1.0
     first.close()  # and run again at once: the slot of a caller that hung up is free
     time.sleep(0.1)  # (its FIN crossing the loopback)
     with_slot = LogReader(served_cp, "a3", "follow=1")
