@@ -47,14 +47,13 @@ from urllib.parse import urlsplit
 from controlplane import admin, control_plane
 
 import docklet.agent.loop
-from docklet.agent.channel import Poster
 from docklet.agent.engine import Outcome
 from docklet.agent.loop import Agent
 from docklet.agent.settings import AgentConfig
 from docklet.common import defaults
 from docklet.common.errors import APIError, DockletError
 from docklet.wire.client import Client
-from docklet.wire.protocol import Label, LeasedTask, LogBatch
+from docklet.wire.protocol import Label, LeasedTask
 
 POLL_WAIT = 20.0
 IMAGE = "registry.bench:5000/app:1"
@@ -216,23 +215,6 @@ def metered_client(meter: Meter) -> type[Client]:
     return MeteredClient
 
 
-def metered_poster(meter: Meter) -> type[Poster]:
-    """The agents' log batch poster (its own kept-alive connections), timed the same way."""
-
-    class MeteredPoster(Poster):
-        def __call__(self, stream: str, batch: LogBatch) -> Any:
-            start = time.perf_counter()
-            try:
-                answer = super().__call__(stream, batch)
-            except DockletError as exc:
-                meter.error("log batch", exc)
-                raise
-            meter.ok("log batch", (time.perf_counter() - start) * 1000)
-            return answer
-
-    return MeteredPoster
-
-
 def agent_process(
     url: str, join_token: str, numbers: list[int], args: argparse.Namespace, state: str,
     go: Any, done: Any, results: Any,
@@ -243,7 +225,6 @@ def agent_process(
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     meter = Meter()
     docklet.agent.loop.Client = metered_client(meter)  # type: ignore[misc]
-    docklet.agent.loop.Poster = metered_poster(meter)  # type: ignore[misc]
     agents = []
     for n in numbers:
         config = AgentConfig(
