@@ -42,6 +42,7 @@ class FakeCP:
         self.stall = threading.Event()  # while set, batch posts wait (a CP that stalls)
         self.frames: list[str] = []  # what the next channel request is told
         self.channels = 0
+        self.refuse: tuple[int, dict[str, Any]] | None = None  # the channel's answer, if not 200
         self.lock = threading.Lock()
         cp = self
 
@@ -70,6 +71,9 @@ class FakeCP:
                 with cp.lock:
                     cp.channels += 1
                     frames, cp.frames = cp.frames, []
+                if cp.refuse is not None:
+                    self._answer(*cp.refuse)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -340,3 +344,30 @@ def test_a_frame_on_the_channel_starts_and_stops_a_stream(
         channel.close()
         thread.join(5)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message", "registers_again"),
+    [
+        (401, "unauthorized", "this node's token was replaced", True),
+        (404, "not_found", "no such endpoint: GET /api/agents/n1/channel", False),  # an older CP
+        (503, "too_many_channels", "every channel is taken", False),
+    ],
+)
+def test_a_refused_channel_registers_again_only_when_its_token_is_refused(
+    fake_cp: FakeCP, status: int, code: str, message: str, registers_again: bool
+) -> None:
+    fake_cp.refuse = (status, {"error": {"code": code, "message": message, "status": status}})
+    refusals: list[int] = []
+
+    def refused(exc: Any, generation: int) -> bool:
+        refusals.append(exc.status)
+        return exc.status == 401  # what the agent's _reregister_if_refused handles
+
+    stop = threading.Event()
+    channel = Channel(Client(fake_cp.url), lambda: ("n1", 1), lambda frame: None, refused, stop)
+    channel.backoff.current = 0.01
+    threading.Timer(2.0, stop.set).start()  # the older CP's wait ends with the agent
+    channel.loop(max_iterations=1)
+    assert refusals == ([401] if registers_again else [] if status == 404 else [503])
+    assert not channel.open.is_set()
