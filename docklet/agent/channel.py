@@ -192,9 +192,10 @@ def _error(status: int, reason: str, body: bytes) -> APIError:
 class Poster:
     """Posts a stream's batches to the CP, each on a new connection.
 
-    Kept-alive connections were measured and left out: at 1,000 agents with 20
-    busy streams, heartbeat p99 went from 234 ms to 15.8 s and 503s came back
-    (docs/architecture.md, "A thousand agents on two cores").
+    Kept-alive connections were measured once and left out: at 1,000 agents with
+    20 busy streams, heartbeat p99 went from 234 ms to 15.8 s and 503s came back
+    (docs/architecture.md, "A thousand agents on two cores"; that run predates a
+    CP fix, so it is worth measuring again).
     """
 
     def __init__(self, cp: Client, node: Callable[[], str]) -> None:
