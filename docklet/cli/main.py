@@ -17,6 +17,7 @@ from docklet.cli import (
     completion,
     diff,
     events,
+    logs,
     nodes,
     rollouts,
     secrets,
@@ -25,7 +26,7 @@ from docklet.cli import (
 from docklet.cli.base import cli, run_command
 
 # Imported for their commands.
-COMMAND_MODULES = (apps, auth, diff, events, nodes, rollouts, secrets, version)
+COMMAND_MODULES = (apps, auth, diff, events, logs, nodes, rollouts, secrets, version)
 cli.add_command(completion.completion)  # knows nothing of the group it completes
 
 
