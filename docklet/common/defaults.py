@@ -91,3 +91,11 @@ EVENT_STREAM_KEEPALIVE = 15.0
 
 # GET /metrics needs a read token unless the CP runs with --metrics-public.
 METRICS_PUBLIC = False
+
+# Dashboard sessions (docklet/cp/ui/session.py). A sign-in lasts UI_SESSION_TIME from
+# then, whatever is done with it (absolute: a stolen cookie is worth hours, not for
+# ever); each token holds at most UI_SESSIONS_PER_TOKEN (the oldest are dropped), and a
+# sign-in's body is at most UI_SIGNIN_MAX_BODY bytes (a token is 48 characters).
+UI_SESSION_TIME = 8 * 3600.0
+UI_SESSIONS_PER_TOKEN = 20
+UI_SIGNIN_MAX_BODY = 4096

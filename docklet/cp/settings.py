@@ -162,6 +162,13 @@ class CPConfig(Settings):
         le=3600,
         description="Seconds an event stream stays open (the client reconnects).",
     )
+    ui_session_time: float = Field(
+        defaults.UI_SESSION_TIME,
+        ge=60,
+        le=30 * 86400,
+        description="Seconds a dashboard sign-in lasts (from the sign-in, whatever is done"
+        " with it); revoking the token ends its sessions at once.",
+    )
     allowed_hosts: str = Field(
         "",
         max_length=4096,

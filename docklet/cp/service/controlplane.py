@@ -21,6 +21,7 @@ from docklet.cp.service.liveness import Liveness
 from docklet.cp.service.metrics import Metrics
 from docklet.cp.service.passes import Passes
 from docklet.cp.service.polls import Polls
+from docklet.cp.service.sessions import Sessions
 from docklet.cp.service.stream import EventStreams
 from docklet.cp.service.tokens import Tokens
 from docklet.cp.service.views import Views
@@ -53,6 +54,8 @@ class ControlPlane:
         self.metrics = Metrics(self.store, config, self.views, self.polls, self.liveness)
         self.passes.observe = self.metrics.passed
         self.streams = EventStreams(self.store, config)  # GET /api/events, followed
+        # The dashboard's sign-ins (docklet/cp/ui/session.py): API tokens, then cookies.
+        self.sessions = Sessions(self.store, config, self.tokens, self.metrics, self.liveness)
         self._config = config
 
     @property
@@ -70,6 +73,7 @@ class ControlPlane:
             self.tokens,
             self.streams,
             self.metrics,
+            self.sessions,
         ):
             service.config = config
 

@@ -1,0 +1,182 @@
+"""Who is looking at the dashboard: the session cookie, sign-in and sign-out, forged forms.
+
+A browser signs in by pasting an API token once (the API's own check and
+failure count: service/sessions.py); it gets a cookie holding a random
+session id, HttpOnly (no script reads it), SameSite=Strict (no other site's
+page sends it), Path=/ui (the API never sees it: its Bearer auth is
+unchanged), Secure when the request came over HTTPS. The session ends at its
+absolute expiry (--ui-session-time), at sign-out, or when its token is
+revoked, whichever comes first.
+
+A form that changes something carries the session's CSRF token and must come
+from the CP's own origin (`Origin`, else `Referer`): SameSite alone leaves
+older browsers and sibling subdomains, the two checks close them
+(`refuse_forgery`). `next`, where a sign-in leads, is only ever a local /ui
+path, never another site.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from bottle import BaseRequest, BaseResponse, HTTPResponse
+
+from docklet.common.errors import Forbidden
+from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.sessions import Session
+
+COOKIE = "docklet_session"
+COOKIE_PATH = "/ui"
+SIGNIN = "/ui/signin"
+HOME = "/ui/apps"
+MAX_COOKIE = 128  # a session id is 43 characters; anything far longer is no id of ours
+MAX_NEXT = 512
+
+# A local dashboard path: /ui, or /ui/ and then path characters; no "//" (a network
+# path), no backslash (some browsers read it as "/"), no control characters.
+_LOCAL = re.compile(r"/ui(/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?")
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The signed-in person as pages see them: the token's name, admin or not, the CSRF token."""
+
+    name: str
+    admin: bool
+    csrf: str
+
+
+def viewer(cp: ControlPlane, request: BaseRequest) -> Viewer | None:
+    """The viewer behind this request's session cookie; None: not signed in (sign in first)."""
+    if "docklet.viewer" not in request.environ:
+        session = cp.sessions.find(session_id(request))
+        request.environ["docklet.viewer"] = _as_viewer(session) if session else None
+    return request.environ["docklet.viewer"]
+
+
+def _as_viewer(session: Session) -> Viewer:
+    return Viewer(session.name, session.admin, session.csrf)
+
+
+def session_id(request: BaseRequest) -> str:
+    value = request.get_cookie(COOKIE) or ""
+    return value if len(value) <= MAX_COOKIE else ""
+
+
+def https(request: BaseRequest) -> bool:
+    """Whether the browser came over HTTPS (directly, or to a proxy that says so)."""
+    return request.urlparts.scheme.lower() == "https"
+
+
+def set_cookie(response: BaseResponse, request: BaseRequest, sid: str, lifetime: float) -> None:
+    response.set_cookie(
+        COOKIE,
+        sid,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=https(request),
+        max_age=int(lifetime),
+    )
+
+
+def clear_cookie(response: BaseResponse, request: BaseRequest) -> None:
+    response.delete_cookie(
+        COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict", secure=https(request)
+    )
+
+
+# -- where to go --------------------------------------------------------------------------
+
+
+def safe_next(value: str | None) -> str:
+    """`value` if it is a local dashboard path, else the apps page: never another site."""
+    if not value or len(value) > MAX_NEXT or not _LOCAL.fullmatch(value):
+        return HOME
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or "//" in parts.path:
+        return HOME
+    return value
+
+
+def signin_url(path: str) -> str:
+    """The sign-in page, leading back to `path` afterwards."""
+    return f"{SIGNIN}?next={quote(safe_next(path), safe='')}"
+
+
+def see_other(location: str, response: BaseResponse | None = None) -> HTTPResponse:
+    """A 303 to a local path (relative: the browser keeps its own scheme and host);
+    headers already set on `response` (a cookie) go with it."""
+    answer = HTTPResponse(status=303)
+    if response is not None:
+        for name, value in response.headerlist:
+            if name.lower() == "set-cookie":
+                answer.add_header(name, value)
+    answer.set_header("Location", location)
+    answer.set_header("Cache-Control", "no-store")
+    return answer
+
+
+def require(cp: ControlPlane, request: BaseRequest) -> Viewer:
+    """The viewer, or a 303 to the sign-in page (raised) that leads back here."""
+    seen = viewer(cp, request)
+    if seen is None:
+        raise see_other(signin_url(request.fullpath + _query(request)))
+    return seen
+
+
+def _query(request: BaseRequest) -> str:
+    query = request.query_string
+    return f"?{query}" if query else ""
+
+
+# -- forged forms --------------------------------------------------------------------------
+
+
+def own_origin(request: BaseRequest) -> str:
+    parts = request.urlparts
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def same_origin(request: BaseRequest) -> bool:
+    """Whether the browser says the form came from this CP's own pages.
+
+    `Origin` when sent (every current browser sends it on a POST), else the
+    `Referer`'s origin; a POST with neither is refused: a browser that sends
+    no Origin for a same-origin form still sends a Referer unless told not to.
+    """
+    claimed = request.get_header("Origin", "") or request.get_header("Referer", "")
+    if not claimed or claimed == "null":
+        return False
+    try:
+        parts = urlsplit(claimed)
+    except ValueError:
+        return False
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}" == own_origin(request)
+
+
+def csrf_matches(expected: str, given: str | None) -> bool:
+    """Constant-time: how much of a guess matched must not show in how long it took."""
+    return bool(given) and hmac.compare_digest(expected.encode(), (given or "").encode())
+
+
+def refuse_forgery(seen: Viewer, request: BaseRequest, *, admin: bool = True) -> None:
+    """Raise Forbidden unless this POST is the signed-in viewer's own form from our own
+    pages (the Origin and the CSRF field), and, when `admin`, the viewer may act."""
+    if not same_origin(request):
+        raise Forbidden(
+            "refused: this form did not come from this control plane's own pages (Origin)."
+            " Open the dashboard at its own address and try again."
+        )
+    if not csrf_matches(seen.csrf, request.forms.get("csrf")):
+        raise Forbidden(
+            "refused: the form's security token is missing or stale. Reload the page and try again."
+        )
+    if admin and not seen.admin:
+        raise Forbidden(
+            f"token {seen.name!r} is a read token: it can look, not act. Sign in with an"
+            " admin token to do this."
+        )
