@@ -17,6 +17,7 @@ path, never another site.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -180,3 +181,44 @@ def refuse_forgery(seen: Viewer, request: BaseRequest, *, admin: bool = True) ->
             f"token {seen.name!r} is a read token: it can look, not act. Sign in with an"
             " admin token to do this."
         )
+
+
+# -- what an action did, shown on the page it leads back to ---------------------------------
+
+
+@dataclass(frozen=True)
+class Flash:
+    """An action's outcome, shown once on the page the action led back to."""
+
+    ok: bool
+    text: str
+
+
+MAX_FLASH = 300
+
+
+def flash_query(seen: Viewer, ok: bool, text: str) -> str:
+    """The query string carrying an outcome to the next page, signed with the session's
+    CSRF token: a link someone else made cannot put words on a viewer's page."""
+    text = text[:MAX_FLASH]
+    kind = "ok" if ok else "error"
+    return f"{kind}={quote(text, safe='')}&sig={_flash_sig(seen, kind, text)}"
+
+
+def flash(seen: Viewer | None, request: BaseRequest) -> Flash | None:
+    """The outcome this page was sent with (see `flash_query`), if its signature holds."""
+    if seen is None:
+        return None
+    for kind in ("ok", "error"):
+        text = request.query.getunicode(kind)
+        if text is not None:
+            sig = request.query.get("sig", "")
+            expected = _flash_sig(seen, kind, text[:MAX_FLASH])
+            good = hmac.compare_digest(expected.encode(), sig.encode())
+            return Flash(kind == "ok", text[:MAX_FLASH]) if good else None
+    return None
+
+
+def _flash_sig(seen: Viewer, kind: str, text: str) -> str:
+    digest = hmac.new(seen.csrf.encode(), f"{kind}\0{text}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:32]
