@@ -98,8 +98,9 @@ def safe_next(value: str | None) -> str:
     if not value or len(value) > MAX_NEXT or not _LOCAL.fullmatch(value):
         return HOME
     parts = urlsplit(value)
-    if parts.scheme or parts.netloc or "//" in parts.path:
-        return HOME
+    segments = parts.path.split("/")
+    if parts.scheme or parts.netloc or "" in segments[1:-1] or {".", ".."} & set(segments):
+        return HOME  # "//" (another host, to a browser), or a way out of /ui
     return value
 
 
