@@ -280,3 +280,12 @@ def test_an_action_on_an_unknown_app_is_a_404_page(served_cp: str) -> None:
     answer = browser.post("/ui/apps/nope/stop", {"csrf": csrf})
     assert answer.status == 404
     assert "<html" in answer.text
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(served_cp: str) -> None:
+    browser = signed_in(served_cp)
+    first = browser.cookie
+    assert browser.sign_in(ADMIN_TOKEN).status == 303
+    assert browser.cookie != first
+    assert Browser(served_cp, cookie=first).get("/ui/apps").status == 303
+    assert browser.get("/ui/apps").status == 200

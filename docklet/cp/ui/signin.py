@@ -44,6 +44,7 @@ def sign_in(cp: ControlPlane) -> str:
         sid, signed = cp.sessions.sign_in(token, address)
     except DockletError as exc:
         return _refused(exc, target, address)
+    cp.sessions.sign_out(session.session_id(request))  # a session this browser had ends
     log.info("ui: token %r signed in from %s", signed.name, address)
     session.set_cookie(response, request, sid, signed.expires_at - time.time())
     raise session.see_other(target, response)
