@@ -28,20 +28,43 @@ pytestmark = pytest.mark.docker
 CHROMIUM = os.environ.get("DOCKLET_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
-# Records the newest rollout's status each time the page changes: what a person
+# Records the newest rollout as the page shows it each time the page changes: its status
+# and its timeline ("canary:done verifying:current promoting:next ..."), what a person
 # watching would have seen, however briefly. window.__page marks this page load.
 WATCH = """() => {
   window.__page = "first load";
   window.__seen = [];
   const note = () => {
-    const badge = document.querySelector(".rollout.newest .badge");
-    const now = badge ? badge.textContent.trim() : "";
-    if (now && window.__seen[window.__seen.length - 1] !== now) window.__seen.push(now);
+    const rollout = document.querySelector(".rollout.newest");
+    if (!rollout) return;
+    const badge = rollout.querySelector(".badge").textContent.trim();
+    const timeline = Array.from(rollout.querySelectorAll(".phase")).map(
+      (p) => p.querySelector(".name").textContent.trim() + ":" + p.className.split("p-")[1]
+    ).join(" ");
+    const last = window.__seen[window.__seen.length - 1];
+    if (!last || last.status !== badge || last.timeline !== timeline)
+      window.__seen.push({status: badge, timeline: timeline});
   };
   new MutationObserver(note).observe(document.body,
     {subtree: true, childList: true, characterData: true});
   note();
 }"""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, docker_client: Any, web_image: str) -> Iterator[Cluster]:
+    """conftest's cluster, with a CP patient with a busy machine: a browser (Chromium's
+    processes, taking screenshots) shares the cores with it, and a request that waits
+    for a thread is not the overload this test is about."""
+    c = Cluster(tmp_path, docker_client)
+    c.cp.args += ["--overload-wait", "30"]
+    try:
+        c.start_cp()
+        c.start_agent()
+        c.login()
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +84,10 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-def shot(page: Any, name: str) -> None:
+def shot(page: Any, name: str, *, full_page: bool = True) -> None:
     if os.environ.get("DOCKLET_SCREENSHOTS") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
 def sign_in(context: Any, url: str, token: str, path: str = "/ui/apps") -> Any:
@@ -78,6 +101,11 @@ def sign_in(context: Any, url: str, token: str, path: str = "/ui/apps") -> Any:
 
 
 def seen(page: Any) -> list[str]:
+    """The newest rollout's statuses, as the page showed them one after another."""
+    return [v["status"] for v in snapshots(page)]
+
+
+def snapshots(page: Any) -> list[dict[str, str]]:
     return page.evaluate("() => window.__seen")
 
 
@@ -96,18 +124,18 @@ def history(cluster: Cluster) -> list[dict[str, Any]]:
     return json.loads(result.stdout)
 
 
-def update_while_watching(cluster: Cluster, page: Any, *args: str) -> Any:
-    """`docklet update web ARGS` from the CLI, the page open all along; a screenshot of
-    the page mid-rollout, once it is verifying."""
+def update_while_watching(cluster: Cluster, page: Any, *args: str, shoot: bool = False) -> Any:
+    """`docklet update web ARGS` from the CLI, the page open all along; with `shoot`, a
+    screenshot of the page mid-rollout, once it is verifying."""
     done: dict[str, Any] = {}
     cli = threading.Thread(
         target=lambda: done.setdefault("result", cluster.docklet("update", "web", *args)),
     )
     cli.start()
-    shot_taken = False
+    shot_taken = not shoot
     while cli.is_alive():
         page.wait_for_timeout(100)  # the page keeps running its own script meanwhile
-        if not shot_taken and "verifying" in seen(page):
+        if not shot_taken and seen(page)[-1:] == ["verifying"]:
             shot(page, "app-rollout")
             shot_taken = True
     cli.join()
@@ -134,10 +162,20 @@ def test_the_dashboard_in_a_browser(
     page = context.new_page()
     page.goto(f"{url}/ui/apps/web")
     page.evaluate(WATCH)
-    update = update_while_watching(cluster, page, "--image", web_image_v2)
+    update = update_while_watching(cluster, page, "--image", web_image_v2, shoot=True)
     assert update.returncode == 0, update.stdout + update.stderr
     wait_for(lambda: "stable" in seen(page), 20, "the page to show the rollout stable")
-    assert in_order(["canary", "verifying", "promoting", "stable"], seen(page)), seen(page)
+    views = snapshots(page)
+    # Seen moving: first mid-rollout, then each later phase in turn. The canary lasts as
+    # long as one container takes to start, often less than one refresh: the timeline
+    # shows it passed by the time verifying is current.
+    assert views[0]["status"] in ("pending", "canary", "verifying"), views
+    assert in_order(["verifying", "promoting", "stable"], seen(page)), views
+    verifying = next(v for v in views if v["status"] == "verifying")
+    assert "canary:done" in verifying["timeline"], verifying
+    assert "promoting:next stable:next" in verifying["timeline"], verifying
+    final = views[-1]["timeline"]
+    assert all(f"{p}:done" in final for p in ("canary", "verifying", "promoting", "stable"))
     assert page.evaluate("() => window.__page") == "first load"  # never reloaded
 
     # A bad image: the page shows the rollback and its evidence.
@@ -148,6 +186,8 @@ def test_the_dashboard_in_a_browser(
     evidence = newest_rollout(page)
     assert "Evidence" in evidence and "Error" in evidence, evidence
     assert "does-not-exist" in evidence
+    page.locator(".rollout.newest").scroll_into_view_if_needed()
+    shot(page, "app-rollback", full_page=False)
     assert page.evaluate("() => window.__page") == "first load"
 
     # Roll back to v1 from the page: the outcome is said, and `docklet history` agrees.
@@ -166,7 +206,7 @@ def test_the_dashboard_in_a_browser(
         other.goto(f"{url}/ui/{name}")
         assert other.url == f"{url}/ui/{name}"
         assert "node-1" in other.inner_text("main")
-        shot(other, name)
+        shot(other, name, full_page=False)
 
     read_token_sees_nothing_to_do_and_cannot_forge(cluster, browser)
     signing_out_ends_the_session(cluster, browser, context)
