@@ -95,6 +95,7 @@ def render(template: str, **ctx: Any) -> str:
     response.content_type = "text/html; charset=utf-8"
     ctx.setdefault("viewer", None)
     ctx.setdefault("csrf", "")
+    ctx.setdefault("flash", None)
     return TEMPLATES.get_template(template).render(**ctx)
 
 
