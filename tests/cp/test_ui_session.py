@@ -289,3 +289,10 @@ def test_signing_in_again_ends_the_browsers_previous_session(served_cp: str) -> 
     assert browser.cookie != first
     assert Browser(served_cp, cookie=first).get("/ui/apps").status == 303
     assert browser.get("/ui/apps").status == 200
+
+
+def test_an_action_without_a_session_leads_to_sign_in_and_back_to_the_app(app_url: str) -> None:
+    answer = Browser(app_url).post("/ui/apps/web/stop", {"csrf": "whatever"})
+    assert answer.status == 303
+    assert answer.location == "/ui/signin?next=%2Fui%2Fapps%2Fweb"
+    assert api(app_url, "GET", "/api/apps/web")["desired"] == "running"

@@ -86,9 +86,9 @@ ACTIONS: dict[str, Action] = {
 def act(cp: ControlPlane, name: str, verb: str) -> None:
     """Run one action for the signed-in admin and lead back to the app's page."""
     bounded()
-    seen = session.require(cp, request)
-    session.refuse_forgery(seen, request)
     page = f"/ui/apps/{quote(name, safe='')}"
+    seen = session.require(cp, request, back=page)
+    session.refuse_forgery(seen, request)
     cp.views.app(name)  # an unknown app is the 404 page, not a flash on a page that is not
     try:
         ok, said = True, ACTIONS[verb](cp, name, Author(seen.name))

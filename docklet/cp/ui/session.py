@@ -122,11 +122,12 @@ def see_other(location: str, response: BaseResponse | None = None) -> HTTPRespon
     return answer
 
 
-def require(cp: ControlPlane, request: BaseRequest) -> Viewer:
-    """The viewer, or a 303 to the sign-in page (raised) that leads back here."""
+def require(cp: ControlPlane, request: BaseRequest, back: str = "") -> Viewer:
+    """The viewer, or a 303 to the sign-in page (raised) that leads back here (or to
+    `back`: a form's POST is not a page to come back to)."""
     seen = viewer(cp, request)
     if seen is None:
-        raise see_other(signin_url(request.fullpath + _query(request)))
+        raise see_other(signin_url(back or request.fullpath + _query(request)))
     return seen
 
 
