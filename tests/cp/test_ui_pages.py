@@ -123,7 +123,7 @@ def test_the_apps_page_lists_each_app_with_its_revision_state_and_nodes(
     web = page.text[page.text.index('href="/ui/apps/web"') :]
     web = web[: web.index("</tr>")]
     assert "v1" in web and "running ×2" in web and "2/2" in web
-    assert "node-a</a> 2/2" in web  # per node: running the wanted revision / there
+    assert '<a href="/ui/nodes?q=node-a">node-a</a>' in web
     assert 'class="badge b-stable">stable' in web
 
 
@@ -179,7 +179,8 @@ def test_an_apps_page_shows_containers_revisions_rollout_phases_and_events(
     assert "<h1>web</h1>" in text
     assert 'class="badge b-rolling_update">rolling_update' in text
     assert "docklet.web.1" in text or "docklet.web.0" in text  # containers, by node
-    assert '<h3><a href="/ui/nodes#node-node-a">node-a</a></h3>' in text
+    assert '<h3><a href="/ui/nodes?q=node-a">node-a</a></h3>' in text
+    assert "node-a 2/2" in text  # per node: running a wanted revision / there
     assert "Rollout 1: v1 → v2" in text
     assert "Canary</dt><dd>slot" in text and "on node-a" in text
     assert 'class="phase p-current"><span class="name">canary' in text
@@ -260,6 +261,19 @@ def test_the_nodes_page_shows_status_last_seen_containers_and_docker(
     row = row[: row.index("</tr>")]
     assert 'class="badge b-online">online' in row
     assert "s ago" in row and "<td>3</td>" in row and ">ok<" in row
+
+
+def test_the_nodes_page_filters_and_pages_fifty_at_a_time(cp: ControlPlane, admin: Browser) -> None:
+    for i in range(60):
+        Agent(cp, f"n{i:02}")
+    first = admin.get("/ui/nodes").text
+    assert "60 nodes · page 1 of 2" in first and 'id="node-n49"' in first
+    assert 'id="node-n50"' not in first and 'href="/ui/nodes?page=2"' in first
+    assert 'id="node-n59"' in admin.get("/ui/nodes?page=2").text
+    found = admin.get("/ui/nodes?q=N5&status=online").text
+    assert found.count('<tr id="node-') == 10 and "10 nodes match" in found
+    assert "No node matches" in admin.get("/ui/nodes?status=offline").text
+    assert admin.get("/ui/nodes?status=gone").status == 400
 
 
 def test_the_events_page_lists_the_newest_events_and_filters_by_app(

@@ -118,7 +118,9 @@ def apps_part(cp: ControlPlane, parts: Parts, viewer: session.Viewer) -> str:
 
 
 def nodes_part(cp: ControlPlane, parts: Parts, viewer: session.Viewer) -> str:
-    return _html(parts.get(("nodes",), lambda: fragment("_nodes.html", **pages.nodes_context(cp))))
+    query = pages.list_query(pages.NODE_FILTERS)
+    ctx = parts.get(("nodes", *query), lambda: pages.nodes_context(cp, *query))
+    return _html(parts.get(("nodes-part", *query), lambda: fragment("_nodes.html", **ctx)))
 
 
 def events_part(cp: ControlPlane, parts: Parts, viewer: session.Viewer) -> str:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from bottle import Bottle, request
 
 from docklet.common.errors import BadRequest
-from docklet.common.status import AppStatus, ContainerState, EventKind, RolloutStatus
+from docklet.common.status import AppStatus, ContainerState, EventKind, NodeStatus, RolloutStatus
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.ui import session
 from docklet.cp.ui.app import render
@@ -80,7 +80,7 @@ def app_page(cp: ControlPlane, viewer: session.Viewer, name: str) -> str:
 
 
 def nodes_page(cp: ControlPlane, viewer: session.Viewer) -> str:
-    return page("nodes.html", viewer, **nodes_context(cp))
+    return page("nodes.html", viewer, **nodes_context(cp, *list_query(NODE_FILTERS)))
 
 
 def events_page(cp: ControlPlane, viewer: session.Viewer) -> str:
@@ -90,36 +90,47 @@ def events_page(cp: ControlPlane, viewer: session.Viewer) -> str:
 # -- the apps list ------------------------------------------------------------------------
 
 
-def list_query() -> tuple[str, str, int]:
-    """The apps list's `q`, `status` and `page`, checked: a bad one is a 400 page."""
+def list_query(statuses: tuple[str, ...] = STATUS_FILTERS) -> tuple[str, str, int]:
+    """A list's `q`, `status` (one of `statuses`) and `page`, checked: a bad one is a 400 page."""
     q = request.query.getunicode("q", default="") or ""
     if len(q) > MAX_QUERY:
         raise BadRequest(f"the filter is at most {MAX_QUERY} characters long")
     status = request.query.getunicode("status", default="") or ""
-    if status and status not in STATUS_FILTERS:
-        raise BadRequest(f"status is one of {', '.join(STATUS_FILTERS)}, not {status[:40]!r}")
+    if status and status not in statuses:
+        raise BadRequest(f"status is one of {', '.join(statuses)}, not {status[:40]!r}")
     raw = request.query.get("page", "") or "1"
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw[:6]) <= MAX_PAGE):
         raise BadRequest(f"page is a number from 1 to {MAX_PAGE}, not {raw[:20]!r}")
     return q.strip(), status, int(raw)
 
 
-def apps_listing(cp: ControlPlane, q: str, status: str, page: int) -> dict[str, Any]:
-    """One page of the apps list, filtered by name (`q`, a part of it) and `status`."""
-    found = [a for a in cp.views.apps() if _matches(a, q.lower(), status)]
+def paged(found: list[Any], q: str, status: str, page: int, url: str) -> dict[str, Any]:
+    """Page `page` of a filtered list (the last, if past it), and what its pager links to."""
     pages = max(1, -(-len(found) // PAGE_SIZE))
     page = min(page, pages)
-    shown = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
     return {
-        "apps": [_app_row(a) for a in shown],
+        "shown": found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE],
         "total": len(found),
         "page": page,
         "pages": pages,
         "q": q,
         "status": status,
-        "statuses": STATUS_FILTERS,
         "query": _query_string(q, status),
+        "list_url": url,
     }
+
+
+def apps_listing(cp: ControlPlane, q: str, status: str, page: int) -> dict[str, Any]:
+    """One page of the apps list, filtered by name (`q`, a part of it) and `status`.
+
+    Read from the brief list `docklet ps` reads, kept while nothing changed and
+    rebuilt once for all of its readers when something did: each app's
+    containers are counted there, not listed (at 10,000 containers the full
+    list costs several times as much to build). An app's own page lists them.
+    """
+    found = [a for a in cp.views.apps(brief=True) if _matches(a, q.lower(), status)]
+    listing = paged(found, q, status, page, "/ui/apps")
+    return {**listing, "apps": [_app_row(a) for a in listing["shown"]], "statuses": STATUS_FILTERS}
 
 
 def _matches(app: dict[str, Any], q: str, status: str) -> bool:
@@ -137,12 +148,8 @@ def _query_string(q: str, status: str) -> str:
 
 
 def _app_row(app: dict[str, Any]) -> dict[str, Any]:
-    """What a row of the apps list shows: desired next to actual, per node, and why not."""
-    return {
-        **app,
-        "per_node": per_node(app),
-        "reason": reason(app),
-    }
+    """What a row of the apps list shows: desired next to actual, where, and why not."""
+    return {**app, "reason": reason(app)}
 
 
 def per_node(app: dict[str, Any]) -> list[tuple[str, int, int]]:
@@ -253,8 +260,20 @@ def _state(is_last: bool, status: RolloutStatus, phase: str, rollout: dict[str, 
 # -- nodes and events -----------------------------------------------------------------
 
 
-def nodes_context(cp: ControlPlane) -> dict[str, Any]:
-    return {"nodes": cp.views.nodes()}
+NODE_FILTERS = tuple(s.value for s in NodeStatus)
+
+
+def nodes_context(cp: ControlPlane, q: str = "", status: str = "", page: int = 1) -> dict[str, Any]:
+    """One page of the nodes, filtered by a part of their id or host name and by status."""
+    q_lower = q.lower()
+    found = [
+        n
+        for n in cp.views.nodes()
+        if (not q or q_lower in n["node_id"].lower() or q_lower in n["hostname"].lower())
+        and (not status or n["status"] == status)
+    ]
+    listing = paged(found, q, status, page, "/ui/nodes")
+    return {**listing, "nodes": listing["shown"], "statuses": NODE_FILTERS}
 
 
 def event_app() -> str:
