@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -96,7 +97,7 @@ def sign_in(context: Any, url: str, token: str, path: str = "/ui/apps") -> Any:
     assert "/ui/signin?next=" in page.url  # no session yet: the sign-in page first
     page.fill("input[name=token]", token)
     page.click("button[type=submit]")
-    assert page.url == url + path, page.url
+    page.wait_for_url(url + path)
     return page
 
 
@@ -193,7 +194,7 @@ def test_the_dashboard_in_a_browser(
     # Roll back to v1 from the page: the outcome is said, and `docklet history` agrees.
     page.reload()  # the revision table as it is now (v1 is a revision to go back to)
     page.click("button:has-text('Roll back to v1')")
-    assert page.url.startswith(f"{url}/ui/apps/web?")
+    page.wait_for_url(re.compile(re.escape(f"{url}/ui/apps/web?ok=")))
     assert "Rolling back to v1" in page.inner_text(".flash")
     wait_for(lambda: history(cluster)[0]["status"] == "stable", 60, "the rollback to be stable")
     newest = history(cluster)[0]
@@ -238,7 +239,7 @@ def signing_out_ends_the_session(cluster: Cluster, browser: Any, context: Any) -
     [cookie] = [c for c in context.cookies() if c["name"] == "docklet_session"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
     page.click("button:has-text('Sign out')")
-    assert page.url == f"{url}/ui/signin"
+    page.wait_for_url(f"{url}/ui/signin")
     assert not [c for c in context.cookies() if c["name"] == "docklet_session"]
     page.goto(f"{url}/ui/apps/web")
     assert page.url.startswith(f"{url}/ui/signin?next=")
