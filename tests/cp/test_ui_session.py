@@ -296,3 +296,36 @@ def test_an_action_without_a_session_leads_to_sign_in_and_back_to_the_app(app_ur
     assert answer.status == 303
     assert answer.location == "/ui/signin?next=%2Fui%2Fapps%2Fweb"
     assert api(app_url, "GET", "/api/apps/web")["desired"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        ("/ui/signin", b"token=\xff\xfe&next=\xc0", {}),
+        ("/ui/signin", b"token=dku_%00%0a&next=%2Fui%2F%E2%80%AE", {}),
+        ("/ui/signin", b"token=" + b"a" * 3000, {"Origin": "http://\xe9vil"}),
+        ("/ui/signin", b"token=x", {"Origin": "http://[::1"}),
+        ("/ui/signin", b"token=x", {"Cookie": "docklet_session=" + "x" * 5000}),
+        ("/ui/signout", b"csrf=\xff", {"Cookie": "docklet_session=\xe9\xe9"}),
+        ("/ui/apps/web/scale", b"replicas=%00&csrf=%ff", {"Referer": "::::"}),
+        ("/ui/apps/%ff%00/stop", b"", {}),
+    ],
+)
+def test_hostile_forms_get_an_answer_never_a_500(
+    app_url: str, path: str, body: bytes, headers: dict[str, str]
+) -> None:
+    import http.client
+
+    parts = urllib.parse.urlsplit(app_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    sent = {"Content-Type": "application/x-www-form-urlencoded", **headers}
+    conn.putrequest("POST", path)
+    for name, value in sent.items():
+        conn.putheader(name, value.encode("latin-1"))
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    answer = conn.getresponse()
+    text = answer.read().decode("utf-8", "replace")
+    conn.close()
+    assert answer.status in (303, 400, 401, 403, 404, 413), text
+    assert "Traceback" not in text

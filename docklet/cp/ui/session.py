@@ -151,7 +151,7 @@ def same_origin(request: BaseRequest) -> bool:
     `Referer`'s origin; a POST with neither is refused: a browser that sends
     no Origin for a same-origin form still sends a Referer unless told not to.
     """
-    claimed = request.get_header("Origin", "") or request.get_header("Referer", "")
+    claimed = _header(request, "Origin") or _header(request, "Referer")
     if not claimed or claimed == "null":
         return False
     try:
@@ -159,6 +159,14 @@ def same_origin(request: BaseRequest) -> bool:
     except ValueError:
         return False
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}" == own_origin(request)
+
+
+def _header(request: BaseRequest, name: str) -> str:
+    """A header, or "" for one that is not text (Bottle cannot decode it): no origin said."""
+    try:
+        return request.get_header(name, "")
+    except UnicodeError:
+        return ""
 
 
 def csrf_matches(expected: str, given: str | None) -> bool:

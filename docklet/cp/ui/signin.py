@@ -77,10 +77,9 @@ def sign_out(cp: ControlPlane) -> None:
 
 def bounded() -> None:
     """A form's body is small: a token, a few fields. Anything larger is refused unread."""
-    length = request.content_length
-    if length > defaults.UI_SIGNIN_MAX_BODY or (
-        length < 0 and request.get_header("Transfer-Encoding")
-    ):
+    length = request.content_length  # -1: none said, and a chunked body's size is unknown
+    chunked = "HTTP_TRANSFER_ENCODING" in request.environ
+    if length > defaults.UI_SIGNIN_MAX_BODY or (length < 0 and chunked):
         raise TooLarge(f"a form's body is at most {defaults.UI_SIGNIN_MAX_BODY} bytes")
 
 
