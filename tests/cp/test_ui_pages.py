@@ -412,3 +412,15 @@ def test_an_open_page_hears_the_events_of_its_app_as_they_happen(
     finally:
         conn.close()
     wait_for(lambda: cp.streams.open_now() == 0, what="the stream's slot given back")
+
+
+def test_the_stylesheet_and_script_are_served_and_nothing_else_is(ui: Any) -> None:
+    anyone = Browser(ui)  # the sign-in page needs them too
+    css = anyone.get("/ui/static/docklet.css")
+    assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
+    script = anyone.get("/ui/static/live.js")
+    assert script.status == 200 and "EventSource" in script.text
+    assert script.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/ui/static/../app.py", "/ui/static/%2e%2e/app.py", "/ui/static/nope.js"):
+        page = anyone.get(path)
+        assert page.status == 404 and "import" not in page.text, path
