@@ -26,7 +26,7 @@ from docklet.common.status import TokenScope
 from docklet.cp.http.api import make_app
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.ui import live, pages
-from docklet.cp.ui.app import CSP
+from docklet.cp.ui.app import CSP, fragment
 from docklet.cp.ui.mount import dashboard
 from docklet.cp.ui.pages import Phase
 
@@ -248,6 +248,42 @@ def test_phases_are_dated_by_the_rollouts_transitions_and_show_what_is_ahead() -
         Phase("rolling_back", 110.0, "done"),
         Phase("rolled_back", 120.0, "failed"),
     ]
+
+
+def test_a_rollouts_evidence_shows_exit_code_health_output_and_last_log_lines() -> None:
+    rollout = {
+        "id": 3,
+        "app": "web",
+        "revision": "v2",
+        "from_revision": "v1",
+        "status": "rolled_back",
+        "terminal": True,
+        "canary_node": "node-a",
+        "canary_slot": 1,
+        "done": 0,
+        "total": 2,
+        "deadline": 130.0,
+        "progress_deadline": 700.0,
+        "reason": "the canary exited with code 3",
+        "failed_phase": "verifying",
+        "evidence": {
+            "error": None,
+            "exit_code": 3,
+            "health": "curl: (7) Failed to connect",
+            "logs": "starting\npanic: <config> missing",
+            "phases": [],
+        },
+        "created_at": 100.0,
+        "finished_at": 140.0,
+    }
+    rollout["phases"] = pages.phases(rollout, [])
+    html = fragment("_rollouts.html", rollouts=[rollout], now=200.0)
+    assert "Failed in verifying: the canary exited with code 3" in html
+    assert "<strong>Exit code:</strong> 3" in html
+    assert "<pre>curl: (7) Failed to connect</pre>" in html
+    assert "<pre>starting\npanic: &lt;config&gt; missing</pre>" in html
+    assert "Canary</dt><dd>slot 1 on node-a" in html
+    assert "Healthy by" not in html  # a finished rollout's deadlines are past news
 
 
 def test_the_nodes_page_shows_status_last_seen_containers_and_docker(

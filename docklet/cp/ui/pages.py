@@ -26,7 +26,7 @@ from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.ui import session
 from docklet.cp.ui.app import render
 
-PAGE_SIZE = 50  # apps a page lists: a page of a thousand apps renders in milliseconds
+PAGE_SIZE = 50  # rows a list shows a page: what a page renders stays small at any size
 MAX_PAGE = 10_000
 MAX_QUERY = 100  # characters of a filter: longer than any app name
 HELD = "held"  # a filter beside the app statuses: a revision waits for `rollout retry`
