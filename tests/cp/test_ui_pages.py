@@ -424,27 +424,35 @@ def test_a_part_is_only_its_fragment_and_is_rendered_again_only_after_a_change(
 
 
 def test_an_open_page_hears_the_events_of_its_app_as_they_happen(
-    cp: ControlPlane, served_cp: str
+    cp: ControlPlane, ui: Any, served_cp: str
 ) -> None:
     session_id, _ = cp.sessions.sign_in(ADMIN_TOKEN, "127.0.0.1")
     cp.streams.keepalive = 0.2  # the server notices soon that the page went away
     put_app(cp, "web")
+    html = Browser(ui, session_id).get("/ui/apps/web").text
+    stream = html.split('data-live="')[1].split('"')[0].replace("&amp;", "&")
+    assert stream.startswith("/ui/live?after=") and stream.endswith("&app=web")
+    put_app(cp, "api")  # another app's events are not this page's
+    put_app(cp, "web", replicas=2)  # after the page was read, before its script listens
     url = urllib.parse.urlsplit(served_cp)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    conn.request("GET", "/ui/live?app=web", headers={"Cookie": f"docklet_session={session_id}"})
+    conn.request("GET", stream, headers={"Cookie": f"docklet_session={session_id}"})
     answer = conn.getresponse()
     try:
         assert answer.status == 200
         assert answer.getheader("Content-Type").startswith("text/event-stream")
         assert answer.getheader("Content-Security-Policy") == CSP
         assert cp.streams.open_now() == 1  # one of the event streams' slots
-        put_app(cp, "api")  # another app's events are not this page's
-        put_app(cp, "web", replicas=2)
         deadline = time.monotonic() + 10
         seen = b""
-        while b'"app": "web"' not in seen and time.monotonic() < deadline:
+        while b"revision v2" not in seen and time.monotonic() < deadline:
             seen += answer.fp.readline()
         assert b'"app": "web"' in seen and b'"app": "api"' not in seen
+        assert b"app_created" not in seen  # what the page already showed is not sent again
+        put_app(cp, "web", replicas=3)  # and what happens while it listens is heard
+        while b"revision v3" not in seen and time.monotonic() < deadline:
+            seen += answer.fp.readline()
+        assert b"revision v3" in seen
     finally:
         conn.close()
     wait_for(lambda: cp.streams.open_now() == 0, what="the stream's slot given back")

@@ -54,10 +54,16 @@ def signed_in(cp: ControlPlane, handler: Handler) -> Handler:
     return wrapper
 
 
-def page(template: str, viewer: session.Viewer, **ctx: Any) -> str:
-    """A whole page: what every page shows (who is looking, an action's outcome) and `ctx`."""
+def page(
+    cp: ControlPlane, template: str, viewer: session.Viewer, build: Callable[[], dict[str, Any]]
+) -> str:
+    """A whole page: what every page shows (who is looking, an action's outcome), what
+    `build` reads, and where its live stream starts: after the newest event read before it,
+    so nothing that happened while the page was built is missed (at worst heard twice)."""
+    after = cp.streams.start_after("", "")
+    ctx = build()
     flash = session.flash(viewer, request)
-    return render(template, viewer=viewer, csrf=viewer.csrf, flash=flash, **ctx)
+    return render(template, viewer=viewer, csrf=viewer.csrf, flash=flash, after=after, **ctx)
 
 
 def routes(app: Bottle, cp: ControlPlane) -> None:
@@ -72,19 +78,22 @@ def routes(app: Bottle, cp: ControlPlane) -> None:
 
 
 def apps_page(cp: ControlPlane, viewer: session.Viewer) -> str:
-    return page("apps.html", viewer, **apps_listing(cp, *list_query()))
+    query = list_query()
+    return page(cp, "apps.html", viewer, lambda: apps_listing(cp, *query))
 
 
 def app_page(cp: ControlPlane, viewer: session.Viewer, name: str) -> str:
-    return page("app.html", viewer, **app_context(cp, name))
+    return page(cp, "app.html", viewer, lambda: app_context(cp, name))
 
 
 def nodes_page(cp: ControlPlane, viewer: session.Viewer) -> str:
-    return page("nodes.html", viewer, **nodes_context(cp, *list_query(NODE_FILTERS)))
+    query = list_query(NODE_FILTERS)
+    return page(cp, "nodes.html", viewer, lambda: nodes_context(cp, *query))
 
 
 def events_page(cp: ControlPlane, viewer: session.Viewer) -> str:
-    return page("events.html", viewer, **events_context(cp, event_app()))
+    app = event_app()
+    return page(cp, "events.html", viewer, lambda: events_context(cp, app))
 
 
 # -- the apps list ------------------------------------------------------------------------
