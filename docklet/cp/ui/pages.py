@@ -36,6 +36,7 @@ EVENTS = 100  # events the events page shows
 REVISIONS = 30  # revisions an app's page lists (newest first)
 ROLLOUTS = 10  # rollouts an app's page lists (newest first; the newest with its timeline)
 PHASE_EVENTS = 200  # the app's events read to date a rollout's phases
+LOG_TAIL = 100  # lines of each container the log pane starts with
 
 Handler = Callable[..., Any]
 
@@ -193,6 +194,7 @@ def reason(app: dict[str, Any]) -> str:
 def app_context(cp: ControlPlane, name: str) -> dict[str, Any]:
     """Everything an app's page shows; NotFound (a 404 page) for an app that is not there."""
     view = cp.views.app(name)
+    revisions = cp.views.revisions(name)
     rollouts = cp.views.rollouts(name)[:ROLLOUTS]
     app_events = cp.views.events(name, PHASE_EVENTS)
     for r in rollouts:
@@ -202,7 +204,9 @@ def app_context(cp: ControlPlane, name: str) -> dict[str, Any]:
         "reason": reason(view),
         "per_node": per_node(view),
         "by_node": containers_by_node(view),
-        "revisions": cp.views.revisions(name)[:REVISIONS],
+        "revisions": revisions[:REVISIONS],
+        "older_revisions": max(0, len(revisions) - REVISIONS),
+        "log_tail": LOG_TAIL,
         "rollouts": rollouts,
         "events": app_events[-APP_EVENTS:][::-1],
         "now": time.time(),
