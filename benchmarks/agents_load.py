@@ -16,14 +16,21 @@ first deploy until every replica runs. After a warm-up it measures, for
 the agents then run), the CP's CPU time and RSS, its longest SQLite write
 transaction, and every error any agent or user saw (timeouts, 503s, 401s).
 
+With `--log-streams N`, N `docklet logs -f` streams (of N apps) are open while
+measuring: relayed by the agents' own relay code (channel, followers, batches)
+from a simulated container log that writes a line every 100 ms. Compare a run
+with and one without them (the CP needs `--cp-args "--log-streams N"` beyond 16).
+
 Usage: python benchmarks/agents_load.py [--agents 30,100,300,1000]
        [--containers 10] [--interval 5] [--seconds 30] [--processes 4]
+       [--log-streams 20 --cp-args "--log-streams 20"]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import logging
 import multiprocessing
 import os
@@ -35,6 +42,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from controlplane import admin, control_plane
 
@@ -42,6 +50,7 @@ import docklet.agent.loop
 from docklet.agent.engine import Outcome
 from docklet.agent.loop import Agent
 from docklet.agent.settings import AgentConfig
+from docklet.common import defaults
 from docklet.common.errors import APIError, DockletError
 from docklet.wire.client import Client
 from docklet.wire.protocol import Label, LeasedTask
@@ -123,6 +132,32 @@ class SimEngine:
         with self.lock:
             self.containers.pop(task.container, None)
 
+    def logs(
+        self, name: str, *, tail: int, since: float | None, follow: bool, timestamps: bool
+    ) -> SimLogs | None:
+        with self.lock:
+            known = name in self.containers
+        return SimLogs(name, tail, follow) if known else None
+
+
+class SimLogs:
+    """A container's log in memory: its last `tail` lines, then one every 100 ms if followed."""
+
+    def __init__(self, name: str, tail: int, follow: bool) -> None:
+        self.name, self.tail, self.follow = name, min(tail, 10), follow
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def __iter__(self) -> Any:
+        for i in range(self.tail):
+            yield time.time(), f"{self.name} earlier line {i}"
+        n = 0
+        while self.follow and not self.closed.wait(0.1):
+            n += 1
+            yield time.time(), f"{self.name} line {n}"
+
 
 class Meter:
     """What one process's agents saw: heartbeat latencies, and errors by call."""
@@ -157,6 +192,8 @@ def call_kind(method: str, path: str) -> str:
         return "register"
     if "/tasks?" in path:
         return "poll"
+    if "/logs/" in path:
+        return "log batch"
     return "report" if method == "POST" and "/tasks/" in path else path
 
 
@@ -197,6 +234,7 @@ def agent_process(
             state_dir=Path(state) / str(n),
             poll_wait=POLL_WAIT,
             log_level="ERROR",
+            log_batch_every=args.log_batch_every,
         )
         agent = Agent(config, engine=SimEngine(n))
         agents.append(agent)
@@ -281,6 +319,42 @@ def measure_user(client: Client, seconds: float) -> tuple[list[float], list[floa
     return reads, writes, errors
 
 
+class LogReader:
+    """`docklet logs -f` of one app, as the CLI asks for it: counts the lines it reads."""
+
+    def __init__(self, url: str, app: str) -> None:
+        self.url, self.app = url, app
+        self.lines = 0
+        self.error = ""
+        self._conn: http.client.HTTPConnection | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        parts = urlsplit(self.url)
+        self._conn = conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+        try:
+            conn.request(
+                "GET",
+                f"/api/apps/{self.app}/logs?follow=1&tail=10",
+                headers={"Authorization": f"Bearer {os.environ['DOCKLET_TOKEN']}"},
+            )
+            answer = conn.getresponse()
+            if answer.status != 200:
+                self.error = f"logs {answer.status}"
+                return
+            for raw in iter(answer.readline, b""):
+                if raw.startswith(b"data: "):
+                    self.lines += 1
+        except (OSError, http.client.HTTPException) as exc:
+            if self._conn is not None:
+                self.error = f"logs {type(exc).__name__}"
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.sock is not None:
+            conn.sock.shutdown(2)
+
+
 def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     flags = ("--heartbeat-interval", str(args.interval), "--log-level", args.cp_log_level)
     flags += ("--threads", str(args.cp_threads)) if args.cp_threads else ()
@@ -316,13 +390,20 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(1)
         deployed = time.monotonic() - started
+        readers = [LogReader(url, f"app{i}") for i in range(min(args.log_streams, size))]
         time.sleep(args.warmup)
         go.set()
         cpu0, t0, wall0 = cpu_seconds(pid), time.monotonic(), time.time()
+        relayed0 = sum(r.lines for r in readers)
         reads, writes, errors = measure_user(client, args.seconds)
         busy = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        relayed = sum(r.lines for r in readers) - relayed0
         rss = rss_mb(pid)
         done.set()
+        for reader in readers:
+            reader.close()
+            if reader.error:
+                errors[reader.error] = errors.get(reader.error, 0) + 1
         metrics = patiently(lambda: client.get("/api/version")["metrics"])
         nodes = patiently(lambda: client.get("/api/state/nodes"))
         beats: list[float] = []
@@ -357,6 +438,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         "errors": errors,
         "ramp_errors": ramp,
         "rate": sum(calls.values()) / args.seconds,
+        "log_lines": relayed / args.seconds,
     }
 
 
@@ -378,13 +460,20 @@ def main() -> None:
     parser.add_argument("--cp-log", default="", help="a file for the CP's log (default: stderr)")
     parser.add_argument("--cp-args", default="", help="more docklet-cp options, space-separated")
     parser.add_argument("--cp-log-level", default="WARNING")
+    parser.add_argument(
+        "--log-streams", type=int, default=0, help="`docklet logs -f` streams open while measuring"
+    )
+    parser.add_argument(
+        "--log-batch-every", type=float, default=defaults.LOG_BATCH_EVERY, help="the agents' own"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.agents.split(",")]
     print(
         f"agents × {args.containers} containers (N apps × {args.containers} replicas),"
         f" heartbeat every {args.interval:g}s, long-poll {POLL_WAIT:g}s,"
         f" {args.processes} agent processes, {args.seconds:g}s measured after the first"
-        f" deploy + {args.warmup:g}s warm-up, CP threads {args.cp_threads or 'default'}"
+        f" deploy + {args.warmup:g}s warm-up, CP threads {args.cp_threads or 'default'},"
+        f" {args.log_streams} log streams open (a batch every {args.log_batch_every:g}s)"
     )
     header = (
         f"{'agents':>6} | {'deploy s':>8} | {'heartbeat p50/p99 ms':>20} |"
@@ -415,6 +504,8 @@ def main() -> None:
             f"{'':>6}   writes over 20 ms while measuring: {len(r['slow'])} {slow};"
             f" longest since the CP started (first deploy included): {r['deploy_write']:.0f} ms"
         )
+        if args.log_streams:
+            print(f"{'':>6}   log lines relayed to the streams' readers: {r['log_lines']:.0f}/s")
 
 
 if __name__ == "__main__":

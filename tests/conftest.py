@@ -156,7 +156,8 @@ class WSGIClient:
         chunks = self.app(environ, start_response)
         body = b"".join(chunks)
         text = body.decode()
-        if self.last_headers.get("Content-Type", "").startswith("text/plain"):  # GET /metrics
+        # GET /metrics; an agent's channel (which ends at once here: no server to detach it)
+        if self.last_headers.get("Content-Type", "").startswith(("text/plain", "text/event-")):
             return int(status[0].split()[0]), text
         return int(status[0].split()[0]), json.loads(text) if text else None
 

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -55,6 +55,7 @@ UP_SLACK = 2.0  # seconds of rounding and clock steps allowed when matching an u
 TRUSTED_SHARE = 0.5
 MAX_EVENTS = 1000  # of one container's start and die events read to explain its last exit
 LOG_LINES = 20  # of an exited, restarting or unhealthy container, as evidence
+MAX_PARTIAL = 64 * 1024  # bytes of a line without its end held before passing it on
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -122,6 +123,7 @@ class Engine:
         # Inspect evidence by container id, with the list `Status` it was read under.
         # Only the heartbeat loop (one thread) lists containers.
         self._evidence: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._logs_api: docker.APIClient | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -437,6 +439,54 @@ class Engine:
         except docker.errors.APIError as exc:
             raise TaskFailed(f"pull {image}: {_explain(exc)}") from None
 
+    # -- logs (the log relay) ----------------------------------------------------
+
+    def logs(
+        self,
+        name: str,
+        *,
+        tail: int = 100,
+        since: float | None = None,
+        follow: bool = False,
+        timestamps: bool = False,
+    ) -> LogLines | None:
+        """One container's `docker logs` (stdout and stderr) as lines; None if no such container.
+
+        Read on a client of its own, without a read timeout: a quiet container
+        keeps a follow open for hours, and the task pool's connections stay free.
+        `LogLines.close()` from another thread ends it.
+        """
+        try:
+            raw = self._log_client().logs(
+                name,
+                stdout=True,
+                stderr=True,
+                stream=True,
+                follow=follow,
+                tail=tail,
+                since=since if since and since > 0 else None,
+                timestamps=True,  # Docker's time of each line: kept when asked for
+            )
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise TaskFailed(_explain(exc)) from None
+        except (OSError, docker.errors.DockerException) as exc:
+            raise self.unavailable(exc) from None
+        return LogLines(raw, timestamps=timestamps)
+
+    def _log_client(self) -> docker.APIClient:
+        if self._logs_api is None:
+            if self._explicit_url:
+                self._logs_api = docker.APIClient(
+                    base_url=self._explicit_url, version="auto", timeout=None
+                )
+            elif self._client is not None:
+                self._logs_api = self._client.api  # an injected client: its own settings
+            else:
+                self._logs_api = docker.from_env(version="auto", timeout=None).api
+        return self._logs_api
+
 
 def _stop(container: Any) -> None:
     """`docker stop` with the container's own grace period (its stop_grace_period).
@@ -625,3 +675,50 @@ def _repository(reference: str) -> str:
     for prefix in ("docker.io/", "index.docker.io/"):
         name = name.removeprefix(prefix)
     return name.removeprefix("library/")
+
+
+class LogLines:
+    """One container's log lines as (Docker's time or None, text), until closed or ended.
+
+    Docker sends lines in frames that need not end where a line does (it cuts
+    long lines at 16 KiB): text is joined until a newline, and a line longer
+    than MAX_PARTIAL bytes is passed on in pieces rather than held.
+    """
+
+    def __init__(self, raw: Any, *, timestamps: bool) -> None:
+        self._raw = raw
+        self.timestamps = timestamps
+        self.closed = False
+
+    def close(self) -> None:
+        """End the read, from any thread; a read blocked in Docker returns at once."""
+        self.closed = True
+        try:
+            self._raw.close()
+        except Exception:  # already closed, or its socket gone: ended all the same
+            log.debug("closing a log stream", exc_info=True)
+
+    def __iter__(self) -> Iterator[tuple[float | None, str]]:
+        pending = b""
+        try:
+            for chunk in self._raw:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                if len(pending) > MAX_PARTIAL:
+                    complete.append(pending)
+                    pending = b""
+                for line in complete:
+                    yield self._line(line)
+        except Exception:  # closed from another thread, or Docker went away: the end
+            if not self.closed:
+                log.debug("log stream ended", exc_info=True)
+        if pending and not self.closed:
+            yield self._line(pending)
+
+    def _line(self, raw: bytes) -> tuple[float | None, str]:
+        text = raw.decode(errors="replace").rstrip("\r")
+        stamp, _, rest = text.partition(" ")
+        moment = _epoch(stamp)
+        if moment is None:  # a piece of a long line carries no time of its own
+            return None, text
+        return (moment if self.timestamps else None), rest

@@ -14,7 +14,6 @@ and retried with backoff.
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import threading
 import time
@@ -24,8 +23,11 @@ import click
 
 from docklet import __version__
 from docklet.agent import identity
+from docklet.agent.backoff import Backoff, jittered
+from docklet.agent.channel import Channel, Poster
 from docklet.agent.engine import Engine, Outcome
 from docklet.agent.pool import TaskPool
+from docklet.agent.relay import Limits, Relay
 from docklet.agent.settings import AgentConfig
 from docklet.common import defaults, logs
 from docklet.common import settings as settings_table
@@ -40,36 +42,19 @@ from docklet.common.errors import (
 )
 from docklet.common.status import TaskKind, TaskStatus
 from docklet.wire.client import Client
-from docklet.wire.protocol import LeasedTask, RegistrationReply, TaskBatch, parse
+from docklet.wire.protocol import (
+    LeasedTask,
+    LogRequest,
+    RegistrationReply,
+    TaskBatch,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
 DOCKER_POOL_SPARE = 4  # Docker connections beyond one per worker: heartbeat, ping, info
 EARLY = 0.5  # an empty poll that answered within this share of its wait was not a long-poll
 MAX_POLL_AFTER = 300.0  # a longer `poll_after` from a CP is not believed
-
-
-def jittered(seconds: float) -> float:
-    """Between half and all of `seconds`, at random."""
-    return random.uniform(seconds / 2, seconds)
-
-
-class Backoff:
-    """Doubling waits, capped, reset by success; each wait jittered.
-
-    A wait lasts between half and all of the current step: a thousand agents
-    refused together (a restarting or overloaded CP) do not come back together.
-    """
-
-    def __init__(self, cap: float, first: float = 0.5) -> None:
-        self.cap, self.first, self.current = cap, min(first, cap), min(first, cap)
-
-    def wait(self, stop: threading.Event) -> None:
-        stop.wait(jittered(self.current))
-        self.current = min(self.current * 2, self.cap)
-
-    def reset(self) -> None:
-        self.current = self.first
 
 
 def docker_detail(exc: DockletError) -> str:
@@ -102,6 +87,21 @@ class Agent:
         self._report_seq = 0
         self._pool = TaskPool(config.concurrency, self.stop, run=self.run_task, renew=self._renew)
         self._poll_after: float | None = None  # the CP had no long-poll slot: wait this long
+        # The log relay: its own threads and Docker connection, never the pool's.
+        limits = Limits(
+            streams=config.log_streams,
+            stream_time=config.log_stream_time,
+            batch_every=config.log_batch_every,
+        )
+        self.relay = Relay(self.engine, Poster(self.cp, lambda: self.node_id), limits)
+        self.channel = Channel(
+            self.cp,
+            lambda: (self.node_id, self._generation),
+            self.relay.handle,
+            self._reregister_if_refused,
+            self.stop,
+            retry_max=config.retry_max,
+        )
 
     @property
     def heartbeat_interval(self) -> float:
@@ -221,6 +221,16 @@ class Agent:
         self._refused.reset()  # the token is good
         if isinstance(reply, dict) and reply.get("tasks_waiting") is True:
             self.tasks_waiting.set()
+        if isinstance(reply, dict) and isinstance(reply.get("logs"), list):
+            self._log_requests(reply["logs"][:100])
+
+    def _log_requests(self, items: list[Any]) -> None:
+        """Log requests a heartbeat's answer carries (the node had no channel open)."""
+        for item in items:
+            try:
+                self.relay.handle(parse(LogRequest, item))
+            except BadRequest as exc:
+                log.warning("heartbeat: a log request this agent cannot use: %s", exc.message)
 
     def heartbeat_loop(self, max_iterations: int | None = None) -> None:
         done = 0
@@ -469,10 +479,12 @@ class Agent:
         self.register()
         if self.stop.is_set():
             return
-        for loop in (self.heartbeat_loop, self.task_loop):
+        for loop in (self.heartbeat_loop, self.task_loop, self.channel.loop):
             threading.Thread(target=loop, daemon=True, name=loop.__name__).start()
         while not self.stop.wait(1.0):
             pass
+        self.channel.close()
+        self.relay.close()
         # The poller may sit in a long poll: it is a daemon and is left there;
         # whatever it leases now is not started (see poll_once).
         running = self._pool.running()

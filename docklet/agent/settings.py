@@ -44,6 +44,25 @@ class AgentConfig(Settings):
         le=3600,
         description="Longest backoff while the CP or Docker does not answer.",
     )
+    log_streams: int = Field(
+        defaults.AGENT_LOG_STREAMS,
+        ge=1,
+        le=256,
+        description="Log streams (docklet logs) this agent follows at once; beyond, it says no.",
+    )
+    log_stream_time: float = Field(
+        defaults.AGENT_LOG_STREAM_TIME,
+        ge=1,
+        le=86_400,
+        description="Seconds one log stream is followed at most (the caller then asks again).",
+    )
+    log_batch_every: float = Field(
+        defaults.LOG_BATCH_EVERY,
+        ge=0.01,
+        le=10,
+        description="Seconds between two batches of a log stream's lines while lines keep"
+        " coming (a line after a quiet while goes at once): latency against CP load.",
+    )
     join_token: str | None = Field(
         None,
         description="The cluster's join token (docklet nodes join-token); set it in the"

@@ -42,6 +42,10 @@ class ExitCode(IntEnum):
     CLIENT_ERROR = 4  # the control plane refused the request (HTTP 4xx)
     SERVER_ERROR = 5  # the control plane failed (HTTP 5xx)
     TIMEOUT = 6  # waited, and the app did not run, or its rollout did not finish, in time
+    # `docklet logs`: what it would show is not there, told apart from a refusal (4) so a
+    # script knows whether to wait and retry.
+    NO_CONTAINERS = 7  # the app (or the slot, node or revision asked for) has no containers
+    NODE_OFFLINE = 8  # the nodes running them are offline
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
@@ -57,10 +61,16 @@ class Failed(click.ClickException):
         click.echo(f"{self.mark} {self.message}", err=True)
 
 
+# API error codes with an exit code of their own (else the HTTP status decides).
+CODE_EXITS = {"no_containers": ExitCode.NO_CONTAINERS, "node_offline": ExitCode.NODE_OFFLINE}
+
+
 def exit_code(exc: DockletError) -> ExitCode:
     """The one place errors become exit codes."""
     if isinstance(exc, CPUnreachable):
         return ExitCode.UNREACHABLE
+    if isinstance(exc, APIError) and exc.code in CODE_EXITS:
+        return CODE_EXITS[exc.code]
     if isinstance(exc, APIError) and 400 <= exc.status < 500:
         return ExitCode.CLIENT_ERROR
     return ExitCode.SERVER_ERROR

@@ -11,10 +11,11 @@ module that adds its commands to it, imported here so that all of them join.
 
 from __future__ import annotations
 
-from docklet.cli import apps, auth, completion, events, nodes, rollouts, version
+from docklet.cli import apps, auth, completion, events, logs, nodes, rollouts, version
 from docklet.cli.base import cli, run_command
 
-COMMAND_MODULES = (apps, auth, events, nodes, rollouts, version)  # imported for their commands
+# Imported for their commands.
+COMMAND_MODULES = (apps, auth, events, logs, nodes, rollouts, version)
 cli.add_command(completion.completion)  # knows nothing of the group it completes
 
 

@@ -7,7 +7,7 @@ configured (the CP's and the agent's settings in `config`, or the environment).
 CP_URL = "http://localhost:8080"
 CP_HOST = "0.0.0.0"
 CP_PORT = 8080
-CP_THREADS = 64  # long-polling agents each hold a server thread while they wait
+CP_THREADS = 80  # long-polls, event streams and log streams each hold a thread while they wait
 # Threads long-polls may never take: users, heartbeats and reports always find one.
 # At most half the threads (see CPConfig.long_poll_slots).
 CP_POLL_RESERVE = 16
@@ -99,3 +99,39 @@ METRICS_PUBLIC = False
 UI_SESSION_TIME = 8 * 3600.0
 UI_SESSIONS_PER_TOKEN = 20
 UI_SIGNIN_MAX_BODY = 4096
+# The log relay (`docklet logs`, docs/architecture.md "The log relay"). Each agent holds
+# one channel open, which costs the CP no thread (one selector thread holds them all):
+# at most AGENT_CHANNELS, each told a keepalive every CHANNEL_KEEPALIVE. A caller's log
+# stream holds a server thread: at most LOG_STREAMS per CP (taken out of the long-polls'
+# threads, like event streams) and LOG_STREAMS_PER_NODE on one node; each buffers at most
+# LOG_BUFFER_LINES lines / LOG_BUFFER_BYTES (beyond, lines are dropped and counted), says
+# a keepalive every LOG_KEEPALIVE without lines, notices a node that has not answered
+# within LOG_ANSWER_WAIT, and ends after LOG_STREAM_MAX_TIME (the caller runs it again).
+AGENT_CHANNELS = 4096
+CHANNEL_KEEPALIVE = 20.0
+LOG_STREAMS = 16
+LOG_STREAMS_PER_NODE = 4
+LOG_BUFFER_LINES = 1_000
+LOG_BUFFER_BYTES = 1024 * 1024
+LOG_KEEPALIVE = 2.0
+LOG_ANSWER_WAIT = 5.0
+LOG_STREAM_MAX_TIME = 3600.0
+
+# The log relay, agent side. An agent follows at most AGENT_LOG_STREAMS streams (and
+# AGENT_LOG_CONTAINERS containers of one stream) at once; each holds at most
+# AGENT_LOG_BUFFER_LINES lines / AGENT_LOG_BUFFER_BYTES for the CP (beyond, the oldest
+# are dropped and counted), posts a line at once after a quiet while but at most a batch
+# every LOG_BATCH_EVERY while lines keep coming (each batch costs the CP a request:
+# at 0.1 s, 200 busy containers followed were 2,000 requests a second and the CP's
+# heartbeats waited; benchmarks/agents_load.py), and an empty one every LOG_IDLE_BATCH
+# (its answer tells whether the caller is still there), and ends after
+# AGENT_LOG_STREAM_TIME (as the CP's LOG_STREAM_MAX_TIME).
+# Its channel is read with AGENT_CHANNEL_TIMEOUT: three keepalives missed.
+AGENT_LOG_STREAMS = 8
+AGENT_LOG_STREAM_TIME = 3600.0
+AGENT_LOG_CONTAINERS = 100
+AGENT_LOG_BUFFER_LINES = 1_000
+AGENT_LOG_BUFFER_BYTES = 1024 * 1024
+LOG_BATCH_EVERY = 0.5
+LOG_IDLE_BATCH = 2.0
+AGENT_CHANNEL_TIMEOUT = 60.0

@@ -65,6 +65,45 @@ class NotFound(DockletError):
     code = "not_found"
 
 
+class NodeBusy(TooManyStreams):
+    """A node already serves as many log streams as it may; `retry_after` says when to retry."""
+
+    status = 429
+
+
+class TooManyChannels(DockletError):
+    """Every agent channel the CP holds is taken (--agent-channels)."""
+
+    status = 503
+    code = "too_many_channels"
+
+
+class AppNotFound(NotFound):
+    """The app a log request names does not exist."""
+
+    code = "app_not_found"
+
+
+class NoContainers(NotFound):
+    """The app (or the slot, node or revision asked for) has no containers to show."""
+
+    code = "no_containers"
+
+
+class NodeOffline(DockletError):
+    """Every node that holds the containers asked for is offline; the message says since when."""
+
+    status = 503
+    code = "node_offline"
+
+
+class StreamClosed(DockletError):
+    """The log stream an agent posts to is closed or unknown: it stops following."""
+
+    status = 410
+    code = "stream_closed"
+
+
 class Conflict(DockletError):
     """The request clashes with current state: a duplicate name, a stale lease."""
 

@@ -14,6 +14,7 @@ import gc
 import io
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -366,7 +367,13 @@ class Connection(cheroot.HTTPConnection):
         self.reading = False  # counted against its address's share
         self.parked = False  # waiting in the selector for the rest of its request
         self.begun = 0.0  # time.monotonic() the request's first byte came, for a parked one
+        self.detached = False  # its socket was handed to the agent channels (`Gateway.detach`)
         super().__init__(server, sock, self._makefile)
+
+    def close(self) -> None:
+        if self.detached:  # the socket lives on elsewhere: cheroot must not shut it down
+            return
+        super().close()
 
     def _makefile(self, sock: socket.socket, mode: str = "r", bufsize: int = -1) -> Any:
         if "r" in mode:
@@ -493,7 +500,39 @@ class Gateway(wsgi.Gateway_10):
             env["wsgi.input"] = Arriving(env["wsgi.input"], self.req)
         else:
             conn.read_done()  # a long-poll waits, but its request is in
+        env["docklet.detach"] = self.detach
+        env["docklet.gone"] = self.gone
         return env
+
+    def gone(self) -> bool:
+        """Whether the client hung up: its socket reads as ended. A stream waiting for
+        something to say asks, so it need not wait for a write to fail (two writes, as
+        the first after a hang-up still succeeds)."""
+        sock = self.req.conn.socket
+        try:
+            poller = select.poll()  # not select(): descriptors past 1024 are usual here
+            poller.register(sock, select.POLLIN)
+            readable = poller.poll(0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # closed meanwhile
+            return True
+
+    def detach(self) -> socket.socket | None:
+        """Hand this connection's socket over (an agent's channel, after its first frame was
+        written): cheroot ends the request without its last chunk, its worker thread goes
+        back to the pool, and the connection is closed without touching the socket. The
+        socket returned is a new object owning the descriptor, non-blocking; None when the
+        answer is not chunked (an HTTP/1.0 client), which then ends as usual."""
+        req, conn = self.req, self.req.conn
+        if not req.chunked_write:  # HTTP/1.0: no chunks to frame with; the answer ends here
+            return None
+        req.chunked_write = False  # no `0\r\n\r\n`: the answer goes on, from elsewhere
+        req.close_connection = True  # the worker drops the connection, never reads it again
+        conn.read_done()
+        conn.detached = True
+        sock = socket.socket(fileno=conn.socket.detach())
+        sock.setblocking(False)
+        return sock
 
 
 class HTTPServer(wsgi.Server):
@@ -568,6 +607,7 @@ class Server:
         cp.liveness.overload = self.app
         cp.liveness.unheard = lambda: self.waited() > defaults.CP_DEAF_WAIT
         self.http = HTTPServer(cp, self.app)
+        self._channels = cp.channels  # agents' detached sockets: closed with the server
         self._pool = self.http.requests
         self._queue: Any = getattr(self._pool, "_queue", None)
         if self._queue is None:  # another cheroot: no queue to watch, no 503s
@@ -602,6 +642,7 @@ class Server:
 
     def stop(self) -> None:
         self.http.stop()
+        self._channels.stop()
 
 
 def raise_fd_limit(wanted: int = OPEN_FILES) -> None:

@@ -169,6 +169,26 @@ class CPConfig(Settings):
         description="Seconds a dashboard sign-in lasts (from the sign-in, whatever is done"
         " with it); revoking the token ends its sessions at once.",
     )
+    log_streams: int = Field(
+        defaults.LOG_STREAMS,
+        ge=0,
+        le=256,
+        description="Log streams (docklet logs) open at once; each holds a thread taken from"
+        " the long-polls' (never from --poll-reserve).",
+    )
+    log_streams_per_node: int = Field(
+        defaults.LOG_STREAMS_PER_NODE,
+        ge=1,
+        le=256,
+        description="Log streams one node serves at once; one more is answered 429.",
+    )
+    agent_channels: int = Field(
+        defaults.AGENT_CHANNELS,
+        ge=1,
+        le=100_000,
+        description="Agent channels (what a log request reaches a node by) held open at once;"
+        " they cost no thread, a socket each.",
+    )
     allowed_hosts: str = Field(
         "",
         max_length=4096,
@@ -180,7 +200,7 @@ class CPConfig(Settings):
     @property
     def long_poll_slots(self) -> int:
         """Task long-polls that may wait at once; more answer at once with what is there."""
-        return max(1, self._waiting_threads - self.event_stream_slots)
+        return max(1, self._waiting_threads - self.event_stream_slots - self.log_stream_slots)
 
     @property
     def event_stream_slots(self) -> int:
@@ -189,8 +209,15 @@ class CPConfig(Settings):
         return min(self.event_streams, self._waiting_threads // 4)
 
     @property
+    def log_stream_slots(self) -> int:
+        """Log streams that may be open at once: taken from the long-polls' threads like the
+        event streams', at most a quarter of them."""
+        return min(self.log_streams, self._waiting_threads // 4)
+
+    @property
     def _waiting_threads(self) -> int:
-        """Threads requests that wait (long-polls, event streams) may hold: all but the reserve."""
+        """Threads requests that wait (long-polls, event and log streams) may hold: all but
+        the reserve."""
         return self.threads - min(self.poll_reserve, self.threads // 2)
 
     @property

@@ -14,9 +14,16 @@ here too: they are part of the protocol between the agent, Docker and the CP.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from docklet.common.errors import BadRequest
 from docklet.common.status import TaskKind, TaskStatus
@@ -218,6 +225,91 @@ class TaskBatch(Wire):
     # No long-poll slot was free: long-poll again after this long (heartbeats say
     # meanwhile whether tasks wait).
     poll_after: Seconds | None = None
+
+
+# The log relay (docs/architecture.md "The log relay") -------------------------
+# CP → agent: frames on the agent's channel (GET /api/agents/{id}/channel), or the same
+# requests in a heartbeat's answer when the node has no channel open. Agent → CP: batches
+# of lines (POST /api/agents/{id}/logs/{stream}). Both sides bound by these numbers.
+
+LOG_BATCH_LINES = 1_000  # lines in one batch
+LOG_BATCH_BYTES = 1024 * 1024  # text in one batch: well within MAX_BODY
+LOG_LINE_CHARS = 16 * 1024  # one line's text; longer ones are cut, ending with TRUNCATED
+TRUNCATED = "…"
+LOG_TAIL_MAX = 10_000
+LOG_CONTAINERS = 1_000  # containers one request names (an app's replicas at most)
+LOG_ENDED = 1_000  # containers whose end one batch tells
+StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+LogLabel = Annotated[str, Field(min_length=1, max_length=300)]  # "web.2@node-b"
+
+
+class LogContainer(Wire):
+    name: Id  # the Docker container's name on that node
+    slot: int | None = None
+    label: LogLabel
+
+
+class LogRequest(Wire):
+    """Start relaying these containers' lines to the stream."""
+
+    type: Literal["logs"] = "logs"
+    stream: StreamId
+    containers: list[LogContainer] = Field(min_length=1, max_length=LOG_CONTAINERS)
+    tail: Annotated[int, Field(ge=0, le=LOG_TAIL_MAX)] = 100
+    since: Time | None = None  # epoch seconds
+    follow: bool = False
+    timestamps: bool = False
+
+
+class LogStop(Wire):
+    """Stop following the stream now (its caller left)."""
+
+    type: Literal["logs_stop"] = "logs_stop"
+    stream: StreamId
+
+
+ChannelFrame = Annotated[LogRequest | LogStop, Field(discriminator="type")]
+CHANNEL_FRAME: TypeAdapter[LogRequest | LogStop] = TypeAdapter(ChannelFrame)
+
+
+class LogLine(Wire):
+    label: LogLabel
+    text: Annotated[str, Field(max_length=LOG_LINE_CHARS)]
+    time: Time | None = None  # when Docker received it, epoch seconds
+
+    @classmethod
+    def cut(cls, label: str, text: str, time: float | None = None) -> LogLine:
+        """The line, its text cut to LOG_LINE_CHARS (ending with TRUNCATED) when longer."""
+        if len(text) > LOG_LINE_CHARS:
+            text = text[: LOG_LINE_CHARS - len(TRUNCATED)] + TRUNCATED
+        return cls(label=label, text=text, time=time)
+
+
+class LogEnd(StrEnum):
+    """Why a container's lines ended (a LogEnded's reason may also be Docker's own words)."""
+
+    EXITED = "container exited"  # following, and the container stopped
+    NOT_FOUND = "container not found"
+    DONE = "end of logs"  # not following: every line asked for was sent
+    TIME_LIMIT = "followed for the longest a stream lasts; run it again"
+
+
+class LogEnded(Wire):
+    label: LogLabel
+    reason: Annotated[str, Field(max_length=1000)]  # a LogEnd, or what Docker said
+
+
+class LogBatch(Wire):
+    lines: list[LogLine] = Field(default_factory=list, max_length=LOG_BATCH_LINES)
+    dropped: Count = 0  # lines the agent dropped since its last batch (its buffer was full)
+    ended: list[LogEnded] = Field(default_factory=list, max_length=LOG_ENDED)
+    error: Text | None = None  # the agent cannot serve the stream at all (e.g. at its cap)
+
+
+class HeartbeatReply(Wire):
+    tasks_waiting: bool = False
+    # Log requests for a node with no channel open: the slow fallback.
+    logs: list[LogRequest] = Field(default_factory=list, max_length=100)
 
 
 M = TypeVar("M", bound=Wire)

@@ -105,6 +105,9 @@ CALLS = [
     for method, path in OPERATIONS
     for scope in ("admin", "read", "node")
     if scope != "node" or path.startswith("/api/agents/")
+    # The node's own channel is an answer that never ends, by design (the log relay): a
+    # fuzzer that reads answers whole would wait forever. Other tokens are refused at once.
+    if (method, path, scope) != ("GET", "/api/agents/{node_id}/channel", "node")
 ]
 MODES = list(schemathesis.GenerationMode)  # valid inputs, and invalid ones
 

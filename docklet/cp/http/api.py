@@ -22,7 +22,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -40,15 +40,26 @@ from docklet.common.errors import (
     UnsupportedMediaType,
 )
 from docklet.common.status import Access, TokenScope
+from docklet.common.units import parse_duration
 from docklet.cp.desired import spec
 from docklet.cp.desired.spec import SpecState
 from docklet.cp.http import auth, openapi
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.logstreams import LogQuery
 from docklet.cp.service.metrics import UNMATCHED
 from docklet.cp.service.stream import Stream
 from docklet.cp.service.tokens import Author, Caller
 from docklet.cp.settings import CPConfig
-from docklet.wire.protocol import MAX_CONTAINERS, Heartbeat, Registration, TaskReport, parse
+from docklet.wire.protocol import (
+    LOG_TAIL_MAX,
+    MAX_CONTAINERS,
+    NODE_NAME,
+    Heartbeat,
+    LogBatch,
+    Registration,
+    TaskReport,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -505,7 +516,11 @@ def heartbeat(cp: ControlPlane, node_id: str) -> str:
             f" {len(listed)}: that many on one Docker engine is beyond what Docklet manages"
         )
     waiting = cp.agents.heartbeat(node_id, parse(Heartbeat, data))
-    return _json({"status": "ok", "tasks_waiting": waiting})
+    answer: dict[str, Any] = {"status": "ok", "tasks_waiting": waiting}
+    held = cp.channels.held(node_id)  # log requests for a node with no channel open
+    if held:
+        answer["logs"] = held
+    return _json(answer)
 
 
 def agent_tasks(cp: ControlPlane, node_id: str) -> str:
@@ -518,6 +533,97 @@ def agent_tasks(cp: ControlPlane, node_id: str) -> str:
 def agent_report(cp: ControlPlane, node_id: str, task_id: int) -> str:
     _agent(cp, node_id)
     return _json(cp.agents.report(node_id, task_id, parse(TaskReport, body(cp))))
+
+
+# -- the log relay (docs/architecture.md "The log relay") -------------------------------
+
+
+def app_logs(cp: ControlPlane, name: str) -> Any:
+    """The app's containers' lines, relayed from their agents, as Server-Sent Events."""
+    query = LogQuery(
+        tail=_int_param("tail", 100, 0, LOG_TAIL_MAX),
+        since=_since_param(),
+        follow=_flag_param("follow"),
+        timestamps=_flag_param("timestamps"),
+        slot=_int_param("slot", None, 0, 1_000_000),
+        node=_node_param(),
+        revision=_revision_param(),
+    )
+    gone = request.environ.get("docklet.gone", bool)  # the server's: whether the caller hung up
+    return _event_stream(cp.logstreams.open(name, query, gone))
+
+
+def _int_param(name: str, default: int | None, low: int, high: int) -> Any:
+    raw = request.query.get(name, "")
+    if raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 10 and low <= int(raw) <= high):
+        raise BadRequest(
+            f"query parameter {name!r} is a whole number {low}..{high}, not {raw[:20]!r}"
+        )
+    return int(raw)
+
+
+def _since_param() -> float | None:
+    raw = request.query.get("since", "")
+    if raw == "":
+        return None
+    try:
+        back = parse_duration(raw)
+    except ValueError:
+        raise BadRequest(
+            "query parameter 'since' is a duration back from now (e.g. 10m, 1h30m), not"
+            f" {raw[:40]!r}"
+        ) from None
+    return time.time() - back
+
+
+def _node_param() -> str | None:
+    raw = request.query.get("node", "")
+    if raw == "":
+        return None
+    if not re.fullmatch(NODE_NAME.strip("^$"), raw):
+        raise BadRequest(
+            f"query parameter 'node' is a node's name (docklet nodes), not {raw[:70]!r}"
+        )
+    return raw
+
+
+def _revision_param() -> int | None:
+    raw = request.query.get("revision", "")
+    if raw == "":
+        return None
+    if not re.fullmatch(r"v?[0-9]{1,9}", raw, re.ASCII):
+        raise BadRequest(
+            "query parameter 'revision' is a revision such as v3 (docklet history), not"
+            f" {raw[:20]!r}"
+        )
+    return int(raw.lstrip("v"))
+
+
+def agent_channel(cp: ControlPlane, node_id: str) -> Any:
+    """The agent's channel: a text/event-stream answer whose socket the server hands to
+    `cp.channels` after its first frame, so it holds no thread while it stays open."""
+    _agent(cp, node_id)
+    cp.channels.admit(node_id)
+    cp.liveness.heard(node_id)
+    detach = request.environ.get("docklet.detach")  # None outside the real server: ends at once
+    response.content_type = "text/event-stream; charset=utf-8"
+    response.set_header("Cache-Control", "no-cache")
+    return _channel(cp, node_id, detach)
+
+
+def _channel(cp: ControlPlane, node_id: str, detach: Callable[[], Any] | None) -> Iterator[bytes]:
+    yield b": channel open\n\n"
+    sock = detach() if detach is not None else None  # its first frame is written
+    if sock is not None:  # the answer goes on from the channels' thread
+        cp.channels.adopt(node_id, sock)
+
+
+def agent_logs(cp: ControlPlane, node_id: str, stream: str) -> str:
+    _agent(cp, node_id)
+    cp.liveness.heard(node_id)
+    return _json(cp.logstreams.post(node_id, stream, parse(LogBatch, body(cp))))
 
 
 class Route(NamedTuple):
@@ -545,10 +651,13 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/apps/<name>/rollouts/retry", retry_rollout, Access.ADMIN),
     Route("GET", "/api/apps/<name>/rollouts", list_rollouts, Access.READ),
     Route("GET", "/api/apps/<name>/rollouts/<rollout_id:int>", get_rollout, Access.READ),
+    Route("GET", "/api/apps/<name>/logs", app_logs, Access.READ),
     Route("POST", "/api/agents/register", register, Access.JOIN),
     Route("POST", "/api/agents/<node_id>/heartbeat", heartbeat, Access.NODE),
     Route("GET", "/api/agents/<node_id>/tasks", agent_tasks, Access.NODE),
     Route("POST", "/api/agents/<node_id>/tasks/<task_id:int>", agent_report, Access.NODE),
+    Route("GET", "/api/agents/<node_id>/channel", agent_channel, Access.NODE),
+    Route("POST", "/api/agents/<node_id>/logs/<stream>", agent_logs, Access.NODE),
     Route("POST", "/api/auth/bootstrap", bootstrap_login, Access.PUBLIC),
     Route("GET", "/api/auth/whoami", whoami, Access.READ),
     Route("GET", "/api/tokens", list_tokens, Access.ADMIN),

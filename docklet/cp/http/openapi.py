@@ -25,7 +25,9 @@ from docklet import API_VERSION, __version__
 from docklet.common.status import Access, TokenScope
 from docklet.cp.desired.spec import AppSpec
 from docklet.wire.protocol import (
+    LOG_TAIL_MAX,
     Heartbeat,
+    LogBatch,
     Registration,
     RegistrationReply,
     TaskBatch,
@@ -94,6 +96,9 @@ class Detail(NamedTuple):
     query: tuple[tuple[str, dict[str, Any], str], ...] = ()  # name, schema, description
     status: int = 200
     media: tuple[str, ...] = ("application/json",)  # what the success answer may be sent as
+    errors: tuple[
+        int, ...
+    ] = ()  # statuses this route answers beyond its kind's (`_error_statuses`)
 
 
 _FLAG = {"type": "string", "enum": ["", "0", "1", "true", "false", "yes", "no"]}
@@ -134,6 +139,36 @@ _DETAILS: dict[tuple[str, str], Detail] = {
     ("POST", "/api/apps/<name>/rollouts/retry"): Detail("Retry a failed rollout.", answer="object"),
     ("GET", "/api/apps/<name>/rollouts"): Detail("The app's rollouts.", answer="array"),
     ("GET", "/api/apps/<name>/rollouts/<rollout_id:int>"): Detail("One rollout.", answer="object"),
+    ("GET", "/api/apps/<name>/logs"): Detail(
+        "The app's containers' lines, relayed from their agents, as Server-Sent Events: `data`"
+        " a line (label, slot, node, text, time), `event: notice` a drop or a node's news,"
+        " `event: end` the end. 404 app_not_found or no_containers, 503 node_offline or"
+        " too_many_streams (the CP's --log-streams), 429 too_many_streams (the node's).",
+        answer="text",
+        query=(
+            ("follow", _FLAG, "Keep following new lines."),
+            ("tail", {"type": "integer", "minimum": 0, "maximum": LOG_TAIL_MAX}, "Last lines."),
+            ("since", {"type": "string", "maxLength": 64}, "Only lines this long back (10m)."),
+            ("slot", {"type": "integer", "minimum": 0}, "Only this slot's container."),
+            ("node", {"type": "string", "maxLength": 64}, "Only this node's containers."),
+            ("revision", {"type": "string", "pattern": "^v?[0-9]{1,9}$"}, "A kept revision's."),
+            ("timestamps", _FLAG, "Ask Docker for each line's time."),
+        ),
+        media=("text/event-stream",),
+    ),
+    ("GET", "/api/agents/<node_id>/channel"): Detail(
+        "The agent's channel: a text/event-stream answer that stays open (log requests as"
+        " `data` frames, keepalives); a new one replaces the node's older one. 503"
+        " too_many_channels past --agent-channels.",
+        answer="text",
+        media=("text/event-stream",),
+    ),
+    ("POST", "/api/agents/<node_id>/logs/<stream>"): Detail(
+        "A batch of a log stream's lines from the node; 410 stream_closed once its caller left.",
+        LogBatch,
+        "object",
+        errors=(410,),
+    ),
     ("POST", "/api/agents/register"): Detail("An agent joins.", Registration, RegistrationReply),
     ("POST", "/api/agents/<node_id>/heartbeat"): Detail("A node's heartbeat.", Heartbeat, "object"),
     ("GET", "/api/agents/<node_id>/tasks"): Detail(
@@ -266,7 +301,7 @@ def _responses(route: RouteLike, detail: Detail, access: Access) -> dict[str, An
     schema = _ref(detail.answer)
     ok = {"description": "OK", "content": {media: {"schema": schema} for media in detail.media}}
     answers: dict[str, Any] = {str(detail.status): ok}
-    for status in sorted(_error_statuses(route, access)):
+    for status in sorted(_error_statuses(route, access) | set(detail.errors)):
         answers[str(status)] = {"$ref": f"#/components/responses/{status}"}
     return answers
 
@@ -330,6 +365,7 @@ _ERROR_TEXT = {
     404: "No such app, rollout, token or endpoint (not_found).",
     408: "The request did not arrive in time (request_timeout).",
     409: "A conflict: the app exists, the repository moved, a stale lease (conflict, …).",
+    410: "The log stream is closed: its caller left (stream_closed); stop following it.",
     413: "The body is over the limit (too_large).",
     415: "A write's body must be application/json (unsupported_media_type).",
     429: "Too many failed credentials from this address (rate_limited); see Retry-After.",

@@ -17,7 +17,9 @@ from docklet.cp.reconcile import rollout
 from docklet.cp.service.agents import Agents
 from docklet.cp.service.apps import Apps
 from docklet.cp.service.changes import Changes
+from docklet.cp.service.channels import Channels
 from docklet.cp.service.liveness import Liveness
+from docklet.cp.service.logstreams import LogStreams
 from docklet.cp.service.metrics import Metrics
 from docklet.cp.service.passes import Passes
 from docklet.cp.service.polls import Polls
@@ -56,6 +58,13 @@ class ControlPlane:
         self.streams = EventStreams(self.store, config)  # GET /api/events, followed
         # The dashboard's sign-ins (docklet/cp/ui/session.py): API tokens, then cookies.
         self.sessions = Sessions(self.store, config, self.tokens, self.metrics, self.liveness)
+        # The log relay: every agent's channel, and the callers' log streams over them.
+        self.channels = Channels(config.agent_channels)
+        self.logstreams = LogStreams(self.store, config, self.liveness, self.channels)
+        self.metrics.gauge(
+            "docklet_log_streams", "Log streams open (docklet logs).", self.logstreams.open_now
+        )
+        self.metrics.gauge("docklet_agent_channels", "Agent channels open.", self.channels.open_now)
         self._config = config
 
     @property
@@ -74,8 +83,10 @@ class ControlPlane:
             self.streams,
             self.metrics,
             self.sessions,
+            self.logstreams,
         ):
             service.config = config
+        self.channels.limit = config.agent_channels
 
 
 def _start(store: Store, started_at: float) -> str:

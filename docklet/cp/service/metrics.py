@@ -96,6 +96,8 @@ class Metrics:
         disable_created_metrics()
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()  # one scrape's tally at a time
+        # Gauges other services own, read at scrape time: name → (help, read).
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self._measured(self.registry)
         self._counted(self.registry)
         self.registry.register(_Now(self))
@@ -188,6 +190,10 @@ class Metrics:
             buckets=SLOW,
             registry=registry,
         )
+
+    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time from the service that owns the figure."""
+        self.gauges[name] = (doc, read)
 
     # -- fed as it happens ------------------------------------------------------------
 
@@ -285,6 +291,8 @@ class _Now(Collector):
             "Requests answered 503 because requests waited too long for a thread.",
             value=overload.refused if overload is not None else 0,
         )
+        for name, (doc, read) in list(m.gauges.items()):
+            yield _gauge(name, doc, read())
         info = GaugeMetricFamily(
             "docklet_info", "This control plane's version.", labels=["version"]
         )

@@ -1,0 +1,257 @@
+"""Agent channels: how a log request reaches any agent at once, at no thread's cost.
+
+Agents accept no connections, and only a few hold a long-poll (each waiting poll
+holds a server thread). So every agent also holds one GET /api/agents/{id}/channel
+open: the server answers its headers and first frame on a worker thread, then
+detaches the socket from cheroot (server.py) and hands it here. One selector thread
+holds every channel's socket: it reads only to notice an agent that left, and says a
+keepalive every CHANNEL_KEEPALIVE. The CP "rings" a node by writing a small frame on
+its socket, one HTTP chunk of a `text/event-stream` answer, without ever blocking: a
+socket whose send buffer is full, or that fails, is closed and forgotten (its agent
+reconnects). A node without a channel gets its log requests from its next heartbeat's
+answer (`hold`, `held`): the slow fallback, never the normal path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from docklet.common import defaults
+from docklet.common.errors import TooManyChannels
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds the selector waits at most between looks at the keepalive clock
+HELD_PER_NODE = 100  # log requests kept for a node's next heartbeat (its answer's bound)
+HELD_FOR = 60.0  # seconds a held request is kept: a node silent longer is asked again
+END = b"0\r\n\r\n"  # the chunked answer's last chunk: a channel closed cleanly
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one chunk of HTTP/1.1's chunked transfer coding."""
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    """A message to an agent as one event-stream frame, in its chunk."""
+    return chunk(f"data: {json.dumps(message, allow_nan=False)}\n\n".encode())
+
+
+KEEPALIVE = chunk(b": keepalive\n\n")
+
+
+class Channels:
+    """Each node's open channel (node_id → socket), held by one selector thread."""
+
+    def __init__(self, limit: int = defaults.AGENT_CHANNELS) -> None:
+        self.limit = limit
+        self.keepalive = defaults.CHANNEL_KEEPALIVE
+        self._lock = threading.Lock()  # the maps, and every write to a channel's socket
+        self._socks: dict[str, socket.socket] = {}
+        self._nodes: dict[int, str] = {}  # a channel's fd → its node
+        self._incoming: list[tuple[str, socket.socket]] = []
+        self._held: dict[str, deque[tuple[float, str, dict[str, Any]]]] = {}
+        self._selector: selectors.BaseSelector | None = None
+        # The selector thread's bell (a socket pair), made with the thread: a CP that never
+        # holds a channel (the tests', mostly) holds no descriptor for it.
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- what the API's handlers call ----------------------------------------------------
+
+    def admit(self, node_id: str) -> None:
+        """Raise TooManyChannels unless `node_id` may open a channel now (it replaces its own)."""
+        with self._lock:
+            count = len(self._socks) + len(self._incoming)
+            if node_id not in self._socks and count >= self.limit:
+                raise TooManyChannels(
+                    f"this control plane holds {self.limit} agent channels (--agent-channels);"
+                    f" node {node_id} gets its log requests with its heartbeats meanwhile",
+                    retry_after=int(self.keepalive),
+                )
+
+    def adopt(self, node_id: str, sock: socket.socket) -> None:
+        """The node's channel from now on (a detached, non-blocking socket); an older one of
+        the node is closed. Its held requests are written on it at once."""
+        with self._lock:
+            if self._stopping:
+                _close(sock)
+                return
+            self._incoming.append((node_id, sock))
+            self._start()
+        self._wake()
+
+    def ring(self, node_id: str, message: dict[str, Any]) -> bool:
+        """Write `message` on the node's channel; False when it has none (or it just failed)."""
+        with self._lock:
+            sock = self._socks.get(node_id)
+            if sock is None:
+                return False
+            if self._send(sock, frame(message)):
+                return True
+            self._forget(node_id)
+        return False
+
+    def hold(self, node_id: str, stream: str, message: dict[str, Any]) -> None:
+        """Keep `message` for the node's next heartbeat answer (it has no channel)."""
+        with self._lock:
+            held = self._held.setdefault(node_id, deque(maxlen=HELD_PER_NODE))
+            held.append((time.monotonic(), stream, message))
+
+    def held(self, node_id: str) -> list[dict[str, Any]]:
+        """The requests held for the node, given once (its heartbeat answer carries them)."""
+        with self._lock:
+            held = self._held.pop(node_id, None)
+        now = time.monotonic()
+        return [m for at, _, m in held or () if now - at < HELD_FOR]
+
+    def drop_held(self, stream: str) -> None:
+        """A stream closed: its requests held for heartbeats are no longer wanted."""
+        with self._lock:
+            for node_id, held in list(self._held.items()):
+                kept = deque((h for h in held if h[1] != stream), maxlen=HELD_PER_NODE)
+                if kept:
+                    self._held[node_id] = kept
+                else:
+                    del self._held[node_id]
+
+    def open_now(self) -> int:
+        with self._lock:
+            return len(self._socks)
+
+    def has(self, node_id: str) -> bool:
+        with self._lock:
+            return node_id in self._socks
+
+    def stop(self) -> None:
+        """Close every channel (cleanly: agents reconnect) and end the selector thread."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake()
+        if thread is not None:
+            thread.join(timeout=5)
+        with self._lock:
+            for node_id in list(self._socks):
+                self._forget(node_id, clean=True)
+            for _, sock in self._incoming:
+                _close(sock)
+            self._incoming.clear()
+            for end in (self._wake_r, self._wake_w):
+                if end is not None:
+                    end.close()
+            if self._selector is not None:
+                self._selector.close()
+
+    # -- the selector thread ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is None:  # under the lock
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ)
+            self._thread = threading.Thread(target=self.run, daemon=True, name="channels")
+            self._thread.start()
+
+    def run(self, max_iterations: int | None = None) -> None:
+        """Watch every channel until `stop()`: EOF or an error forgets it; keepalives."""
+        selector = self._selector
+        assert selector is not None
+        last_keepalive = time.monotonic()
+        turns = 0
+        while not self._stopping and (max_iterations is None or turns < max_iterations):
+            turns += 1
+            for key, _ in selector.select(TICK):
+                if key.fileobj is self._wake_r:
+                    self._drain_wake()
+                else:
+                    self._readable(key.fileobj)  # type: ignore[arg-type]
+            self._take_incoming(selector)
+            if time.monotonic() - last_keepalive >= self.keepalive:
+                last_keepalive = time.monotonic()
+                self._keepalives()
+
+    def _take_incoming(self, selector: selectors.BaseSelector) -> None:
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+            for node_id, sock in incoming:
+                if node_id in self._socks:
+                    log.info("node %s: a new channel replaces its older one", node_id)
+                    self._forget(node_id, clean=True)
+                self._socks[node_id] = sock
+                self._nodes[sock.fileno()] = node_id
+                selector.register(sock, selectors.EVENT_READ)
+        for node_id, _ in incoming:  # requests held while it had no channel: at once now
+            for message in self.held(node_id):
+                self.ring(node_id, message)
+
+    def _readable(self, sock: socket.socket) -> None:
+        """An agent says nothing on its channel: readable means it left (or sent junk)."""
+        try:
+            data = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            return  # nothing an agent sends here means anything; it is read and ignored
+        with self._lock:
+            node_id = self._nodes.get(sock.fileno())
+            if node_id is not None and self._socks.get(node_id) is sock:
+                self._forget(node_id)
+
+    def _keepalives(self) -> None:
+        with self._lock:
+            for node_id, sock in list(self._socks.items()):
+                if not self._send(sock, KEEPALIVE):
+                    self._forget(node_id)
+
+    def _send(self, sock: socket.socket, data: bytes) -> bool:
+        """Write all of `data` now, or fail: a frame is never left half written (under the lock)."""
+        try:
+            sent = sock.send(data)
+        except OSError:  # BlockingIOError too: its send buffer is full, it does not read
+            return False
+        return sent == len(data)
+
+    def _forget(self, node_id: str, clean: bool = False) -> None:
+        """Close the node's channel (under the lock); `clean`: end its answer first."""
+        sock = self._socks.pop(node_id, None)
+        if sock is None:
+            return
+        self._nodes.pop(sock.fileno(), None)
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sock)
+        if clean:
+            self._send(sock, END)
+        _close(sock)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # full (it wakes anyway), or none
+            self._wake_w.send(b"\0")  # type: ignore[union-attr]
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):  # type: ignore[union-attr]
+                pass
+        except OSError:
+            pass
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
