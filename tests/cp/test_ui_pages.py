@@ -16,9 +16,11 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+import loglab
 import pytest
 import yaml
 from conftest import ADMIN_TOKEN, wait_for
+from loglab import ScriptedAgent
 from test_rollout import FAST, step
 from test_scheduler import AUTHOR, Agent, put_app
 
@@ -468,3 +470,58 @@ def test_the_stylesheet_and_script_are_served_and_nothing_else_is(ui: Any) -> No
     for path in ("/ui/static/../app.py", "/ui/static/%2e%2e/app.py", "/ui/static/nope.js"):
         page = anyone.get(path)
         assert page.status == 404 and "import" not in page.text, path
+
+
+# -- the log pane -------------------------------------------------------------------------
+
+
+def test_the_log_pane_follows_the_apps_lines_through_the_relay(
+    cp: ControlPlane, ui: Any, served_cp: str
+) -> None:
+    cp.logstreams.keepalive = 0.2  # the server notices soon that the pane was closed
+    session_id, _ = cp.sessions.sign_in(ADMIN_TOKEN, "127.0.0.1")
+    agent = ScriptedAgent(cp, served_cp, "n1")
+    agent.keep_beating()
+    try:
+        assert agent.open_channel() == 200
+        wait_for(lambda: cp.channels.has(agent.node_id), 5, "the agent's channel")
+        loglab.deploy(cp, [agent], "web", 1)
+        page = Browser(ui, session_id).get("/ui/apps/web").text
+        assert 'data-logs="/ui/apps/web/logs"' in page and 'id="log-lines"' in page
+        url = urllib.parse.urlsplit(served_cp)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        conn.request(
+            "GET", "/ui/apps/web/logs", headers={"Cookie": f"docklet_session={session_id}"}
+        )
+        answer = conn.getresponse()
+        try:
+            assert answer.status == 200
+            assert answer.getheader("Content-Type").startswith("text/event-stream")
+            asked = agent.next_frame(kind="logs")
+            assert asked["follow"] is True and asked["tail"] == pages.LOG_TAIL
+            label = asked["containers"][0]["label"]
+            assert agent.post(asked["stream"], [(label, "<b>listening</b> on :80")])[0] == 200
+            seen = b""
+            deadline = time.monotonic() + 10
+            while b"listening" not in seen and time.monotonic() < deadline:
+                seen += answer.fp.readline()
+            assert b'"text": "<b>listening</b> on :80"' in seen and label.encode() in seen
+        finally:
+            loglab.hang_up(conn.sock)
+            conn.close()
+        wait_for(lambda: cp.logstreams.open_now() == 0, what="the log stream's slot given back")
+    finally:
+        agent.stop()
+
+
+def test_a_log_pane_that_cannot_start_says_why(cp: ControlPlane, admin: Browser) -> None:
+    put_app(cp, "web")  # no node: no container to follow
+    for path, words in (
+        ("/ui/apps/web/logs", "no containers"),
+        ("/ui/apps/nope/logs", "does not exist"),
+    ):
+        answer = admin.get(path)
+        assert answer.status == 200 and answer.headers["Content-Type"].startswith(
+            "text/event-stream"
+        )
+        assert answer.text.startswith("event: end\ndata: ") and words in answer.text, path

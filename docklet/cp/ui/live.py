@@ -14,6 +14,7 @@ taken, the script falls back to fetching its parts every few seconds.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -22,8 +23,9 @@ from typing import Any, TypeVar
 
 from bottle import Bottle, request, response
 
-from docklet.common.errors import BadRequest
+from docklet.common.errors import BadRequest, DockletError
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.cp.service.logstreams import LogQuery
 from docklet.cp.service.stream import Stream
 from docklet.cp.ui import pages, session
 from docklet.cp.ui.app import fragment
@@ -74,6 +76,7 @@ def routes(app: Bottle, cp: ControlPlane) -> None:
         "GET",
         pages.signed_in(cp, functools.partial(app_part, cp, parts)),
     )
+    app.route("/ui/apps/<name>/logs", "GET", pages.signed_in(cp, functools.partial(logs, cp)))
     for what, handler in (("apps", apps_part), ("nodes", nodes_part), ("events", events_part)):
         app.route(
             f"/ui/parts/{what}", "GET", pages.signed_in(cp, functools.partial(handler, cp, parts))
@@ -89,10 +92,31 @@ def live(cp: ControlPlane, viewer: session.Viewer) -> Stream:
         request.get_header("Last-Event-ID", ""), request.query.get("after", "")
     )
     stream = cp.streams.open(app, after)
+    _event_stream()
+    return stream
+
+
+def _event_stream() -> None:
     response.content_type = "text/event-stream; charset=utf-8"
     response.set_header("Cache-Control", "no-cache")
     response.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
+
+
+def logs(cp: ControlPlane, viewer: session.Viewer, name: str) -> Any:
+    """The app's containers' lines as Server-Sent Events: the newest `pages.LOG_TAIL` of each, then
+    each new one, through the relay `docklet logs -f` reads (`LogStreams`, its slots and
+    bounds). A stream that cannot start (no containers, their nodes offline, every slot
+    taken) is one `end` event saying why, which the log pane shows: not an error page."""
+    try:
+        stream: Any = cp.logstreams.open(name, LogQuery(tail=pages.LOG_TAIL, follow=True))
+    except DockletError as exc:
+        stream = [_sse_event("end", {"reason": exc.message})]
+    _event_stream()
     return stream
+
+
+def _sse_event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def _html(text: str) -> str:

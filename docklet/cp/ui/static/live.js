@@ -4,6 +4,53 @@
 // A part is an element with data-part (the URL of its fresh HTML) and data-on (which events
 // concern it: "any", "app", "app:<name>", "node"); data-wait (ms) coalesces a burst into one
 // fetch; data-every (ms) refreshes it on a timer too. The stream's URL is body[data-live].
+(function logTail() {
+  // The log pane (an app's page): a button with data-logs, the URL of the app's log relay as
+  // Server-Sent Events. It follows only when asked (a stream holds a slot and asks the agents),
+  // keeps the newest MAX_LINES, and says why a stream could not start or ended.
+  "use strict";
+  var MAX_LINES = 1000;
+  var button = document.querySelector("[data-logs]");
+  var pane = document.getElementById("log-lines");
+  if (!button || !pane || !window.EventSource) { return; }
+  var stream = null;
+
+  function add(text, kind) {
+    var atEnd = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - 4;
+    var line = document.createElement("div");
+    line.textContent = text;  // text, never HTML: log lines are the app's output
+    if (kind) { line.className = kind; }
+    pane.appendChild(line);
+    while (pane.childNodes.length > MAX_LINES) { pane.removeChild(pane.firstChild); }
+    if (atEnd) { pane.scrollTop = pane.scrollHeight; }
+  }
+
+  function stop(why) {
+    if (stream) { stream.close(); stream = null; }
+    if (why) { add(why, "notice"); }
+    button.textContent = "Follow the logs";
+  }
+
+  function data(message) {
+    try { return JSON.parse(message.data); } catch (e) { return {}; }
+  }
+
+  button.addEventListener("click", function () {
+    if (stream) { stop("stopped"); return; }
+    pane.hidden = false;
+    button.textContent = "Stop following";
+    stream = new EventSource(button.getAttribute("data-logs"));
+    stream.onmessage = function (m) {
+      var line = data(m);
+      if (line.text !== undefined) { add(line.label + " | " + line.text); }
+    };
+    stream.addEventListener("notice", function (m) { add(data(m).message || "", "notice"); });
+    stream.addEventListener("end", function (m) { stop(data(m).reason || "the stream ended"); });
+    // Cut off: stop, rather than let EventSource reconnect and print the tail again.
+    stream.onerror = function () { stop("the log stream was cut off; follow again to go on"); };
+  });
+})();
+
 (function () {
   "use strict";
   var POLL_MS = 5000;  // without a stream (every slot taken, or it failed): fetch parts this often
