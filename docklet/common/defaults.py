@@ -115,6 +115,14 @@ SECRET_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 SECRETS_MAX = 1000  # secrets in a cluster
 SECRET_VERSIONS_KEPT = 10  # per secret, besides every version a revision refers to
 
+
+# Dashboard sessions (docklet/cp/ui/session.py). A sign-in lasts UI_SESSION_TIME from
+# then, whatever is done with it (absolute: a stolen cookie is worth hours, not for
+# ever); each token holds at most UI_SESSIONS_PER_TOKEN (the oldest are dropped), and a
+# sign-in's body is at most UI_SIGNIN_MAX_BODY bytes (a token is 48 characters).
+UI_SESSION_TIME = 8 * 3600.0
+UI_SESSIONS_PER_TOKEN = 20
+UI_SIGNIN_MAX_BODY = 4096
 # The log relay (`docklet logs`, docs/architecture.md "The log relay"). Each agent holds
 # one channel open, which costs the CP no thread (one selector thread holds them all):
 # at most AGENT_CHANNELS, each told a keepalive every CHANNEL_KEEPALIVE. A caller's log

@@ -591,12 +591,14 @@ class Server:
     def __init__(self, cp: ControlPlane) -> None:
         from docklet.cp.http.api import make_app
         from docklet.cp.http.githttp import GitHTTP
+        from docklet.cp.ui.mount import dashboard
 
         config = cp.config
         cp.polls.limit(config.long_poll_slots)  # this server's threads, not the defaults
         self.app = Overload(
-            # /git/apps.git: clone and push over HTTP; the rest is the API, with its own limit.
-            GitHTTP(cp, BodyLimit(make_app(cp), config.max_body)),
+            # /git/apps.git: clone and push over HTTP; the rest is the API (and the dashboard
+            # at / and /ui/), with its own limit.
+            GitHTTP(cp, BodyLimit(dashboard(cp, make_app(cp)), config.max_body)),
             self.waited,
             config.overload_wait,
         )

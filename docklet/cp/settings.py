@@ -170,6 +170,13 @@ class CPConfig(Settings):
         description="Versions kept of each secret (`docklet secret set`), besides every"
         " version a revision refers to.",
     )
+    ui_session_time: float = Field(
+        defaults.UI_SESSION_TIME,
+        ge=60,
+        le=30 * 86400,
+        description="Seconds a dashboard sign-in lasts (from the sign-in, whatever is done"
+        " with it); revoking the token ends its sessions at once.",
+    )
     log_streams: int = Field(
         defaults.LOG_STREAMS,
         ge=0,

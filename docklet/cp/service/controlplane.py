@@ -27,6 +27,7 @@ from docklet.cp.service.passes import Passes
 from docklet.cp.service.planning import Planning
 from docklet.cp.service.polls import Polls
 from docklet.cp.service.secrets import Secrets
+from docklet.cp.service.sessions import Sessions
 from docklet.cp.service.stream import EventStreams
 from docklet.cp.service.tokens import Tokens
 from docklet.cp.service.views import Views
@@ -70,6 +71,8 @@ class ControlPlane:
         self.metrics = Metrics(self.store, config, self.views, self.polls, self.liveness)
         self.passes.observe = self.metrics.passed
         self.streams = EventStreams(self.store, config)  # GET /api/events, followed
+        # The dashboard's sign-ins (docklet/cp/ui/session.py): API tokens, then cookies.
+        self.sessions = Sessions(self.store, config, self.tokens, self.metrics, self.liveness)
         # The log relay: every agent's channel, and the callers' log streams over them.
         self.channels = Channels(config.agent_channels)
         self.logstreams = LogStreams(self.store, config, self.liveness, self.channels)
@@ -96,6 +99,7 @@ class ControlPlane:
             self.tokens,
             self.streams,
             self.metrics,
+            self.sessions,
             self.logstreams,
         ):
             service.config = config

@@ -212,6 +212,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS secret_uses_by_name ON secret_uses(name, version);
     """,
+    # 7: dashboard sign-ins, kept as the hash of the cookie's id; a session names its token
+    # by the token's hash, so revoking the token deletes its sessions (ON DELETE CASCADE).
+    """
+    CREATE TABLE ui_sessions (
+        id_hash TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL REFERENCES api_tokens(token_hash) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX ui_sessions_by_token ON ui_sessions(token_hash, created_at);
+    """,
 ]
 
 
