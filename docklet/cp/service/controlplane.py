@@ -56,8 +56,9 @@ class ControlPlane:
         self.passes.observe = self.metrics.passed
         self.streams = EventStreams(self.store, config)  # GET /api/events, followed
         # The log relay: every agent's channel, and the callers' log streams over them.
-        self.channels = Channels(config.agent_channels)
+        self.channels = Channels(config.agent_channels, config.max_body)
         self.logstreams = LogStreams(self.store, config, self.liveness, self.channels)
+        self.channels.receive = self.logstreams.take  # batches written up the channels
         self.metrics.gauge(
             "docklet_log_streams", "Log streams open (docklet logs).", self.logstreams.open_now
         )
