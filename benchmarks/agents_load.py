@@ -18,12 +18,13 @@ transaction, and every error any agent or user saw (timeouts, 503s, 401s).
 
 With `--log-streams N`, N `docklet logs -f` streams (of N apps) are open while
 measuring: relayed by the agents' own relay code (channel, followers, batches)
-from a simulated container log that writes a line every 100 ms. Compare a run
-with and one without them (the CP needs `--cp-args "--log-streams N"` beyond 16).
+from a simulated container log that writes a line every `--log-line-every` (0.1 s).
+Compare a run with and one without them (the CP needs `--cp-args "--log-streams N"`
+beyond 16). Batches written up an agent's channel are counted apart from requests.
 
 Usage: python benchmarks/agents_load.py [--agents 30,100,300,1000]
        [--containers 10] [--interval 5] [--seconds 30] [--processes 4]
-       [--log-streams 20 --cp-args "--log-streams 20"]
+       [--log-streams 20 --cp-args "--log-streams 20"] [--log-line-every 0.1]
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from controlplane import admin, control_plane
 import docklet.agent.loop
 from docklet.agent.engine import Outcome
 from docklet.agent.loop import Agent
+from docklet.agent.relay import WRITTEN
 from docklet.agent.settings import AgentConfig
 from docklet.common import defaults
 from docklet.common.errors import APIError, DockletError
@@ -140,8 +142,12 @@ class SimEngine:
         return SimLogs(name, tail, follow) if known else None
 
 
+LINE_EVERY = [0.1]  # seconds between a simulated container's lines (--log-line-every)
+
+
 class SimLogs:
-    """A container's log in memory: its last `tail` lines, then one every 100 ms if followed."""
+    """A container's log in memory: its last `tail` lines, then one every LINE_EVERY if
+    followed."""
 
     def __init__(self, name: str, tail: int, follow: bool) -> None:
         self.name, self.tail, self.follow = name, min(tail, 10), follow
@@ -154,7 +160,7 @@ class SimLogs:
         for i in range(self.tail):
             yield time.time(), f"{self.name} earlier line {i}"
         n = 0
-        while self.follow and not self.closed.wait(0.1):
+        while self.follow and not self.closed.wait(LINE_EVERY[0]):
             n += 1
             yield time.time(), f"{self.name} line {n}"
 
@@ -169,6 +175,7 @@ class Meter:
         self.calls: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.ramp_errors: dict[str, int] = {}
+        self.written = 0  # log batches written up a channel (no request)
 
     def ok(self, call: str, ms: float) -> None:
         with self.lock:
@@ -224,6 +231,7 @@ def agent_process(
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     meter = Meter()
+    LINE_EVERY[0] = args.log_line_every
     docklet.agent.loop.Client = metered_client(meter)  # type: ignore[misc]
     agents = []
     for n in numbers:
@@ -237,6 +245,7 @@ def agent_process(
             log_batch_every=args.log_batch_every,
         )
         agent = Agent(config, engine=SimEngine(n))
+        agent.relay.post = counted(agent.relay.post, meter)  # type: ignore[method-assign]
         agents.append(agent)
         threading.Thread(target=agent.run, daemon=True).start()
         time.sleep(args.ramp / max(1, len(numbers)))
@@ -246,9 +255,22 @@ def agent_process(
     done.wait()
     with meter.lock:
         meter.measuring = False
-        results.put((meter.beats, meter.errors, meter.ramp_errors, meter.calls))
+        results.put((meter.beats, meter.errors, meter.ramp_errors, meter.calls, meter.written))
     for agent in agents:
         agent.stop.set()
+
+
+def counted(post: Any, meter: Meter) -> Any:
+    """The relay's post, counting the batches that went up the channel (no request)."""
+
+    def post_counted(stream: str, batch: Any) -> Any:
+        answer = post(stream, batch)
+        if answer == WRITTEN:
+            with meter.lock:
+                meter.written += meter.measuring
+        return answer
+
+    return post_counted
 
 
 def push_apps(url: str, count: int, replicas: int, workdir: Path) -> None:
@@ -409,8 +431,10 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         beats: list[float] = []
         ramp: dict[str, int] = {}
         calls: dict[str, int] = {}
+        written = 0
         for _ in workers:
-            b, e, r, c = results.get(timeout=60)
+            b, e, r, c, w = results.get(timeout=60)
+            written += w
             beats += b
             merge(errors, e)
             merge(ramp, r)
@@ -439,6 +463,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         "ramp_errors": ramp,
         "rate": sum(calls.values()) / args.seconds,
         "log_lines": relayed / args.seconds,
+        "written": written / args.seconds,
+        "log_batches": calls.get("log batch", 0) / args.seconds,
     }
 
 
@@ -466,6 +492,9 @@ def main() -> None:
     parser.add_argument(
         "--log-batch-every", type=float, default=defaults.LOG_BATCH_EVERY, help="the agents' own"
     )
+    parser.add_argument(
+        "--log-line-every", type=float, default=0.1, help="seconds between a container's lines"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.agents.split(",")]
     print(
@@ -473,7 +502,8 @@ def main() -> None:
         f" heartbeat every {args.interval:g}s, long-poll {POLL_WAIT:g}s,"
         f" {args.processes} agent processes, {args.seconds:g}s measured after the first"
         f" deploy + {args.warmup:g}s warm-up, CP threads {args.cp_threads or 'default'},"
-        f" {args.log_streams} log streams open (a batch every {args.log_batch_every:g}s)"
+        f" {args.log_streams} log streams open (a batch every {args.log_batch_every:g}s,"
+        f" a line every {args.log_line_every:g}s a container)"
     )
     header = (
         f"{'agents':>6} | {'deploy s':>8} | {'heartbeat p50/p99 ms':>20} |"
@@ -505,7 +535,10 @@ def main() -> None:
             f" longest since the CP started (first deploy included): {r['deploy_write']:.0f} ms"
         )
         if args.log_streams:
-            print(f"{'':>6}   log lines relayed to the streams' readers: {r['log_lines']:.0f}/s")
+            print(
+                f"{'':>6}   log lines relayed to the streams' readers: {r['log_lines']:.0f}/s;"
+                f" batches up channels {r['written']:.0f}/s, by POST {r['log_batches']:.0f}/s"
+            )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A fresh `docklet-cp` (default 5 s heartbeat) and a real `docklet-agent` on the
 real Docker engine; an app whose container writes a line every 50 ms holding
 the moment it was written (the kernel's boot-time clock, /proc/uptime, which
 the container shares with this host: 10 ms resolution); `docklet logs -f`, the
-real CLI, reads them through the relay (channel → agent follower → batch POST
+real CLI, reads them through the relay (channel → agent follower → batch up the channel
 → the CP's stream → the CLI). Each line's latency is when the CLI printed it
 minus when the container wrote it. Prints p50/p95/p99 over --lines lines, and
 how long the first line took after the command started.

@@ -1,9 +1,10 @@
 """What the log relay's tests share: an app placed on nodes, and a scripted agent.
 
 The scripted agent is a second real client of a served CP, not a mock: it
-registers, opens its channel over real HTTP on loopback, reads the frames the CP
-rings on it, and POSTs batches of lines, as the real agent does, but on the
-test's command. Its "containers" are what its heartbeat reports.
+registers, opens its channel over real HTTP on loopback (upgraded, as today's
+agent does, or the older chunked event stream), reads the frames the CP rings on
+it, and writes batches up the channel (`send`) or POSTs them (`post`), as the
+real agent does, but on the test's command. Its "containers" are what its heartbeat reports.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import yaml
 from conftest import ADMIN_TOKEN
 
 from docklet.cp.service.controlplane import ControlPlane
-from docklet.wire.protocol import Heartbeat, Registration
+from docklet.wire.protocol import CHANNEL_UPGRADE, Heartbeat, Registration
 
 AUTHOR = "tester <tester@example.com>"
 
@@ -68,23 +69,24 @@ class ScriptedAgent:
 
     # -- the channel ------------------------------------------------------------------
 
-    def open_channel(self, timeout: float = 60.0) -> int:
-        """GET its channel; the status (200: its frames are read into `frames` from now on)."""
+    def open_channel(self, timeout: float = 60.0, upgrade: bool = True) -> int:
+        """GET its channel, asking for the upgrade unless told not to (an older agent); the
+        status (101 or 200: its frames are read into `frames` from now on)."""
         parts = urlsplit(self.url)
         self._conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-        self._conn.request(
-            "GET",
-            f"/api/agents/{self.node_id}/channel",
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if upgrade:
+            headers |= {"Connection": "Upgrade", "Upgrade": CHANNEL_UPGRADE}
+        self._conn.request("GET", f"/api/agents/{self.node_id}/channel", headers=headers)
         self.sock = self._conn.sock
         answer = self._conn.getresponse()
-        if answer.status != 200:
+        if answer.status not in (101, 200):
             answer.read()
             return answer.status
         self.channel = answer
-        threading.Thread(target=self._read, args=(answer,), daemon=True).start()
-        return 200
+        read = self._read_lines if answer.status == 101 else self._read
+        threading.Thread(target=read, args=(answer,), daemon=True).start()
+        return answer.status
 
     def _read(self, answer: http.client.HTTPResponse) -> None:
         try:
@@ -97,6 +99,26 @@ class ScriptedAgent:
         except (OSError, ValueError, AttributeError, http.client.HTTPException):  # closed meanwhile
             pass
         self.frames.put("closed")
+
+    def _read_lines(self, answer: http.client.HTTPResponse) -> None:
+        """An upgraded channel: a JSON object a line (a keepalive is put as "keepalive")."""
+        try:
+            for raw in iter(answer.fp.readline, b""):
+                frame = json.loads(raw)
+                self.frames.put("keepalive" if frame.get("type") == "keepalive" else frame)
+        except (OSError, ValueError, AttributeError):  # closed meanwhile
+            pass
+        self.frames.put("closed")
+
+    def send(self, stream: str, lines: list[tuple[str, str]], **extra: Any) -> None:
+        """Write a batch of (label, text) lines up the upgraded channel (no answer comes,
+        unless the stream is closed: a `logs_stop` frame)."""
+        batch = {"lines": [{"label": label, "text": text} for label, text in lines], **extra}
+        self.write(json.dumps({"type": "batch", "stream": stream, **batch}).encode() + b"\n")
+
+    def write(self, data: bytes) -> None:
+        assert self.sock is not None
+        self.sock.sendall(data)
 
     def close_channel(self) -> None:
         """Hang up (the response's file would keep the socket open past a plain close)."""

@@ -93,7 +93,8 @@ class Agent:
             stream_time=config.log_stream_time,
             batch_every=config.log_batch_every,
         )
-        self.relay = Relay(self.engine, Poster(self.cp, lambda: self.node_id), limits)
+        poster = Poster(self.cp, lambda: self.node_id)
+        self.relay = Relay(self.engine, poster, limits)
         self.channel = Channel(
             self.cp,
             lambda: (self.node_id, self._generation),
@@ -102,6 +103,7 @@ class Agent:
             self.stop,
             retry_max=config.retry_max,
         )
+        poster.channel = self.channel  # batches go up the channel while it is open
 
     @property
     def heartbeat_interval(self) -> float:

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 Post = Callable[[str, LogBatch], object]  # raises APIError or CPUnreachable
 REMEMBERED = 1024  # ended streams' ids kept, so a late copy of a request is not run again
 GONE = frozenset({401, 403, 404, 410})  # the stream (or this node's token) is no more
-PATIENCE = 10  # batches wait at least this many times the CP's answer time apart
+PATIENCE = 10  # POSTed batches wait at least this many times the CP's answer time apart
+WRITTEN = "written up the channel"  # what a Post returns for a batch with no answer to time
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,8 @@ class Stream:
     def _next_batch(self, last: float) -> tuple[LogBatch | None, bool]:
         """The next batch when it is due, and whether it is the stream's last; None: stopped."""
         idle = self.limits.idle_batch
-        # A CP slow to answer gets fewer, fuller batches: waiting for it at most a tenth of
-        # the time, so a thousand agents' lines never crowd out their heartbeats.
+        # A CP slow to answer POSTs gets fewer, fuller batches: waiting for it at most a
+        # tenth of the time, so a thousand agents' lines never crowd out their heartbeats.
         every = min(max(self.limits.batch_every, PATIENCE * self._answer_time), idle)
         with self._cond:
             while self._stopped is None:
@@ -307,8 +308,10 @@ class Stream:
         as dropped), None when it says the stream is no more (the stream stops)."""
         started = time.monotonic()
         try:
-            self.relay.post(self.id, batch)
-            took = time.monotonic() - started
+            answer = self.relay.post(self.id, batch)
+            # A batch written up the channel has no answer time: a closed stream says so
+            # with a `logs_stop` frame, and only POSTs are paced by the CP's answers.
+            took = 0.0 if answer == WRITTEN else time.monotonic() - started
             self._answer_time = 0.7 * self._answer_time + 0.3 * took
         except APIError as exc:
             if exc.status in GONE:

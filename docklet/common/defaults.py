@@ -133,6 +133,12 @@ UI_SIGNIN_MAX_BODY = 4096
 # within LOG_ANSWER_WAIT, and ends after LOG_STREAM_MAX_TIME (the caller runs it again).
 AGENT_CHANNELS = 4096
 CHANNEL_KEEPALIVE = 20.0
+# An upgraded channel carries the agent's log batches up (a JSON line each, at most the
+# API's --max-body): a node sending more than CHANNEL_READ_BYTES or CHANNEL_READ_FRAMES in
+# a second floods, and its channel is closed (its agent falls back to POSTs, reconnects).
+# An honest agent sends at most 2 batches a second per stream, AGENT_LOG_STREAMS streams.
+CHANNEL_READ_BYTES = 4 * MAX_BODY
+CHANNEL_READ_FRAMES = 200
 LOG_STREAMS = 16
 LOG_STREAMS_PER_NODE = 4
 LOG_BUFFER_LINES = 1_000

@@ -493,6 +493,8 @@ class Gateway(wsgi.Gateway_10):
     with the headers when there is no body, else once the app has read it (or the
     request is over: a body the app left unread is still being read)."""
 
+    upgraded: Callable[[socket.socket, bytes], None] | None = None  # `upgrade`'s adopter
+
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
         conn: Connection = self.req.conn
@@ -501,8 +503,27 @@ class Gateway(wsgi.Gateway_10):
         else:
             conn.read_done()  # a long-poll waits, but its request is in
         env["docklet.detach"] = self.detach
+        env["docklet.upgrade"] = self.upgrade
         env["docklet.gone"] = self.gone
         return env
+
+    def upgrade(self, adopt: Callable[[socket.socket, bytes], None]) -> None:
+        """The app answers 101 Switching Protocols: once that is written, the socket is
+        detached (as `detach`) and handed to `adopt` with any bytes already read past the
+        request. The app's own answer has no body (a 101 has none)."""
+        self.upgraded = adopt
+
+    def respond(self) -> None:
+        super().respond()
+        adopt = self.upgraded
+        if adopt is not None and bytes(self.req.status[:3]) == b"101":
+            pending = _read_ahead(self.req.conn.rfile)
+            adopt(self._take_socket(), pending)
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        if status[:3] == "101":  # a 101 has no body: no Content-Length (Bottle adds one)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        return super().start_response(status, headers, exc_info)
 
     def gone(self) -> bool:
         """Whether the client hung up: its socket reads as ended. A stream waiting for
@@ -523,16 +544,29 @@ class Gateway(wsgi.Gateway_10):
         back to the pool, and the connection is closed without touching the socket. The
         socket returned is a new object owning the descriptor, non-blocking; None when the
         answer is not chunked (an HTTP/1.0 client), which then ends as usual."""
-        req, conn = self.req, self.req.conn
-        if not req.chunked_write:  # HTTP/1.0: no chunks to frame with; the answer ends here
+        if not self.req.chunked_write:  # HTTP/1.0: no chunks to frame with; it ends here
             return None
-        req.chunked_write = False  # no `0\r\n\r\n`: the answer goes on, from elsewhere
+        self.req.chunked_write = False  # no `0\r\n\r\n`: the answer goes on, from elsewhere
+        return self._take_socket()
+
+    def _take_socket(self) -> socket.socket:
+        """This connection's socket, as a new non-blocking object; cheroot lets go of it."""
+        req, conn = self.req, self.req.conn
         req.close_connection = True  # the worker drops the connection, never reads it again
         conn.read_done()
         conn.detached = True
         sock = socket.socket(fileno=conn.socket.detach())
         sock.setblocking(False)
         return sock
+
+
+def _read_ahead(rfile: DeadlineReader) -> bytes:
+    """What the client sent past its request and cheroot already read (never waits)."""
+    data = rfile.read(len(rfile.peek(0))) if rfile.has_data() else b""
+    raw: DeadlineSocket = rfile.raw
+    data += bytes(raw.pending)
+    raw.pending.clear()
+    return data
 
 
 class HTTPServer(wsgi.Server):

@@ -299,6 +299,10 @@ class LogStop(Wire):
     stream: StreamId
 
 
+# An agent's channel asks `Upgrade: CHANNEL_UPGRADE`; after the CP's 101 it carries one
+# JSON object a line both ways: down, a ChannelFrame (or {"type": "keepalive"}); up,
+# {"type": "batch", "stream": ..., **LogBatch}. Without it, the older chunked event stream.
+CHANNEL_UPGRADE = "docklet-channel/1"
 ChannelFrame = Annotated[LogRequest | LogStop, Field(discriminator="type")]
 CHANNEL_FRAME: TypeAdapter[LogRequest | LogStop] = TypeAdapter(ChannelFrame)
 

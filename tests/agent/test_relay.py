@@ -1,7 +1,8 @@
 """The agent's half of the log relay, on the real Docker engine.
 
 A tiny real HTTP server plays the CP's two endpoints (the batches an agent
-posts, and the channel it holds open); the followers read real containers.
+posts, and the channel it holds open: upgraded, carrying batches up, or an
+older CP's event stream); the followers read real containers.
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ from typing import Any
 import pytest
 from conftest import RUN_ID, wait_for
 
-from docklet.agent.channel import Channel
+from docklet.agent.channel import Channel, Poster
 from docklet.agent.engine import Engine
 from docklet.agent.relay import Limits, Relay
 from docklet.wire.client import Client
-from docklet.wire.protocol import LogBatch, LogContainer, LogEnd, LogRequest, LogStop
+from docklet.wire.protocol import (
+    CHANNEL_UPGRADE,
+    LogBatch,
+    LogContainer,
+    LogEnd,
+    LogRequest,
+    LogStop,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -43,6 +51,10 @@ class FakeCP:
         self.frames: list[str] = []  # what the next channel request is told
         self.channels = 0
         self.refuse: tuple[int, dict[str, Any]] | None = None  # the channel's answer, if not 200
+        self.upgrade = False  # answer an agent's Upgrade with 101 (else: an older CP's 200)
+        self.end_channel = threading.Event()  # set: an upgraded channel is closed
+        self.posted = 0  # batches that came by POST
+        self.written = 0  # ... and up an upgraded channel
         self.lock = threading.Lock()
         cp = self
 
@@ -62,6 +74,7 @@ class FakeCP:
                 stream = match[2]
                 with cp.lock:
                     cp.batches.setdefault(stream, []).append(body)
+                    cp.posted += 1
                 if stream in cp.gone:
                     self._answer(410, {"error": {"code": "stream_closed", "message": "closed"}})
                 else:
@@ -74,6 +87,9 @@ class FakeCP:
                 if cp.refuse is not None:
                     self._answer(*cp.refuse)
                     return
+                if cp.upgrade and self.headers.get("Upgrade") == CHANNEL_UPGRADE:
+                    self._upgraded(frames)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -84,6 +100,42 @@ class FakeCP:
                     self.wfile.flush()
                     time.sleep(0.2)
                 self.wfile.write(b"0\r\n\r\n")  # the channel ends: the agent opens it again
+
+            def _upgraded(self, frames: list[str]) -> None:
+                """101, then JSON lines both ways until `end_channel`: the frames down
+                (and any put in `cp.frames` meanwhile), the agent's batches up."""
+                self.send_response(101)
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Upgrade", CHANNEL_UPGRADE)
+                self.end_headers()
+                self.wfile.flush()
+                self.connection.settimeout(0.1)
+                pending = b""
+                while not cp.end_channel.is_set():
+                    for frame in frames:
+                        self.connection.sendall(frame.encode() + b"\n")
+                    with contextlib.suppress(TimeoutError):
+                        data = self.connection.recv(65536)
+                        if not data:
+                            return
+                        pending += data
+                    *whole, pending = pending.split(b"\n")
+                    for raw in whole:
+                        self._batch(json.loads(raw))
+                    with cp.lock:
+                        frames, cp.frames = cp.frames, []
+                self.close_connection = True
+
+            def _batch(self, frame: dict[str, Any]) -> None:
+                assert frame.pop("type") == "batch"
+                stream = frame.pop("stream")
+                LogBatch.model_validate(frame)
+                with cp.lock:
+                    cp.batches.setdefault(stream, []).append(frame)
+                    cp.written += 1
+                if stream in cp.gone:
+                    stop = LogStop(stream=stream).model_dump_json().encode()
+                    self.connection.sendall(stop + b"\n")
 
             def _answer(self, status: int, body: Any) -> None:
                 data = json.dumps(body).encode()
@@ -371,3 +423,38 @@ def test_a_refused_channel_registers_again_only_when_its_token_is_refused(
     channel.loop(max_iterations=1)
     assert refusals == ([401] if registers_again else [] if status == 404 else [503])
     assert not channel.open.is_set()
+
+
+def test_an_upgraded_channel_carries_requests_down_and_batches_up(
+    fake_cp: FakeCP, run_container: Callable[[str], str]
+) -> None:
+    name = run_container(PRINTER)
+    fake_cp.upgrade = True
+    client = Client(fake_cp.url, token="node-token")
+    poster = Poster(client, lambda: "n1")
+    relay = Relay(Engine(), poster, Limits())
+    stop = threading.Event()
+    start = request("up1", name, tail=0, follow=True).model_dump_json()
+    fake_cp.frames = [start, '{"type": "keepalive"}', '{"type": "new"}']
+    channel = Channel(client, lambda: ("n1", 1), relay.handle, lambda exc, g: False, stop)
+    poster.channel = channel
+    thread = threading.Thread(target=channel.loop, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(fake_cp.lines("up1")) >= 6, 10, "lines written up the channel")
+        assert (fake_cp.posted, fake_cp.channels) == (0, 1)  # no POST; one channel, kept
+        seen = numbers(fake_cp.lines("up1"))
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        fake_cp.gone.add("up1")  # its next batch is answered `logs_stop` down the channel
+        wait_for(lambda: not relay.active(), 5, "the stream to stop on logs_stop")
+        relay.start(request("up2", name, tail=0, follow=True))
+        wait_for(lambda: fake_cp.lines("up2"), 10, "the next stream's lines")
+        fake_cp.upgrade = False
+        fake_cp.end_channel.set()  # the channel goes down: batches go by POST meanwhile
+        wait_for(lambda: fake_cp.posted > 0, 10, "a batch posted")
+    finally:
+        stop.set()
+        channel.close()
+        relay.close()
+        thread.join(5)
+    assert not thread.is_alive()

@@ -82,8 +82,18 @@ class Reader:
         self.conn.close()
 
 
+def posted_batches(cp: Any) -> float:
+    """Batches the CP took by POST (its API request counter for that route)."""
+    return sum(
+        sample.value
+        for metric in cp.metrics.requests.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and "/logs/" in sample.labels["route"]
+    )
+
+
 def test_a_log_request_comes_on_the_channel_and_the_caller_leaving_stops_it(
-    agent: Agent, served_cp: str
+    agent: Agent, served_cp: str, cp: Any
 ) -> None:
     channel = threading.Thread(target=agent.channel.loop, daemon=True)
     channel.start()
@@ -94,13 +104,16 @@ def test_a_log_request_comes_on_the_channel_and_the_caller_leaving_stops_it(
     assert took < 5  # no heartbeat was sent meanwhile: the channel carried the request
     assert line["label"] == "talk.1@node-a" and line["text"].startswith("line ")
     assert len(agent.relay.active()) == 1
+    for _ in range(10):  # ... and the lines came back up it: not one POST
+        reader.first(timeout=5)
+    assert posted_batches(cp) == 0
 
     reader.close()  # the caller leaves: the CP closes the stream, the agent stops following
     wait_for(lambda: not agent.relay.active(), 10, "the agent to stop following")
 
 
 def test_without_a_channel_the_request_comes_with_the_next_heartbeat(
-    agent: Agent, served_cp: str
+    agent: Agent, served_cp: str, cp: Any
 ) -> None:
     reader = Reader(served_cp)
     with pytest.raises(queue.Empty):
@@ -109,5 +122,6 @@ def test_without_a_channel_the_request_comes_with_the_next_heartbeat(
     agent.heartbeat_once()  # its answer carries the request
     _, line = reader.first(timeout=10)
     assert line["label"] == "talk.1@node-a"
+    assert posted_batches(cp) > 0  # no channel: its batches are POSTed
     reader.close()
     wait_for(lambda: not agent.relay.active(), 10, "the agent to stop following")

@@ -29,7 +29,7 @@ def docklet(url: str, *args: str) -> subprocess.Popen[str]:
 def n1(served_cp: str, cp: ControlPlane) -> Iterator[ScriptedAgent]:
     agent = ScriptedAgent(cp, served_cp, "n1")
     agent.keep_beating()
-    assert agent.open_channel() == 200
+    assert agent.open_channel() == 101
     wait_for(lambda: cp.channels.has(agent.node_id), 5, "n1's channel")
     yield agent
     agent.stop()
@@ -48,12 +48,12 @@ def test_each_line_is_printed_with_its_slot_and_node_and_notices_go_to_stderr(
         f"logs/{stream}",
         {"lines": [{"label": "web.1@n1", "text": "at noon", "time": 1767268800.5}]},
     )
-    n1.post(stream, [("web.2@n1", "hello from 2"), ("web.1@n1", "hello from 1")])
+    n1.send(stream, [("web.2@n1", "hello from 2"), ("web.1@n1", "hello from 1")])
     ended = [
         {"label": "web.1@n1", "reason": "end of logs"},
         {"label": "web.2@n1", "reason": "container exited"},
     ]
-    n1.post(stream, [], ended=ended)
+    n1.send(stream, [], ended=ended)
     out, err = command.communicate(timeout=20)
     assert command.returncode == 0, err
     assert out.splitlines() == [
@@ -70,7 +70,7 @@ def test_ctrl_c_ends_a_follow_quietly_with_130(
     deploy(cp, [n1], "web", 1)
     command = docklet(served_cp, "web", "-f")
     stream = n1.next_frame(timeout=10, kind="logs")["stream"]
-    n1.post(stream, [("web.1@n1", "first")])
+    n1.send(stream, [("web.1@n1", "first")])
     assert command.stdout is not None
     assert command.stdout.readline() == "web.1@n1 | first\n"
     command.send_signal(signal.SIGINT)

@@ -1,7 +1,8 @@
 """Agent channels over real HTTP on loopback: detached from cheroot, held by one thread.
 
 Each agent here is `loglab.ScriptedAgent`: a real client that opens its channel
-with a real GET and reads the frames the CP writes on it.
+with a real GET (upgraded to JSON lines both ways, or an older agent's chunked
+event stream) and reads the frames the CP writes on it.
 """
 
 from __future__ import annotations
@@ -16,22 +17,38 @@ from conftest import wait_for
 from loglab import ScriptedAgent
 
 from docklet.cp.service.controlplane import ControlPlane
+from docklet.wire.protocol import CHANNEL_UPGRADE
 
 
 def test_a_channel_outlives_its_request_and_a_ring_reaches_it_at_once(
     served_cp: str, cp: ControlPlane
 ) -> None:
     agent = ScriptedAgent(cp, served_cp, "n1")
-    assert agent.open_channel() == 200
+    assert agent.open_channel() == 101
     assert agent.channel is not None
-    assert agent.channel.getheader("Content-Type").startswith("text/event-stream")
-    assert agent.frames.get(timeout=5) == "channel open"
+    assert agent.channel.getheader("Upgrade") == CHANNEL_UPGRADE
+    assert agent.channel.getheader("Connection") == "Upgrade"
+    assert agent.channel.getheader("Content-Length") is None  # a 101 has no body
     wait_for(lambda: cp.channels.has(agent.node_id), 5, "the channel to be adopted")
     time.sleep(0.5)  # the worker thread has long returned; the socket lives on
     started = time.monotonic()
     assert cp.channels.ring(agent.node_id, {"type": "logs_stop", "stream": "s1"})
     assert agent.next_frame(kind="logs_stop") == {"type": "logs_stop", "stream": "s1"}
     assert time.monotonic() - started < 1.0
+    agent.close_channel()
+
+
+def test_an_older_agents_channel_without_upgrade_is_the_chunked_event_stream(
+    served_cp: str, cp: ControlPlane
+) -> None:
+    agent = ScriptedAgent(cp, served_cp, "n1")
+    assert agent.open_channel(upgrade=False) == 200
+    assert agent.channel is not None
+    assert agent.channel.getheader("Content-Type").startswith("text/event-stream")
+    assert agent.frames.get(timeout=5) == "channel open"
+    wait_for(lambda: cp.channels.has(agent.node_id), 5, "the channel to be adopted")
+    assert cp.channels.ring(agent.node_id, {"type": "logs_stop", "stream": "s1"})
+    assert agent.next_frame(kind="logs_stop") == {"type": "logs_stop", "stream": "s1"}
     agent.close_channel()
 
 
@@ -42,7 +59,7 @@ def test_two_hundred_channels_hold_no_thread_and_the_api_still_answers(
     agents = [ScriptedAgent(cp, served_cp, f"n{i}") for i in range(200)]
     try:
         for agent in agents:
-            assert agent.open_channel() == 200
+            assert agent.open_channel() == 101
         wait_for(lambda: cp.channels.open_now() == 200, 10, "200 channels")
         started = time.monotonic()
         with urllib.request.urlopen(f"{served_cp}/api/health", timeout=5) as answer:
@@ -61,10 +78,10 @@ def test_a_new_channel_replaces_the_older_one_which_ends_cleanly(
     served_cp: str, cp: ControlPlane
 ) -> None:
     first = ScriptedAgent(cp, served_cp, "n1")
-    assert first.open_channel() == 200
+    assert first.open_channel() == 101
     wait_for(lambda: cp.channels.has(first.node_id), 5, "the first channel")
     again = ScriptedAgent(cp, served_cp, "n1")  # the same node, registered again
-    assert again.open_channel() == 200
+    assert again.open_channel() == 101
     with pytest.raises(AssertionError, match="closed"):
         first.next_frame(timeout=5)  # its answer ended
     assert cp.channels.open_now() == 1
@@ -120,10 +137,10 @@ def test_the_channel_cap_answers_503_and_a_wrong_token_401(
 ) -> None:
     cp.config = cp.config.model_copy(update={"agent_channels": 1})  # --agent-channels 1
     first, second = ScriptedAgent(cp, served_cp, "n1"), ScriptedAgent(cp, served_cp, "n2")
-    assert first.open_channel() == 200
+    assert first.open_channel() == 101
     wait_for(lambda: cp.channels.has(first.node_id), 5, "the first channel")
     assert second.open_channel() == 503
-    assert first.open_channel() == 200  # a node's own new channel replaces its older one
+    assert first.open_channel() == 101  # a node's own new channel replaces its older one
     second.token = "dkn_wrong"
     assert second.open_channel() == 401
     first.close_channel()

@@ -1,11 +1,13 @@
 """Log streams (GET /api/apps/{app}/logs) over real HTTP on loopback, relayed from agents.
 
 The agents are `loglab.ScriptedAgent`s: real clients that open their channel,
-read the log requests the CP rings on it, and POST batches of lines.
+read the log requests the CP rings on it, and write batches of lines up it (or
+POST them, as an older agent does, and as today's does while it has no channel).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,13 +28,13 @@ def agents(served_cp: str, cp: ControlPlane) -> Iterator[Agents]:
     """Scripted agents that keep beating (and, unless told, hold a channel open)."""
     made: list[ScriptedAgent] = []
 
-    def make(*names: str, channel: bool = True) -> list[ScriptedAgent]:
+    def make(*names: str, channel: bool = True, upgrade: bool = True) -> list[ScriptedAgent]:
         out = []
         for name in names:
             agent = ScriptedAgent(cp, served_cp, name)
             agent.keep_beating()
             if channel:
-                assert agent.open_channel() == 200
+                assert agent.open_channel(upgrade=upgrade) == (101 if upgrade else 200)
                 wait_for(lambda a=agent: cp.channels.has(a.node_id), 5, f"{name}'s channel")
             out.append(agent)
         made.extend(out)
@@ -79,10 +81,10 @@ def test_lines_reach_the_caller_in_order_with_their_labels_and_the_stream_ends(
     for agent in (n1, n2):
         asked = agent.next_frame(kind="logs")
         labels = [c["label"] for c in asked["containers"]]
-        for i in range(3):
-            assert agent.post(asked["stream"], [(label, f"line {i}") for label in labels])[0] == 200
+        for i in range(3):  # up the channel: no request, no answer
+            agent.send(asked["stream"], [(label, f"line {i}") for label in labels])
         ended = [{"label": label, "reason": "end of logs"} for label in labels]
-        assert agent.post(asked["stream"], [], ended=ended) == (200, {"open": True})
+        agent.send(asked["stream"], [], ended=ended)
     reader.wait(lambda r: r.end is not None, what="the end")
     assert reader.end == {"reason": "every container's lines ended"}
     expected = {f"web.{slot}@{agent.node_id}" for slot, agent in slots.items()}
@@ -150,7 +152,9 @@ def test_a_caller_that_leaves_stops_its_agents_within_seconds(
     reader.close()
     started = time.monotonic()
     assert n1.next_frame(timeout=5, kind="logs_stop") == {"type": "logs_stop", "stream": stream}
-    status, answer = n1.post(stream, [("web.1@n1", "anyone?")])
+    n1.send(stream, [("web.1@n1", "anyone?")])  # a stop lost: the next batch is told again
+    assert n1.next_frame(timeout=5, kind="logs_stop") == {"type": "logs_stop", "stream": stream}
+    status, answer = n1.post(stream, [("web.1@n1", "anyone?")])  # and by POST, 410
     assert (status, answer["error"]["code"]) == (410, "stream_closed")
     assert time.monotonic() - started < 1.5
     assert cp.logstreams.open_now() == 0
@@ -228,6 +232,68 @@ def test_a_batch_for_another_nodes_stream_is_refused(
     n1.post(stream, [("web.1@n1", "real")])
     reader.wait(lambda r: r.lines, what="the real line")
     assert reader.texts() == [("web.1@n1", "real")]
+    reader.close()
+
+
+def test_on_the_channel_a_batch_for_another_nodes_or_no_stream_is_told_to_stop(
+    served_cp: str, cp: ControlPlane, agents: Agents
+) -> None:
+    n1, n2 = agents("n1", "n2")
+    put_app(cp, "web", replicas=1, placement={"nodes": [n1.node_id]})
+    n1.run("web", 1, 1)
+    reader = LogReader(served_cp, "web", "follow=1")
+    stream = n1.next_frame(kind="logs")["stream"]
+    n2.send(stream, [("web.1@n1", "forged")])
+    assert n2.next_frame(kind="logs_stop") == {"type": "logs_stop", "stream": stream}
+    n2.send("no-such-stream", [("web.1@n1", "forged")])
+    assert n2.next_frame(kind="logs_stop")["stream"] == "no-such-stream"
+    n2.write(b'{"type": "batch", "stream": "s", "lines": "not a list"}\nnot json\n[1]\n')
+    n1.send(stream, [("web.1@n1", "real")])
+    reader.wait(lambda r: r.lines, what="the real line")
+    assert reader.texts() == [("web.1@n1", "real")]
+    assert cp.channels.has(n2.node_id)  # junk is skipped, the channel kept
+    reader.close()
+
+
+def test_an_older_agent_without_the_upgrade_posts_its_batches(
+    served_cp: str, cp: ControlPlane, agents: Agents
+) -> None:
+    (n1,) = agents("n1", upgrade=False)
+    deploy(cp, [n1], "web", 1)
+    reader = LogReader(served_cp, "web", "follow=1")
+    stream = n1.next_frame(kind="logs")["stream"]
+    assert n1.post(stream, [("web.1@n1", "by POST")]) == (200, {"open": True})
+    reader.wait(lambda r: r.lines, what="the line")
+    assert reader.texts() == [("web.1@n1", "by POST")]
+    reader.close()
+    assert n1.next_frame(timeout=5, kind="logs_stop")["stream"] == stream
+
+
+def test_a_node_that_floods_its_channel_is_cut_off_and_the_others_go_on(
+    served_cp: str, cp: ControlPlane, agents: Agents, caplog: pytest.LogCaptureFixture
+) -> None:
+    cp.channels.max_line = 64 * 1024
+    cp.channels.rate_frames = 50
+    n1, n2, n3 = agents("n1", "n2", "n3")
+    put_app(cp, "web", replicas=1, placement={"nodes": [n1.node_id]})
+    n1.run("web", 1, 1)
+    reader = LogReader(served_cp, "web", "follow=1")
+    stream = n1.next_frame(kind="logs")["stream"]
+    with caplog.at_level(logging.WARNING, logger="docklet.cp.service.channels"):
+        n2.write(b'{"type": "batch", "stream": "' + b"x" * 70_000)  # a line over --max-body
+        wait_for(lambda: not cp.channels.has(n2.node_id), 5, "n2 cut off (a line too long)")
+        for _ in range(60):  # more frames in a second than any agent sends
+            n3.send("no-such-stream", [])
+        wait_for(lambda: not cp.channels.has(n3.node_id), 5, "n3 cut off (too many frames)")
+    n1.send(stream, [("web.1@n1", "unaffected")])
+    reader.wait(lambda r: r.lines, what="n1's line")
+    assert cp.channels.has(n1.node_id)
+    with pytest.raises(AssertionError, match="closed"):
+        n2.next_frame(timeout=5)
+    said = [r.getMessage() for r in caplog.records]
+    too_long = "a frame over 65536 bytes (the CP's --max-body)"
+    assert f"node {n2.node_id}: channel closed: {too_long}" in said
+    assert f"node {n3.node_id}: channel closed: over 50 frames a second: it floods" in said
     reader.close()
 
 
@@ -350,7 +416,7 @@ def test_a_request_held_for_a_heartbeat_goes_on_a_channel_opened_meanwhile(
     deploy(cp, [n1], "web", 1)
     reader = LogReader(served_cp, "web", "follow=1")
     wait_for(lambda: cp.channels._held, 5, "the request held for n1's heartbeat")
-    assert n1.open_channel() == 200  # an agent reconnecting: its channel, before a heartbeat
+    assert n1.open_channel() == 101  # an agent reconnecting: its channel, before a heartbeat
     asked = n1.next_frame(kind="logs")
     assert asked["containers"][0]["label"] == "web.1@n1"
     assert "logs" not in n1.heartbeat()  # given once, on the channel

@@ -51,6 +51,7 @@ from docklet.cp.service.stream import Stream
 from docklet.cp.service.tokens import Author, Caller
 from docklet.cp.settings import CPConfig
 from docklet.wire.protocol import (
+    CHANNEL_UPGRADE,
     LOG_TAIL_MAX,
     MAX_CONTAINERS,
     NODE_NAME,
@@ -658,10 +659,27 @@ def agent_channel(cp: ControlPlane, node_id: str) -> Any:
     _agent(cp, node_id)
     cp.channels.admit(node_id)
     cp.liveness.heard(node_id)
+    upgrade = request.environ.get("docklet.upgrade")  # None outside the real server
+    if upgrade is not None and _asks_upgrade():
+        # 101: from here on the socket carries JSON lines both ways (the agent's log
+        # batches come up it), held by cp.channels' thread from the moment it is written.
+        response.status = 101
+        response.set_header("Connection", "Upgrade")
+        response.set_header("Upgrade", CHANNEL_UPGRADE)
+        upgrade(lambda sock, pending: cp.channels.adopt(node_id, sock, True, pending))
+        return b""
     detach = request.environ.get("docklet.detach")  # None outside the real server: ends at once
     response.content_type = "text/event-stream; charset=utf-8"
     response.set_header("Cache-Control", "no-cache")
     return _channel(cp, node_id, detach)
+
+
+def _asks_upgrade() -> bool:
+    """Whether the agent asks for the upgraded channel (an older agent does not)."""
+    if request.environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
+        return False
+    tokens = {t.strip().lower() for t in request.get_header("Connection", "").split(",")}
+    return "upgrade" in tokens and request.get_header("Upgrade", "").strip() == CHANNEL_UPGRADE
 
 
 def _channel(cp: ControlPlane, node_id: str, detach: Callable[[], Any] | None) -> Iterator[bytes]:

@@ -182,9 +182,11 @@ _DETAILS: dict[tuple[str, str], Detail] = {
         media=("text/event-stream",),
     ),
     ("GET", "/api/agents/<node_id>/channel"): Detail(
-        "The agent's channel: a text/event-stream answer that stays open (log requests as"
-        " `data` frames, keepalives); a new one replaces the node's older one. 503"
-        " too_many_channels past --agent-channels.",
+        "The agent's channel. Asked with `Connection: Upgrade` and `Upgrade:"
+        " docklet-channel/1`: 101 Switching Protocols, then one JSON object a line both ways"
+        " (log requests and keepalives down, the agent's log batches up). Without: a"
+        " text/event-stream answer that stays open (log requests as `data` frames). A new"
+        " one replaces the node's older one. 503 too_many_channels past --agent-channels.",
         answer="text",
         media=("text/event-stream",),
     ),

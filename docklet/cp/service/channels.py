@@ -1,15 +1,23 @@
-"""Agent channels: how a log request reaches any agent at once, at no thread's cost.
+"""Agent channels: how a log request reaches any agent at once, and its lines come back,
+at no thread's cost.
 
 Agents accept no connections, and only a few hold a long-poll (each waiting poll
 holds a server thread). So every agent also holds one GET /api/agents/{id}/channel
-open: the server answers its headers and first frame on a worker thread, then
-detaches the socket from cheroot (server.py) and hands it here. One selector thread
-holds every channel's socket: it reads only to notice an agent that left, and says a
-keepalive every CHANNEL_KEEPALIVE. The CP "rings" a node by writing a small frame on
-its socket, one HTTP chunk of a `text/event-stream` answer, without ever blocking: a
-socket whose send buffer is full, or that fails, is closed and forgotten (its agent
-reconnects). A node without a channel gets its log requests from its next heartbeat's
-answer (`hold`, `held`): the slow fallback, never the normal path.
+open, asking `Upgrade: docklet-channel/1`: the server answers 101 on a worker thread,
+then detaches the socket from cheroot (server.py) and hands it here. From then on it
+carries one JSON object a line both ways: the CP "rings" a node with a frame (`logs`,
+`logs_stop`, a keepalive every CHANNEL_KEEPALIVE), and the agent writes its log batches
+up it. One selector thread holds every channel's socket: it reads what is there without
+waiting, into a buffer per channel, and hands each whole line to `receive`
+(LogStreams.take), so a batch costs a `recv` and a parse, not a request. A line over
+`max_line` (--max-body), or more than CHANNEL_READ_BYTES / CHANNEL_READ_FRAMES in a
+second, closes that channel (it floods); the others never wait for it.
+
+An older agent asks without Upgrade and gets the chunked `text/event-stream` answer it
+knows (a frame is an HTTP chunk); it POSTs its batches, and what it sends on the channel
+is ignored. Writes never block: a socket whose send buffer is full, or that fails, is
+closed and forgotten (its agent reconnects). A node without a channel gets its log
+requests from its next heartbeat's answer (`hold`, `held`): the slow fallback.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from docklet.common import defaults
@@ -46,18 +56,49 @@ def frame(message: dict[str, Any]) -> bytes:
 
 
 KEEPALIVE = chunk(b": keepalive\n\n")
+LINE_KEEPALIVE = b'{"type": "keepalive"}\n'
+READ_SIZE = 64 * 1024  # bytes read from one channel a turn: a busy one never starves others
+
+
+def line(message: dict[str, Any]) -> bytes:
+    """A message on an upgraded channel: one JSON object, one line."""
+    return json.dumps(message, allow_nan=False).encode() + b"\n"
+
+
+# What an upgraded channel does with an agent's frame: (node, frame) → the answer to write
+# back on it, if any (LogStreams.take: a `logs_stop` for a closed stream).
+Receive = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]
+
+
+@dataclass
+class Link:
+    """An upgraded channel's reading side: the bytes of a line not yet whole, and what the
+    node has sent in the current second (a node sending more is cut off)."""
+
+    upgraded: bool
+    buffer: bytearray = field(default_factory=bytearray)
+    second: float = 0.0
+    bytes: int = 0
+    frames: int = 0
 
 
 class Channels:
     """Each node's open channel (node_id → socket), held by one selector thread."""
 
-    def __init__(self, limit: int = defaults.AGENT_CHANNELS) -> None:
+    def __init__(
+        self, limit: int = defaults.AGENT_CHANNELS, max_line: int = defaults.MAX_BODY
+    ) -> None:
         self.limit = limit
         self.keepalive = defaults.CHANNEL_KEEPALIVE
+        self.max_line = max_line  # an agent's frame, at most: the API's --max-body
+        self.rate_bytes = defaults.CHANNEL_READ_BYTES  # a node sending more a second: cut off
+        self.rate_frames = defaults.CHANNEL_READ_FRAMES
+        self.receive: Receive | None = None  # who takes agents' frames (LogStreams)
         self._lock = threading.Lock()  # the maps, and every write to a channel's socket
         self._socks: dict[str, socket.socket] = {}
+        self._links: dict[str, Link] = {}  # node → how its channel is framed, what it sent
         self._nodes: dict[int, str] = {}  # a channel's fd → its node
-        self._incoming: list[tuple[str, socket.socket]] = []
+        self._incoming: list[tuple[str, socket.socket, Link]] = []
         self._held: dict[str, deque[tuple[float, str, dict[str, Any]]]] = {}
         self._selector: selectors.BaseSelector | None = None
         # The selector thread's bell (a socket pair), made with the thread: a CP that never
@@ -80,14 +121,18 @@ class Channels:
                     retry_after=int(self.keepalive),
                 )
 
-    def adopt(self, node_id: str, sock: socket.socket) -> None:
+    def adopt(
+        self, node_id: str, sock: socket.socket, upgraded: bool = False, pending: bytes = b""
+    ) -> None:
         """The node's channel from now on (a detached, non-blocking socket); an older one of
-        the node is closed. Its held requests are written on it at once."""
+        the node is closed. Its held requests are written on it at once. `upgraded`: it
+        carries JSON lines both ways (101), `pending` the agent's first bytes already read;
+        else it is the chunked event stream of an older agent, which sends nothing."""
         with self._lock:
             if self._stopping:
                 _close(sock)
                 return
-            self._incoming.append((node_id, sock))
+            self._incoming.append((node_id, sock, Link(upgraded, bytearray(pending))))
             self._start()
         self._wake()
 
@@ -97,7 +142,7 @@ class Channels:
             sock = self._socks.get(node_id)
             if sock is None:
                 return False
-            if self._send(sock, frame(message)):
+            if self._send(sock, self._framed(node_id, message)):
                 return True
             self._forget(node_id)
         return False
@@ -144,7 +189,7 @@ class Channels:
         with self._lock:
             for node_id in list(self._socks):
                 self._forget(node_id, clean=True)
-            for _, sock in self._incoming:
+            for _, sock, _ in self._incoming:
                 _close(sock)
             self._incoming.clear()
             for end in (self._wake_r, self._wake_w):
@@ -186,37 +231,86 @@ class Channels:
     def _take_incoming(self, selector: selectors.BaseSelector) -> None:
         with self._lock:
             incoming, self._incoming = self._incoming, []
-            for node_id, sock in incoming:
+            for node_id, sock, link in incoming:
                 if node_id in self._socks:
                     log.info("node %s: a new channel replaces its older one", node_id)
                     self._forget(node_id, clean=True)
                 self._socks[node_id] = sock
+                self._links[node_id] = link
                 self._nodes[sock.fileno()] = node_id
                 selector.register(sock, selectors.EVENT_READ)
-        for node_id, _ in incoming:  # requests held while it had no channel: at once now
+        for node_id, sock, link in incoming:  # requests held while it had no channel: now
             for message in self.held(node_id):
                 self.ring(node_id, message)
+            if link.buffer:
+                self._lines(node_id, sock, link)
 
     def _readable(self, sock: socket.socket) -> None:
-        """An agent says nothing on its channel: readable means it left (or sent junk)."""
+        """An upgraded channel's frames (batches) are read and handed on; an older agent
+        says nothing on its channel, so what it sends is ignored. EOF: the agent left."""
         try:
-            data = sock.recv(4096)
+            data = sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        if data:
-            return  # nothing an agent sends here means anything; it is read and ignored
         with self._lock:
             node_id = self._nodes.get(sock.fileno())
-            if node_id is not None and self._socks.get(node_id) is sock:
+            if node_id is None or self._socks.get(node_id) is not sock:
+                return
+            if not data:
                 self._forget(node_id)
+                return
+            link = self._links[node_id]
+        if link.upgraded:
+            _counted(link, len(data))
+            link.buffer += data
+            self._lines(node_id, sock, link)
+
+    def _lines(self, node_id: str, sock: socket.socket, link: Link) -> None:
+        """Take each whole line of the channel's buffer; cut the node off when it sends a
+        line beyond --max-body or more than its share a second (it floods)."""
+        why = _over(link, self.rate_bytes, self.rate_frames)
+        while why is None:
+            end = link.buffer.find(b"\n")
+            if end > self.max_line or (end < 0 and len(link.buffer) > self.max_line):
+                why = f"a frame over {self.max_line} bytes (the CP's --max-body)"
+                break
+            if end < 0:
+                return
+            raw = bytes(link.buffer[:end])
+            del link.buffer[: end + 1]
+            link.frames += 1
+            self._frame(node_id, raw)
+            why = _over(link, self.rate_bytes, self.rate_frames)
+        log.warning("node %s: channel closed: %s", node_id, why)
+        with self._lock:
+            if self._socks.get(node_id) is sock:
+                self._forget(node_id)
+
+    def _frame(self, node_id: str, raw: bytes) -> None:
+        """One frame from an agent, to `receive`; its answer (if any) goes back at once."""
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            log.info("node %s: channel: a frame that is not a JSON object, skipped", node_id)
+            return
+        answer = self.receive(node_id, message) if self.receive is not None else None
+        if answer is not None:
+            self.ring(node_id, answer)
 
     def _keepalives(self) -> None:
         with self._lock:
             for node_id, sock in list(self._socks.items()):
-                if not self._send(sock, KEEPALIVE):
+                upgraded = self._links[node_id].upgraded
+                if not self._send(sock, LINE_KEEPALIVE if upgraded else KEEPALIVE):
                     self._forget(node_id)
+
+    def _framed(self, node_id: str, message: dict[str, Any]) -> bytes:
+        """The message as the node's channel frames it (under the lock)."""
+        return line(message) if self._links[node_id].upgraded else frame(message)
 
     def _send(self, sock: socket.socket, data: bytes) -> bool:
         """Write all of `data` now, or fail: a frame is never left half written (under the lock)."""
@@ -229,13 +323,14 @@ class Channels:
     def _forget(self, node_id: str, clean: bool = False) -> None:
         """Close the node's channel (under the lock); `clean`: end its answer first."""
         sock = self._socks.pop(node_id, None)
+        link = self._links.pop(node_id, None)
         if sock is None:
             return
         self._nodes.pop(sock.fileno(), None)
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
-        if clean:
+        if clean and link is not None and not link.upgraded:
             self._send(sock, END)
         _close(sock)
 
@@ -249,6 +344,23 @@ class Channels:
                 pass
         except OSError:
             pass
+
+
+def _counted(link: Link, size: int) -> None:
+    """`size` more bytes read from the node this second (a new second starts afresh)."""
+    now = time.monotonic()
+    if now - link.second >= 1.0:
+        link.second, link.bytes, link.frames = now, 0, 0
+    link.bytes += size
+
+
+def _over(link: Link, rate_bytes: int, rate_frames: int) -> str | None:
+    """Why the node must be cut off for what it sent this second, if it must."""
+    if link.bytes > rate_bytes:
+        return f"over {rate_bytes} bytes a second: it floods"
+    if link.frames > rate_frames:
+        return f"over {rate_frames} frames a second: it floods"
+    return None
 
 
 def _close(sock: socket.socket) -> None:

@@ -74,8 +74,9 @@ class ControlPlane:
         # The dashboard's sign-ins (docklet/cp/ui/session.py): API tokens, then cookies.
         self.sessions = Sessions(self.store, config, self.tokens, self.metrics, self.liveness)
         # The log relay: every agent's channel, and the callers' log streams over them.
-        self.channels = Channels(config.agent_channels)
+        self.channels = Channels(config.agent_channels, config.max_body)
         self.logstreams = LogStreams(self.store, config, self.liveness, self.channels)
+        self.channels.receive = self.logstreams.take  # batches written up the channels
         self.metrics.gauge(
             "docklet_log_streams", "Log streams open (docklet logs).", self.logstreams.open_now
         )

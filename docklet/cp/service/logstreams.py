@@ -3,8 +3,9 @@
 `open` resolves what to show (the containers of the app's current placements, or
 of `--revision`, filtered by slot and node), refuses what cannot be served (no such
 app, no containers, every node offline, the caps), and rings each node over its
-channel (channels.py) with the containers it should follow. The agents POST their
-lines to `post`, which puts them in the stream's buffer and wakes the caller's
+channel (channels.py) with the containers it should follow. The agents write their
+batches up the channel (`take`, on the channels' thread), or an older agent POSTs them;
+either way `post` puts them in the stream's buffer and wakes the caller's
 generator with a Condition: no polling sleep between a line and its write.
 
 Bounded every way: at most LOG_BUFFER_LINES lines and LOG_BUFFER_BYTES of text wait
@@ -20,6 +21,7 @@ POST 410, so an agent stops following within a few seconds either way.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -27,6 +29,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from pydantic import ValidationError
 
 from docklet.common import defaults
 from docklet.common.errors import (
@@ -47,7 +51,9 @@ from docklet.cp.store import sources
 from docklet.cp.store import views as stored
 from docklet.cp.store.db import Store
 from docklet.cp.store.nodes import effective_last_seen, last_seen, status_for
-from docklet.wire.protocol import LogBatch, LogEnd
+from docklet.wire.protocol import LogBatch, LogEnd, LogStop, problems
+
+log = logging.getLogger(__name__)
 
 RETRY_AFTER = 5  # seconds a caller refused a stream waits before asking again
 GONE_CHECK = 0.5  # seconds between looks at whether a waiting stream's caller hung up
@@ -368,6 +374,25 @@ class LogStreams:
             raise Forbidden(f"log stream {stream_id} does not ask node {node_id} for lines")
         relay.add(node_id, batch)
         return {"open": True}
+
+    def take(self, node_id: str, message: dict[str, Any]) -> dict[str, Any] | None:
+        """A frame an agent wrote up its (upgraded) channel, on the channels' thread: a batch
+        goes where a POST's goes, with the same checks; a stream that is closed, or not this
+        node's, answers `logs_stop` down the channel (what the POST's 410/403 say)."""
+        if message.get("type") != "batch":
+            return None  # a newer agent's frame this CP does not know
+        fields = {k: v for k, v in message.items() if k not in ("type", "stream")}
+        try:
+            stop = LogStop(stream=message.get("stream"))
+            batch = LogBatch.model_validate(fields)
+        except ValidationError as exc:
+            log.info("node %s: a log batch on its channel, refused: %s", node_id, problems(exc))
+            return None
+        try:
+            self.post(node_id, stop.stream, batch)
+        except (StreamClosed, Forbidden):
+            return stop.model_dump()
+        return None
 
 
 def _placed(store: Store, app: str, current: int | None) -> list[dict[str, Any]]:
