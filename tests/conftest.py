@@ -219,18 +219,24 @@ def docker_client() -> Any:
 def web_image(docker_client: Any) -> Iterator[str]:
     """A tiny HTTP server image built offline (busybox), removed after the session."""
     tag = f"docklet-test/web:{RUN_ID}"
-    dockerlab.build_web_image(docker_client, tag, {"docklet.test-run": RUN_ID})
+    image_id = dockerlab.build_web_image(docker_client, tag, {"docklet.test-run": RUN_ID})
     yield tag
     dockerlab.remove_image(docker_client, tag)
+    # By id too: a late pull by digest (an agent still retrying after a test's own
+    # cleanup) leaves a `repo:<none>` reference to this session's image.
+    dockerlab.remove_image(docker_client, image_id)
 
 
 @pytest.fixture(scope="session")
 def web_image_v2(docker_client: Any) -> Iterator[str]:
     """A second, different build of the web image: what an update moves to."""
     tag = f"docklet-test/web:v2-{RUN_ID}"
-    dockerlab.build_web_image(docker_client, tag, {"docklet.test-run": RUN_ID})
+    image_id = dockerlab.build_web_image(docker_client, tag, {"docklet.test-run": RUN_ID})
     yield tag
     dockerlab.remove_image(docker_client, tag)
+    # By id too: a late pull by digest (an agent still retrying after a test's own
+    # cleanup) leaves a `repo:<none>` reference to this session's image.
+    dockerlab.remove_image(docker_client, image_id)
 
 
 @pytest.fixture(scope="session")

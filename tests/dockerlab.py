@@ -135,12 +135,22 @@ def push_to_registry(client: docker.DockerClient, local_tag: str, repo_name: str
 
 
 def remove_image(client: docker.DockerClient, ref: str) -> None:
-    """Remove an image reference (or id) if present; never raises for a missing one."""
+    """Remove an image reference (or id) if present; never raises for a missing one.
+
+    A push or a pull also leaves a digest reference in the tag's repository
+    (`repo@sha256:…`): it goes too, or the image would stay behind as `repo:<none>`.
+    """
     try:
-        client.images.remove(ref, force=True)
+        digests = client.images.get(ref).attrs.get("RepoDigests") or []
     except docker.errors.NotFound:
         return
-    log.debug("removed image %s", ref)
+    repository = ref.rsplit(":", 1)[0] if "/" in ref else None
+    for name in [ref, *(d for d in digests if repository and d.startswith(f"{repository}@"))]:
+        try:
+            client.images.remove(name, force=True)
+        except docker.errors.NotFound:
+            continue
+        log.debug("removed image %s", name)
 
 
 @contextmanager

@@ -164,6 +164,8 @@ def test_logs_follow_shows_every_replica_across_two_engines_at_once(
         ours = {"label": f"docklet.cluster={cluster.cluster_id}"}
         for c in other.containers.list(ignore_removed=True, all=True, filters=ours):
             c.remove(force=True)
+        dockerlab.remove_image(other, ref)
+        dockerlab.remove_image(docker_client, ref)
 
 
 def containers_of(cluster: Cluster, app: str) -> list[dict[str, Any]]:
