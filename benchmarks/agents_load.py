@@ -21,10 +21,16 @@ measuring: relayed by the agents' own relay code (channel, followers, batches)
 from a simulated container log that writes a line every `--log-line-every` (0.1 s).
 Compare a run with and one without them (the CP needs `--cp-args "--log-streams N"`
 beyond 16). Batches written up an agent's channel are counted apart from requests.
+In use, each agent and each `docklet logs` terminal is on a machine of its own;
+here they share the CP's two cores, so following logs costs this machine more
+than it costs the CP. `--log-sink` is the control run for that: the agents
+follow the same apps' containers with the same relay code and encode the same
+batches, but throw them away, so the CP relays nothing; the readers are in a
+process of their own (as terminals are), never in the one timing `ps`.
 
 Usage: python benchmarks/agents_load.py [--agents 30,100,300,1000]
-       [--containers 10] [--interval 5] [--seconds 30] [--processes 4]
-       [--log-streams 20 --cp-args "--log-streams 20"] [--log-line-every 0.1]
+       [--containers 10] [--interval 5] [--seconds 30] [--processes 16]
+       [--log-streams 20 --cp-args "--log-streams 20"] [--log-sink] [--log-line-every 0.1]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import json
 import logging
 import multiprocessing
 import os
@@ -55,7 +62,7 @@ from docklet.agent.settings import AgentConfig
 from docklet.common import defaults
 from docklet.common.errors import APIError, DockletError
 from docklet.wire.client import Client
-from docklet.wire.protocol import Label, LeasedTask
+from docklet.wire.protocol import Label, LeasedTask, LogBatch, LogContainer, LogRequest
 
 POLL_WAIT = 20.0
 IMAGE = "registry.bench:5000/app:1"
@@ -224,7 +231,7 @@ def metered_client(meter: Meter) -> type[Client]:
 
 def agent_process(
     url: str, join_token: str, numbers: list[int], args: argparse.Namespace, state: str,
-    go: Any, done: Any, results: Any,
+    follow: Any, go: Any, done: Any, results: Any,
 ) -> None:  # fmt: skip
     """Many agents in this process: docklet's Agent on a SimEngine each."""
     logging.basicConfig(level=logging.ERROR)  # an agent's unexpected errors still show
@@ -245,10 +252,15 @@ def agent_process(
             log_batch_every=args.log_batch_every,
         )
         agent = Agent(config, engine=SimEngine(n))
-        agent.relay.post = counted(agent.relay.post, meter)  # type: ignore[method-assign]
+        post = sink if args.log_sink else agent.relay.post
+        agent.relay.post = counted(post, meter)  # type: ignore[method-assign]
         agents.append(agent)
         threading.Thread(target=agent.run, daemon=True).start()
         time.sleep(args.ramp / max(1, len(numbers)))
+    follow.wait()
+    if args.log_sink:
+        for agent in agents:
+            follow_here(agent, {f"app{i}" for i in range(args.log_streams)})
     go.wait()
     with meter.lock:
         meter.measuring = True
@@ -258,6 +270,33 @@ def agent_process(
         results.put((meter.beats, meter.errors, meter.ramp_errors, meter.calls, meter.written))
     for agent in agents:
         agent.stop.set()
+
+
+DEVNULL = open(os.devnull, "wb")  # noqa: SIM115 (the process's life)
+
+
+def sink(stream: str, batch: LogBatch) -> str:
+    """--log-sink: a batch encoded as the channel would send it, then thrown away."""
+    DEVNULL.write(json.dumps({"type": "batch", "stream": stream, **batch.model_dump()}).encode())
+    return WRITTEN
+
+
+def follow_here(agent: Agent, apps: set[str]) -> None:
+    """--log-sink: what the CP would ask this node for the apps' `logs -f`, asked here."""
+    assert isinstance(agent.engine, SimEngine)
+    with agent.engine.lock:
+        here = [c for c in agent.engine.containers.values() if c["labels"][Label.APP] in apps]
+    for c in here:
+        app, slot = c["labels"][Label.APP], int(c["labels"][Label.SLOT])
+        label = f"{app}.{slot}@{agent.engine.info()['hostname']}"
+        agent.relay.start(
+            LogRequest(
+                stream=f"{app}-{agent.engine.n}-{slot}",
+                containers=[LogContainer(name=c["name"], slot=slot, label=label)],
+                tail=10,
+                follow=True,
+            )
+        )
 
 
 def counted(post: Any, meter: Meter) -> Any:
@@ -377,6 +416,23 @@ class LogReader:
             conn.sock.shutdown(2)
 
 
+def reader_process(url: str, apps: list[str], go: Any, done: Any, results: Any) -> None:
+    """The `docklet logs -f` terminals, in a process of their own as they are in use: their
+    reading must not share a GIL with the `ps` calls being timed."""
+    readers = [LogReader(url, app) for app in apps]
+    go.wait()
+    before = sum(r.lines for r in readers)
+    done.wait()
+    lines = sum(r.lines for r in readers) - before
+    for reader in readers:
+        reader.close()
+    errors: dict[str, int] = {}
+    for reader in readers:
+        if reader.error:
+            errors[reader.error] = errors.get(reader.error, 0) + 1
+    results.put((lines, errors))
+
+
 def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     flags = ("--heartbeat-interval", str(args.interval), "--log-level", args.cp_log_level)
     flags += ("--threads", str(args.cp_threads)) if args.cp_threads else ()
@@ -388,14 +444,14 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     ):
         client = admin(url)
         mp = multiprocessing.get_context("fork")
-        go, done, results = mp.Event(), mp.Event(), mp.Queue()
+        follow, go, done, results = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
         processes = max(1, min(args.processes, size))
         groups = [list(range(size))[i::processes] for i in range(processes)]
         join = os.environ["DOCKLET_JOIN_TOKEN"]
         workers = [
             mp.Process(
                 target=agent_process,
-                args=(url, join, g, args, tmp + "/agents", go, done, results),
+                args=(url, join, g, args, tmp + "/agents", follow, go, done, results),
                 daemon=True,
             )
             for g in groups
@@ -412,20 +468,26 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(1)
         deployed = time.monotonic() - started
-        readers = [LogReader(url, f"app{i}") for i in range(min(args.log_streams, size))]
+        follow.set()
+        apps = [] if args.log_sink else [f"app{i}" for i in range(min(args.log_streams, size))]
+        relayed_out = mp.Queue()
+        reading = mp.Process(
+            target=reader_process, args=(url, apps, go, done, relayed_out), daemon=True
+        )
+        reading.start()
         time.sleep(args.warmup)
         go.set()
         cpu0, t0, wall0 = cpu_seconds(pid), time.monotonic(), time.time()
-        relayed0 = sum(r.lines for r in readers)
+        generators = [w.pid for w in workers if w.pid] + [reading.pid or 0]
+        gen0 = sum(cpu_seconds(p) for p in generators)
         reads, writes, errors = measure_user(client, args.seconds)
         busy = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
-        relayed = sum(r.lines for r in readers) - relayed0
+        gen_busy = (sum(cpu_seconds(p) for p in generators) - gen0) / (time.monotonic() - t0)
         rss = rss_mb(pid)
         done.set()
-        for reader in readers:
-            reader.close()
-            if reader.error:
-                errors[reader.error] = errors.get(reader.error, 0) + 1
+        relayed, reader_errors = relayed_out.get(timeout=60)
+        merge(errors, reader_errors)
+        reading.join(timeout=10)
         metrics = patiently(lambda: client.get("/api/version")["metrics"])
         nodes = patiently(lambda: client.get("/api/state/nodes"))
         beats: list[float] = []
@@ -454,6 +516,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         "reads": reads,
         "writes": writes,
         "cpu": busy * 100,
+        "gen_cpu": gen_busy * 100,
         "rss": rss,
         "deploy_write": metrics["longest_write_ms"],
         # The longest write while measuring: the CP keeps its newest slow ones (> 20 ms).
@@ -478,7 +541,7 @@ def main() -> None:
     parser.add_argument("--containers", type=int, default=10, help="per agent, from real apps")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--ramp", type=float, default=10, help="seconds over which agents start")
     parser.add_argument("--warmup", type=float, default=10)
     parser.add_argument("--deploy-timeout", type=float, default=300)
@@ -488,6 +551,12 @@ def main() -> None:
     parser.add_argument("--cp-log-level", default="WARNING")
     parser.add_argument(
         "--log-streams", type=int, default=0, help="`docklet logs -f` streams open while measuring"
+    )
+    parser.add_argument(
+        "--log-sink",
+        action="store_true",
+        help="the control run: the agents follow the same apps' logs (the same work on this"
+        " machine's cores) but throw their batches away; the CP relays nothing",
     )
     parser.add_argument(
         "--log-batch-every", type=float, default=defaults.LOG_BATCH_EVERY, help="the agents' own"
@@ -502,7 +571,9 @@ def main() -> None:
         f" heartbeat every {args.interval:g}s, long-poll {POLL_WAIT:g}s,"
         f" {args.processes} agent processes, {args.seconds:g}s measured after the first"
         f" deploy + {args.warmup:g}s warm-up, CP threads {args.cp_threads or 'default'},"
-        f" {args.log_streams} log streams open (a batch every {args.log_batch_every:g}s,"
+        f" {args.log_streams} log streams"
+        f" {'followed into a sink, the CP relaying none' if args.log_sink else 'open'}"
+        f" (a batch every {args.log_batch_every:g}s,"
         f" a line every {args.log_line_every:g}s a container)"
     )
     header = (
@@ -532,7 +603,8 @@ def main() -> None:
         slow = ", ".join(f"{w['in']} {w['ms']:.0f} ms" for w in r["slow"][-5:])
         print(
             f"{'':>6}   writes over 20 ms while measuring: {len(r['slow'])} {slow};"
-            f" longest since the CP started (first deploy included): {r['deploy_write']:.0f} ms"
+            f" longest since the CP started (first deploy included): {r['deploy_write']:.0f} ms;"
+            f" the load generator's CPU (agents, log readers): {r['gen_cpu']:.0f} %"
         )
         if args.log_streams:
             print(

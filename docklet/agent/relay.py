@@ -221,13 +221,18 @@ class Stream:
     def _add(self, line: LogLine) -> None:
         cost = len(line.text) + len(line.label) + 40  # about what it adds to a batch
         with self._cond:
+            # Only the first line waiting wakes the sender (it may be due at once, after a
+            # quiet while); with lines already waiting it sleeps until their batch is due,
+            # so a chatty container costs no wake-up a line.
+            first = not (self._lines or self._ended or self._dropped)
             self._lines.append((line, cost))
             self._bytes += cost
             while len(self._lines) > self.limits.lines or self._bytes > self.limits.bytes:
                 _, dropped = self._lines.popleft()  # the oldest: the caller sees the newest
                 self._bytes -= dropped
                 self._dropped += 1
-            self._cond.notify_all()
+            if first:
+                self._cond.notify_all()
 
     def _end(self, label: str, reason: str) -> None:
         with self._cond:

@@ -8,6 +8,10 @@ CP_URL = "http://localhost:8080"
 CP_HOST = "0.0.0.0"
 CP_PORT = 8080
 CP_THREADS = 80  # long-polls, event streams and log streams each hold a thread while they wait
+# The CP's GIL switch interval (sys.setswitchinterval; Python's own is 0.005 s): the most
+# a thread back from a socket or SQLite call waits while another computes. Measured with
+# benchmarks/agents_load.py at 1,000 agents (docs/architecture.md).
+GIL_SWITCH_INTERVAL = 0.001
 # Threads long-polls may never take: users, heartbeats and reports always find one.
 # At most half the threads (see CPConfig.long_poll_slots).
 CP_POLL_RESERVE = 16
@@ -144,6 +148,12 @@ LOG_STREAMS_PER_NODE = 4
 LOG_BUFFER_LINES = 1_000
 LOG_BUFFER_BYTES = 1024 * 1024
 LOG_KEEPALIVE = 2.0
+# A stream's lines are written to its caller at most every LOG_WRITE_EVERY (sooner when its
+# buffer is half full), and the channels' thread reads at most every CHANNEL_TURN: each
+# wake-up of a CP thread is a turn at the one GIL the API's threads share, and with 20
+# busy streams one a batch was 800 a second (benchmarks/agents_load.py --log-streams).
+LOG_WRITE_EVERY = 0.2
+CHANNEL_TURN = 0.05
 LOG_ANSWER_WAIT = 5.0
 LOG_STREAM_MAX_TIME = 3600.0
 

@@ -7,7 +7,9 @@ POST them, as an older agent does, and as today's does while it has no channel).
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,8 @@ from loglab import LogReader, ScriptedAgent, deploy, put_app
 
 from docklet.common import defaults
 from docklet.cp.service.controlplane import ControlPlane
-from docklet.cp.service.logstreams import LogQuery
+from docklet.cp.service.logstreams import LogQuery, Relay, Source
+from docklet.wire.protocol import LogBatch, LogLine
 
 Agents = Callable[..., list[ScriptedAgent]]
 
@@ -438,3 +441,52 @@ def test_a_stream_never_iterated_gives_its_slot_back_once(
     asked = n1.next_frame(kind="logs")
     assert n1.next_frame(kind="logs_stop") == {"type": "logs_stop", "stream": asked["stream"]}
     assert cp.logstreams._per_node == {}  # the node's count given back too, once
+
+
+def test_a_busy_stream_is_written_a_few_times_a_second_not_once_a_batch() -> None:
+    """Each write wakes a CP thread, a turn at the GIL heartbeats share: lines coming in
+    40 batches a second reach the caller in order, in one write every LOG_WRITE_EVERY."""
+    source = Source("n1", "web-1", 1, "web.1@n1")
+    relay = Relay("s1", [source], follow=True)
+    sent = 0
+
+    def feed() -> None:
+        nonlocal sent
+        for _ in range(40):
+            lines = [LogLine(label=source.label, text=f"line {sent + i}") for i in range(5)]
+            relay.add("n1", LogBatch(lines=lines))
+            sent += 5
+            time.sleep(0.025)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    writes, texts = 0, []
+    while feeder.is_alive() or relay.items:
+        out, _ = relay.take(time.monotonic() + 2)
+        if out:
+            writes += 1
+            texts += [
+                json.loads(e[len("data: ") :])["text"] for e in out.decode().split("\n\n") if e
+            ]
+    assert texts == [f"line {i}" for i in range(200)]
+    seconds = 40 * 0.025
+    assert writes <= seconds / defaults.LOG_WRITE_EVERY + 3, writes  # not 40
+
+
+def test_a_buffer_half_full_is_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Coalescing never costs lines: half the buffer waiting is written without waiting."""
+    monkeypatch.setattr(defaults, "LOG_WRITE_EVERY", 60.0)
+    source = Source("n1", "web-1", 1, "web.1@n1")
+    relay = Relay("s1", [source], follow=True)
+    few = [LogLine(label=source.label, text="a") for _ in range(10)]
+    relay.add("n1", LogBatch(lines=few))
+    started = time.monotonic()
+    out, _ = relay.take(started + 0.3)  # a few lines wait for their time: here, `until`
+    assert out.count(b"data: ") == 10 and time.monotonic() - started >= 0.29
+    many = [LogLine(label=source.label, text="b") for _ in range(defaults.LOG_BUFFER_LINES // 2)]
+    relay.add("n1", LogBatch(lines=few))
+    relay.add("n1", LogBatch(lines=many))
+    started = time.monotonic()
+    out, _ = relay.take(started + 30)
+    assert out.count(b"data: ") == 10 + len(many)
+    assert time.monotonic() - started < 10  # at once, not at `until` nor LOG_WRITE_EVERY

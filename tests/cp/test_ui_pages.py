@@ -413,7 +413,7 @@ def test_a_part_is_only_its_fragment_and_is_rendered_again_only_after_a_change(
         assert "<html" not in page.text and "<header" not in page.text, part
     rows_part = admin.get("/ui/parts/apps").text
     assert "<html" not in rows_part and 'href="/ui/apps/web"' in rows_part
-    parts: live.Parts = ui.ui.config["docklet.parts"]
+    parts: live.Parts = ui.ui.app.config["docklet.parts"]
     before = parts.renders
     for _ in range(5):
         admin.get("/ui/parts/apps")

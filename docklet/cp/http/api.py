@@ -46,7 +46,7 @@ from docklet.cp.desired.spec import SpecState
 from docklet.cp.http import auth, openapi
 from docklet.cp.service.controlplane import ControlPlane
 from docklet.cp.service.logstreams import LogQuery
-from docklet.cp.service.metrics import UNMATCHED
+from docklet.cp.service.metrics import Measured
 from docklet.cp.service.stream import Stream
 from docklet.cp.service.tokens import Author, Caller
 from docklet.cp.settings import CPConfig
@@ -784,34 +784,13 @@ def guarded(cp: ControlPlane, route: Route) -> Callable[..., str]:
     return check
 
 
-def _measured(cp: ControlPlane, app: Bottle) -> None:
-    """Every answer counted and timed in GET /metrics, by its route's pattern (never the
-    raw path: a label value per app name would grow without bound)."""
-
-    @app.hook("before_request")
-    def started() -> None:
-        request.environ["docklet.started"] = time.perf_counter()
-
-    @app.hook("after_request")
-    def answered() -> None:
-        route = request.environ.get("bottle.route")
-        began = request.environ.get("docklet.started", time.perf_counter())
-        cp.metrics.request(
-            route.rule if route is not None else UNMATCHED,
-            request.method,
-            response.status_code,
-            time.perf_counter() - began,
-        )
-
-
-def make_app(cp: ControlPlane) -> Bottle:
+def make_app(cp: ControlPlane) -> Measured:
     app = Bottle()
     app.install(request_context)  # outermost: a 500's log line carries the request id too
     app.install(json_errors)
     app.install(browser_guard)  # inside json_errors: its refusals leave in the JSON shape
     for route in ROUTES:
         app.route(route.path, route.method, guarded(cp, route))
-    _measured(cp, app)
 
     def http_error(err: HTTPError) -> str:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
@@ -826,4 +805,4 @@ def make_app(cp: ControlPlane) -> Bottle:
 
     for status in (400, 401, 403, 404, 405, 413, 429, 500):
         app.error_handler[status] = http_error
-    return app
+    return cp.metrics.measured(app)

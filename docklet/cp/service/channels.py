@@ -155,6 +155,8 @@ class Channels:
 
     def held(self, node_id: str) -> list[dict[str, Any]]:
         """The requests held for the node, given once (its heartbeat answer carries them)."""
+        if node_id not in self._held:  # nearly always: no lock taken on a heartbeat's way
+            return []
         with self._lock:
             held = self._held.pop(node_id, None)
         now = time.monotonic()
@@ -218,15 +220,22 @@ class Channels:
         turns = 0
         while not self._stopping and (max_iterations is None or turns < max_iterations):
             turns += 1
+            read = more = False
             for key, _ in selector.select(TICK):
                 if key.fileobj is self._wake_r:
                     self._drain_wake()
                 else:
-                    self._readable(key.fileobj)  # type: ignore[arg-type]
+                    read = True
+                    more |= self._readable(key.fileobj)  # type: ignore[arg-type]
+            began = time.monotonic()
             self._take_incoming(selector)
-            if time.monotonic() - last_keepalive >= self.keepalive:
-                last_keepalive = time.monotonic()
+            if began - last_keepalive >= self.keepalive:
+                last_keepalive = began
                 self._keepalives()
+            if read and not more:
+                # Batches that come meanwhile wait in their sockets for the next turn, which
+                # takes them all: one select and one turn at the GIL for many, not one each.
+                time.sleep(max(0.0, began + defaults.CHANNEL_TURN - time.monotonic()))
 
     def _take_incoming(self, selector: selectors.BaseSelector) -> None:
         with self._lock:
@@ -245,27 +254,29 @@ class Channels:
             if link.buffer:
                 self._lines(node_id, sock, link)
 
-    def _readable(self, sock: socket.socket) -> None:
+    def _readable(self, sock: socket.socket) -> bool:
         """An upgraded channel's frames (batches) are read and handed on; an older agent
-        says nothing on its channel, so what it sends is ignored. EOF: the agent left."""
+        says nothing on its channel, so what it sends is ignored. EOF: the agent left.
+        True when it read all it may at once (READ_SIZE): more may be waiting now."""
         try:
             data = sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         with self._lock:
             node_id = self._nodes.get(sock.fileno())
             if node_id is None or self._socks.get(node_id) is not sock:
-                return
+                return False
             if not data:
                 self._forget(node_id)
-                return
+                return False
             link = self._links[node_id]
         if link.upgraded:
             _counted(link, len(data))
             link.buffer += data
             self._lines(node_id, sock, link)
+        return len(data) == READ_SIZE
 
     def _lines(self, node_id: str, sock: socket.socket, link: Link) -> None:
         """Take each whole line of the channel's buffer; cut the node off when it sends a
@@ -302,8 +313,14 @@ class Channels:
             self.ring(node_id, answer)
 
     def _keepalives(self) -> None:
+        """A keepalive on every channel, the lock taken for each: a thousand sends under
+        it at once kept every heartbeat (`held`) and every `ring` waiting."""
         with self._lock:
-            for node_id, sock in list(self._socks.items()):
+            socks = list(self._socks.items())
+        for node_id, sock in socks:
+            with self._lock:
+                if self._socks.get(node_id) is not sock:
+                    continue  # gone or replaced meanwhile
                 upgraded = self._links[node_id].upgraded
                 if not self._send(sock, LINE_KEEPALIVE if upgraded else KEEPALIVE):
                     self._forget(node_id)

@@ -20,6 +20,7 @@ POST 410, so an agent stops following within a few seconds either way.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -81,6 +82,12 @@ class Source:
     slot: int | None
     label: str
 
+    @functools.cached_property
+    def prefix(self) -> str:
+        """Each of its lines' event up to the text, encoded once (a busy stream has many)."""
+        head = json.dumps({"label": self.label, "slot": self.slot, "node": self.node_id})
+        return f'data: {head[:-1]}, "text": '
+
 
 @dataclass
 class Relay:
@@ -92,6 +99,7 @@ class Relay:
     cond: threading.Condition = field(default_factory=threading.Condition)
     items: deque[bytes] = field(default_factory=deque)  # frames waiting for the caller
     lines: int = 0  # lines among them
+    first_at: float = 0.0  # when the oldest of them came (written LOG_WRITE_EVERY later)
     size: int = 0  # and their bytes
     dropped: int = 0  # lines dropped since the caller's last write
     held_most: int = 0  # the most lines ever waiting at once (what a test checks)
@@ -115,6 +123,8 @@ class Relay:
         """A node's batch: its lines (within the buffer's bounds), its drops and ends."""
         known = {s.label: s for s in self.sources if s.node_id == node_id}
         with self.cond:
+            had = bool(self.items or self.dropped)
+            ends = sum(map(len, self.open_labels.values()))
             self.waiting.pop(node_id, None)
             for line in batch.lines:
                 source = known.get(line.label)
@@ -130,17 +140,28 @@ class Relay:
             if batch.error:
                 self.notice(f"{node_id}: {batch.error}")
                 self.open_labels.pop(node_id, None)
-            self.cond.notify_all()
+            if self._wakes(had, ends):
+                self.cond.notify_all()
+
+    def _wakes(self, had: bool, ends: int) -> bool:
+        """Whether the caller's thread must look now (under `cond`): the first lines in a
+        while, a buffer half full, or a container's end. Lines added to a buffer already
+        waiting wake nobody: it is written at `first_at` + LOG_WRITE_EVERY anyway."""
+        if (self.items or self.dropped) and not had:
+            self.first_at = time.monotonic()
+            return True
+        return self._half_full() or ends != sum(map(len, self.open_labels.values()))
+
+    def _half_full(self) -> bool:
+        """Written now rather than at its time: lines coming fast must not be dropped."""
+        return (
+            self.lines >= defaults.LOG_BUFFER_LINES // 2
+            or self.size >= defaults.LOG_BUFFER_BYTES // 2
+        )
 
     def _line(self, source: Source, text: str, at: float | None) -> None:
-        data = {
-            "label": source.label,
-            "slot": source.slot,
-            "node": source.node_id,
-            "text": text,
-            "time": at,
-        }
-        encoded = f"data: {json.dumps(data, allow_nan=False)}\n\n".encode()
+        when = "null" if at is None else repr(float(at))  # finite: the batch's model says so
+        encoded = f'{source.prefix}{json.dumps(text)}, "time": {when}}}\n\n'.encode()
         lines_full = self.lines >= defaults.LOG_BUFFER_LINES
         if lines_full or self.size + len(encoded) > defaults.LOG_BUFFER_BYTES:
             self.dropped += 1
@@ -161,10 +182,16 @@ class Relay:
                     return b"", CALLER_LEFT
                 self._late_nodes()
                 ended = self._ended()
-                left = until - time.monotonic()
-                if self.items or self.dropped or ended or left <= 0:
+                now = time.monotonic()
+                left = until - now
+                if ended or left <= 0:
                     break
-                deadlines = (d - time.monotonic() for d in self.waiting.values())
+                deadlines = [d - now for d in self.waiting.values()]
+                if self.items or self.dropped:
+                    due = self.first_at + defaults.LOG_WRITE_EVERY - now
+                    if due <= 0 or self._half_full():
+                        break
+                    deadlines.append(due)
                 self.cond.wait(min([left, GONE_CHECK, *deadlines]))
                 if self.gone():
                     return b"", CALLER_LEFT

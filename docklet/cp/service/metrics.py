@@ -42,6 +42,8 @@ TAIL_NEW = 20_000  # rows one scrape takes in per table; the rest wait for the n
 TAIL_OPEN = 50_000  # open rows followed per table at most; the oldest are let go beyond
 TAIL_CHUNK = 500  # ids re-read per query
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 UNMATCHED = "unmatched"  # the route label of a request no route matched (404, 405)
 
 FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -49,6 +51,34 @@ SLOW = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 
 FINISHED_TASKS = (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 Row = dict[str, Any]
+
+
+class Measured:
+    """A WSGI app whose each answer is counted and timed, by the route pattern Bottle
+    leaves in the environ, never the raw path (a label value per app name would grow
+    without bound); timed until the answer starts, so a stream's length is not taken
+    for its latency. `app` is the app itself (its Bottle, for what it keeps)."""
+
+    def __init__(self, app: WSGIApp, count: Callable[[str, str, int, float], None]) -> None:
+        self.app, self.count = app, count
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        began, seen = time.perf_counter(), False
+
+        def started(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            nonlocal seen
+            if not seen:  # a second call (an error once started) is the same answer
+                seen = True
+                route = environ.get("bottle.route")
+                self.count(
+                    route.rule if route is not None else UNMATCHED,
+                    environ.get("REQUEST_METHOD", ""),
+                    int(status[:3]),
+                    time.perf_counter() - began,
+                )
+            return start_response(status, headers, *exc_info)
+
+        return self.app(environ, started)
 
 
 class Tail:
@@ -202,6 +232,10 @@ class Metrics:
         method = method if method in METHODS else "other"
         self.requests.labels(route, method, str(status)).inc()
         self.request_seconds.labels(route, method).observe(seconds)
+
+    def measured(self, app: WSGIApp) -> Measured:
+        """`app` (the API's or the dashboard's) with each answer counted and timed."""
+        return Measured(app, self.request)
 
     def auth_failed(self, limited: bool) -> None:
         self.auth_failures.labels("429" if limited else "401").inc()

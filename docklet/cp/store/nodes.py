@@ -10,6 +10,7 @@ actual state is what agents reported, through heartbeats and task reports.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -153,10 +154,15 @@ def _stored(db: sqlite3.Connection, node_id: str) -> dict[str, tuple[str, tuple[
 
 
 def flush_seen(db: sqlite3.Connection, seen: Mapping[str, float]) -> None:
-    """Write heartbeats kept in memory: one statement for all nodes."""
-    db.executemany(
-        "UPDATE nodes SET last_seen = MAX(last_seen, ?) WHERE node_id = ?",
-        [(at, node_id) for node_id, at in seen.items()],
+    """Write heartbeats kept in memory: one statement, one step, for all nodes. (With
+    executemany each row was a step that let go of the GIL and waited to get it back:
+    under load that made this write hold the writer for 400 ms.)"""
+    db.execute(
+        "UPDATE nodes SET last_seen = MAX(nodes.last_seen, seen.at)"
+        " FROM (SELECT json_extract(value, '$[0]') AS node_id,"
+        " json_extract(value, '$[1]') AS at FROM json_each(?)) AS seen"
+        " WHERE nodes.node_id = seen.node_id",
+        (json.dumps(list(seen.items())),),
     )
 
 

@@ -25,7 +25,7 @@ from bottle import Bottle, HTTPError, HTTPResponse, redirect, request, response,
 
 from docklet.common.errors import DockletError
 from docklet.cp.service.controlplane import ControlPlane
-from docklet.cp.service.metrics import UNMATCHED
+from docklet.cp.service.metrics import Measured
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def static(filename: str) -> Any:
     return answer
 
 
-def make_ui(cp: ControlPlane, *hooks: Hook) -> Bottle:
+def make_ui(cp: ControlPlane, *hooks: Hook) -> Measured:
     """The dashboard's Bottle app: `/`, the static files, and each hook's routes."""
     app = Bottle()
     app.install(html_errors)
@@ -178,29 +178,9 @@ def make_ui(cp: ControlPlane, *hooks: Hook) -> Bottle:
     app.route("/ui/static/<filename>", "GET", static)
     for hook in hooks:
         hook(app, cp)
-    _measured(cp, app)
     for status in (400, 403, 404, 405, 413, 500):
         app.error_handler[status] = _router_error
-    return app
-
-
-def _measured(cp: ControlPlane, app: Bottle) -> None:
-    """The pages counted and timed in GET /metrics like the API, by route pattern."""
-
-    @app.hook("before_request")
-    def started() -> None:
-        request.environ["docklet.started"] = time.perf_counter()
-
-    @app.hook("after_request")
-    def answered() -> None:
-        route = request.environ.get("bottle.route")
-        began = request.environ.get("docklet.started", time.perf_counter())
-        cp.metrics.request(
-            route.rule if route is not None else UNMATCHED,
-            request.method,
-            response.status_code,
-            time.perf_counter() - began,
-        )
+    return cp.metrics.measured(app)  # counted and timed in GET /metrics like the API
 
 
 class Dashboard:
