@@ -52,16 +52,20 @@ def token() -> None:
     """
 
 
-@token.command("create")
-@click.argument("name")
-@click.option("--scope", type=click.Choice(["read", "admin"]), default="read", show_default=True)
-@click.option(
+# The offline commands work on the CP's data directory, as docklet-cp itself does.
+data_dir_option = click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,
     envvar="DOCKLET_DATA_DIR",
     help="The control plane's data directory (default: docklet-cp's own --data-dir).",
 )
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--scope", type=click.Choice(["read", "admin"]), default="read", show_default=True)
+@data_dir_option
 @click.pass_context
 def create(ctx: click.Context, name: str, scope: str, data_dir: Path | None) -> None:
     """Create an API token in the database; it is printed only now, alone on stdout.
@@ -104,13 +108,7 @@ def secrets_group() -> None:
 
 
 @secrets_group.command("rotate-key")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    envvar="DOCKLET_DATA_DIR",
-    help="The control plane's data directory (default: docklet-cp's own --data-dir).",
-)
+@data_dir_option
 @click.pass_context
 def rotate_key(ctx: click.Context, data_dir: Path | None) -> None:
     """Re-encrypt every secret version under a new key, then swap the key file atomically.
